@@ -1,0 +1,40 @@
+# livelearn — `make demo` runs the main job on the embedded stack, `make test` runs the checks.
+# Both create .venv at the repository root and install what they need (pip's cache keeps
+# the downloads; requirements.lock pins the exact versions).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
+
+.PHONY: install lint typecheck unit test demo bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check streams retrieval trainers tests bench
+	$(VENV)/bin/ruff format --check streams retrieval trainers tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(VENV)/bin/pytest -q -m "not integration" tests/unit streams retrieval trainers
+
+test: lint typecheck
+	$(VENV)/bin/pytest -q
+
+demo: install
+	$(VENV)/bin/livelearn demo
+
+bench: install
+	$(PY) bench/bench_training.py
+
+clean:
+	rm -rf $(VENV) .livelearn .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,305 @@
+"""The faust app: thin agents that decode, call ``retrieval``/``trainers``, produce, commit.
+
+Run it with ``livelearn worker`` (or ``python -m streams worker``). Each agent takes a batch of
+events with ``stream.take_events``; faust acknowledges (and later commits) their offsets only
+after the agent body has finished with the batch, and the body only finishes once the effect
+is durable (Milvus has the rows, the outputs are acknowledged by Kafka). A body never raises:
+bad records go to the dead-letter topic, and a dependency that is down is retried with backoff
+(raising would make faust acknowledge a batch that was never processed).
+
+Agents:
+
+* ``docs``    → chunk, embed, upsert into Milvus (:class:`retrieval.indexing.ChunkIndexer`)
+* ``queries`` → retrieve and answer → ``answers`` (:class:`retrieval.answering.QueryAnswerer`)
+
+HTTP (faust's web server, ``LIVELEARN_WEB_PORT``): ``GET /search?q=...&k=5`` and
+``GET /ask?q=...``, ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import faust
+
+from streams import metrics
+from streams.contracts import Limits
+from streams.processing import OutRecord, RawRecord, dead, decode_batch
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RetrievalServices", "create_app"]
+
+
+class RetrievalServices:
+    """Embedder, vector store, indexer and answerer, built once on first use.
+
+    milvus-lite allows one process per file, and its writes are serialised; everything that
+    touches the store therefore runs on one dedicated thread (``executor``).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="retrieval")
+        self._indexer: Any = None
+        self._answerer: Any = None
+
+    def _build(self) -> None:
+        from retrieval.answering import ExtractiveGenerator, QueryAnswerer
+        from retrieval.chunking import TokenChunker
+        from retrieval.embedding import TextEmbedder
+        from retrieval.indexing import ChunkIndexer
+        from retrieval.store import VectorStore
+
+        s = self.settings
+        embedder = TextEmbedder(s.models.embedding)
+        store = VectorStore(
+            s.milvus_uri,
+            collection=s.milvus.collection,
+            dim=embedder.dim,
+            metric=s.milvus.metric,
+            token=s.milvus.token.get_secret_value() or None,
+        )
+        chunker = TokenChunker(embedder.tokenizer, s.models.chunk_tokens, s.models.chunk_overlap)
+        self._indexer = ChunkIndexer(chunker, embedder, store)
+        generator: Any = ExtractiveGenerator()
+        if s.models.generator != "extractive":
+            from retrieval.answering import CausalLMGenerator
+
+            generator = CausalLMGenerator(s.models.generator)
+        self._answerer = QueryAnswerer(embedder, store, generator)
+
+    @property
+    def indexer(self) -> Any:
+        if self._indexer is None:
+            self._build()
+        return self._indexer
+
+    @property
+    def answerer(self) -> Any:
+        if self._answerer is None:
+            self._build()
+        return self._answerer
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+
+def index_docs(services: RetrievalServices, records: Sequence[Any]) -> list[OutRecord]:
+    """Apply a batch of valid docs records to the index; record freshness per document."""
+    report = services.indexer.apply([r.value for r in records])
+    now = time.time()
+    for r in records:
+        produced = r.value.get("ts") or r.timestamp
+        if produced:
+            metrics.FRESHNESS.observe(max(0.0, now - float(produced)))
+    log.debug("indexed %s", report)
+    return []
+
+
+def answer_queries(
+    services: RetrievalServices, records: Sequence[Any], answers_topic: str
+) -> list[OutRecord]:
+    """Answer each query; the answer is keyed by the query id."""
+    outputs = []
+    for r in records:
+        started = time.perf_counter()
+        q = r.value
+        filt = q.get("filter") or {}
+        expr = services.answerer.store.build_filter(
+            title=filt.get("title"), source=filt.get("source"), meta=filt.get("meta")
+        ) if filt else None  # fmt: skip
+        answer = services.answerer.answer(q["question"], k=q.get("k"), filter=expr or None)
+        record = dict(answer.to_record())
+        record["id"] = q["id"]
+        record["latency_ms"] = (time.perf_counter() - started) * 1000
+        outputs.append(OutRecord(answers_topic, q["id"], record))
+    return outputs
+
+
+class BatchRunner:
+    """Runs one agent's batch: decode, call the domain, produce, and only then return."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        contract: str,
+        topic: str,
+        handle: Callable[[Sequence[Any]], Awaitable[list[OutRecord]]],
+        retry_on: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.contract = contract
+        self.topic = topic
+        self.dlq = settings.topics.dlq(topic)
+        self.handle = handle
+        self.retry_on = retry_on
+        lim = settings.limits
+        self.limits = Limits(lim.max_record_bytes, lim.max_text_chars, lim.max_depth)
+
+    async def __call__(self, events: Sequence[Any]) -> None:
+        started = time.perf_counter()
+        raw = [
+            RawRecord(
+                self.topic,
+                e.message.partition,
+                e.message.offset,
+                e.message.key,
+                e.message.value,
+                (e.message.timestamp or 0.0),
+            )
+            for e in events
+        ]
+        good, bad = decode_batch(
+            self.contract, raw, self.dlq, self.limits, self.settings.limits.dlq_raw_bytes
+        )
+        outputs = await self._handle_with_retry(good, raw, bad)
+        await self.produce(bad + outputs)
+        metrics.RECORDS_IN.labels(self.topic, "ok").inc(len(good) - self._failed)
+        metrics.RECORDS_IN.labels(self.topic, "dead").inc(len(bad))
+        metrics.BATCH_SECONDS.labels(self.contract).observe(time.perf_counter() - started)
+
+    async def _handle_with_retry(
+        self, good: list[Any], raw: list[RawRecord], bad: list[OutRecord]
+    ) -> list[OutRecord]:
+        self._failed = 0
+        if not good:
+            return []
+        delay = 0.5
+        while True:
+            try:
+                return await self.handle(good)
+            except self.retry_on as exc:
+                # The dependency is down: keep the batch (and its offsets) and try again.
+                metrics.RETRIES.labels(type(exc).__name__).inc()
+                log.warning("%s: %s; retrying in %.1f s", self.contract, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            except Exception as exc:
+                log.exception(
+                    "%s: batch failed (%s); retrying record by record", self.contract, exc
+                )
+                return await self._one_by_one(good, raw, bad)
+
+    async def _one_by_one(
+        self, good: list[Any], raw: list[RawRecord], bad: list[OutRecord]
+    ) -> list[OutRecord]:
+        by_offset = {(r.partition, r.offset): r for r in raw}
+        outputs: list[OutRecord] = []
+        for rec in good:
+            try:
+                outputs.extend(await self.handle([rec]))
+            except Exception as exc:
+                self._failed += 1
+                reason = f"{self.contract}: processing failed: {type(exc).__name__}: {exc}"
+                bad.append(dead(by_offset[(rec.partition, rec.offset)], self.dlq, reason))
+        return outputs
+
+    async def produce(self, records: Sequence[OutRecord]) -> None:
+        """Produce and wait until Kafka acknowledged every record."""
+        pending = []
+        for rec in records:
+            topic = self.app.topic(rec.topic, key_type=bytes, value_type=bytes)
+            key = rec.key.encode() if rec.key is not None else None
+            pending.append(await topic.send(key=key, value=rec.encoded()))
+            metrics.RECORDS_OUT.labels(rec.topic).inc()
+            if rec.topic == self.dlq:
+                metrics.DEAD_LETTERS.labels(self.topic).inc()
+        if pending:
+            await asyncio.gather(*pending)
+
+
+def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faust.App:
+    """The worker app for ``settings``, talking to ``bootstrap``."""
+    from retrieval.exceptions import VectorStoreUnavailableError
+
+    topics = settings.topics
+    credentials = None
+    k = settings.kafka
+    if k.sasl_mechanism:
+        credentials = faust.SASLCredentials(
+            username=k.sasl_username,
+            password=k.sasl_password.get_secret_value(),
+            mechanism=k.sasl_mechanism,
+        )
+    app = faust.App(
+        f"{settings.kafka.group_prefix}-worker",
+        broker=f"kafka://{bootstrap}",
+        broker_credentials=credentials,
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        topic_partitions=topics.partitions,
+        topic_replication_factor=topics.replication,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_every=500,
+        broker_commit_interval=1.0,
+        web_port=web_port,
+        web_host="127.0.0.1",
+        datadir=str(settings.data_dir / "faust"),
+    )
+    services = RetrievalServices(settings)
+    app.conf.livelearn_services = services
+
+    async def handle_docs(records: Sequence[Any]) -> list[OutRecord]:
+        result: list[OutRecord] = await services.run(index_docs, services, records)
+        return result
+
+    async def handle_queries(records: Sequence[Any]) -> list[OutRecord]:
+        result: list[OutRecord] = await services.run(
+            answer_queries, services, records, topics.answers
+        )
+        return result
+
+    docs_runner = BatchRunner(
+        app, settings, "docs", topics.docs, handle_docs, (VectorStoreUnavailableError,)
+    )
+    query_runner = BatchRunner(
+        app, settings, "queries", topics.queries, handle_queries, (VectorStoreUnavailableError,)
+    )
+    docs_topic = app.topic(topics.docs, key_type=bytes, value_type=bytes)
+    queries_topic = app.topic(topics.queries, key_type=bytes, value_type=bytes)
+
+    @app.agent(docs_topic, name="docs-indexer")
+    async def docs_agent(stream: Any) -> None:
+        async for events in stream.take_events(256, within=0.25):
+            await docs_runner(events)
+
+    @app.agent(queries_topic, name="query-answerer")
+    async def queries_agent(stream: Any) -> None:
+        async for events in stream.take_events(32, within=0.05):
+            await query_runner(events)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"ok": True})
+
+    @app.page("/search")
+    async def search(web: Any, request: Any) -> Any:
+        question = request.query.get("q", "")
+        k = int(request.query.get("k", "5"))
+        if not question:
+            return web.json({"error": "missing q"}, status=400)
+        hits = await services.run(services.answerer.search, question, k)
+        return web.json({"q": question, "hits": [h.__dict__ for h in hits]})
+
+    @app.page("/ask")
+    async def ask(web: Any, request: Any) -> Any:
+        question = request.query.get("q", "")
+        if not question:
+            return web.json({"error": "missing q"}, status=400)
+        k = int(request.query.get("k", "5"))
+        answer = await services.run(services.answerer.answer, question, k)
+        return web.json(answer.to_record())
+
+    return app

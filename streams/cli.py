@@ -1,0 +1,257 @@
+"""The ``livelearn`` command line.
+
+livelearn broker up                 # embedded Kafka (KRaft) from its jars, data on disk
+livelearn topics                    # create the topics of the design, list them
+livelearn produce events.jsonl --topic events
+livelearn tail predictions          # follow a topic (drift-alerts, model-updates, ...)
+livelearn worker                    # run the stream processors (faust)
+livelearn ask "What is a compacted topic?"
+livelearn config --markdown         # the configuration table of the README
+livelearn broker down
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from streams import contracts
+from streams.broker import LocalBroker
+from streams.exceptions import ContractError, LiveLearnError
+from streams.kafka import admin_client, flush_or_raise, producer, resolve_bootstrap
+from streams.settings import Settings, load_settings, settings_table
+from streams.topics import ensure_topics, topic_specs
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="livelearn: models that stay current"
+)
+broker_app = typer.Typer(no_args_is_help=True, help="The embedded single-node broker")
+app.add_typer(broker_app, name="broker")
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return settings
+
+
+@broker_app.command("up")
+def broker_up() -> None:
+    """Start the embedded broker (Apache Kafka with Java 17+, else Tansu) and create topics."""
+    settings = _settings()
+    if settings.kafka.bootstrap_servers:
+        console.print(f"Kafka is configured ({settings.kafka.bootstrap_servers}); nothing to start")
+        raise typer.Exit(0)
+    broker = LocalBroker(settings.data_dir, settings.broker)
+    bootstrap = broker.start()
+    created = ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
+    state = broker.state()
+    kind = state.kind if state else "?"
+    console.print(
+        f"[green]{kind} broker ready[/] at [bold]{bootstrap}[/] (pid {state and state.pid})"
+    )
+    if created:
+        console.print(f"created topics: {', '.join(sorted(created))}")
+    typer.echo(bootstrap)
+
+
+@broker_app.command("down")
+def broker_down() -> None:
+    """Stop the embedded broker cleanly (its data stays on disk)."""
+    settings = _settings()
+    stopped = LocalBroker(settings.data_dir, settings.broker).stop()
+    console.print("broker stopped" if stopped else "no embedded broker running")
+
+
+@broker_app.command("status")
+def broker_status() -> None:
+    """Where the embedded broker is, if it runs."""
+    settings = _settings()
+    state = LocalBroker(settings.data_dir, settings.broker).running()
+    if state is None:
+        console.print("no embedded broker running")
+        raise typer.Exit(1)
+    typer.echo(f"{state.kind} {state.bootstrap} pid={state.pid} log={state.log_file}")
+
+
+@app.command()
+def topics() -> None:
+    """Create missing topics (partitions, retention, compaction from settings) and list them."""
+    settings = _settings()
+    bootstrap = resolve_bootstrap(settings)
+    admin = admin_client(settings, bootstrap)
+    created = ensure_topics(admin, topic_specs(settings.topics))
+    md = admin.list_topics(timeout=10)
+    for name in sorted(md.topics):
+        if name.startswith("__"):
+            continue
+        mark = " (created)" if name in created else ""
+        typer.echo(f"{name}\t{len(md.topics[name].partitions)} partitions{mark}")
+
+
+def _contract_for(settings: Settings, topic: str) -> str | None:
+    for contract, name in settings.topics.by_contract().items():
+        if name == topic:
+            return contract
+    return None
+
+
+@app.command()
+def produce(
+    file: Annotated[Path, typer.Argument(help="JSON Lines file, one record per line; - = stdin")],
+    topic: Annotated[str, typer.Option("--topic", "-t", help="topic to produce to")],
+    key_field: Annotated[str, typer.Option(help="field used as the record key")] = "id",
+    no_validate: Annotated[bool, typer.Option(help="skip contract validation")] = False,
+) -> None:
+    """Produce a JSONL file to a topic, validated against its contract, with a progress bar."""
+    settings = _settings()
+    bootstrap = resolve_bootstrap(settings)
+    contract = None if no_validate else _contract_for(settings, topic)
+    prod = producer(settings, bootstrap, **{"linger.ms": 20, "batch.num.messages": 10000})
+    errors: list[str] = []
+    rejected = 0
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    lines: Any = sys.stdin.buffer if str(file) == "-" else open(file, "rb")  # noqa: SIM115
+    total = None if str(file) == "-" else sum(1 for _ in open(file, "rb"))
+    sent = 0
+    started = time.perf_counter()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]:>10}"),
+        TimeElapsedColumn(),
+    )
+    with lines, Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"→ {topic}", total=total, rate="")
+        for lineno, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                value = orjson.loads(line)
+                if contract is not None:
+                    contracts.validate(contract, value)
+            except (orjson.JSONDecodeError, ContractError) as exc:
+                rejected += 1
+                if rejected <= 5:
+                    console.print(f"[yellow]line {lineno} rejected:[/] {exc}")
+                continue
+            key = value.get(key_field) if isinstance(value, dict) else None
+            while True:
+                try:
+                    prod.produce(topic, line, key=None if key is None else str(key).encode(),
+                                 on_delivery=on_delivery)  # fmt: skip
+                    break
+                except BufferError:
+                    prod.poll(0.05)
+            sent += 1
+            if sent % 2000 == 0:
+                prod.poll(0)
+                rate = sent / (time.perf_counter() - started)
+                progress.update(task, completed=lineno, rate=f"{rate:,.0f}/s")
+        flush_or_raise(prod, 120)
+        elapsed = time.perf_counter() - started
+        progress.update(task, completed=total or sent, rate=f"{sent / elapsed:,.0f}/s")
+    if errors:
+        console.print(f"[red]{len(errors)} records failed:[/] {errors[0]}")
+        raise typer.Exit(1)
+    console.print(
+        f"produced {sent} records to {topic} in {elapsed:.2f} s "
+        f"({sent / elapsed:,.0f} records/s); {rejected} rejected"
+    )
+    if rejected:
+        raise typer.Exit(2)
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="topic or stream: predictions, drift-alerts, ...")],
+    from_beginning: Annotated[bool, typer.Option(help="start at the oldest record")] = False,
+    max_records: Annotated[int, typer.Option("--max", help="stop after N records (0 = never)")] = 0,
+    timeout: Annotated[float, typer.Option(help="stop after S idle seconds (0 = never)")] = 0,
+) -> None:
+    """Print a topic's records as JSON lines as they arrive."""
+    from streams.sdk import LiveLearnClient
+
+    settings = _settings()
+    client = LiveLearnClient(settings)
+    for value in client.subscribe(
+        topic, from_beginning, timeout_s=timeout or None, max_records=max_records or None
+    ):
+        sys.stdout.write(orjson.dumps(value).decode() + "\n")
+        sys.stdout.flush()
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="the question")],
+    k: Annotated[int, typer.Option(help="passages to retrieve")] = 5,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 60,
+) -> None:
+    """Ask a question through the `queries` topic and print the answer with its sources."""
+    from streams.sdk import LiveLearnClient
+
+    settings = _settings()
+    answer = LiveLearnClient(settings).ask(question, k=k, timeout_s=timeout)
+    typer.echo(answer["answer"])
+    for i, ctx in enumerate(answer.get("contexts", []), 1):
+        typer.echo(f"  [{i}] {ctx['doc_id']}#{ctx['chunk']} ({ctx['score']:.3f})")
+
+
+@app.command()
+def worker(
+    web_port: Annotated[int, typer.Option(help="HTTP port for /search, /ask, /healthz")] = 6066,
+) -> None:
+    """Run the stream processors (faust worker) until Ctrl-C."""
+    import faust
+
+    from streams.app import create_app
+    from streams.metrics import serve_metrics
+
+    settings = _settings()
+    bootstrap = resolve_bootstrap(settings)
+    ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
+    serve_metrics(settings.metrics_port)
+    faust_app = create_app(settings, bootstrap, web_port=web_port)
+    faust.Worker(faust_app, loglevel=settings.log_level.lower()).execute_from_commandline()
+
+
+@app.command()
+def config(
+    markdown: Annotated[bool, typer.Option(help="print the README configuration table")] = False,
+) -> None:
+    """Show every setting: environment variable, type, default, help."""
+    rows = settings_table()
+    if markdown:
+        typer.echo("| variable | type | default | meaning |\n|---|---|---|---|")
+        for var, typ, default, desc in rows:
+            typer.echo(f"| `{var}` | {typ} | `{default}` | {desc} |")
+        return
+    settings = load_settings()
+    # SecretStr fields print as '**********'; secrets never reach a terminal or a log.
+    typer.echo(settings.model_dump_json(indent=2))
+
+
+def main() -> None:
+    """Entry point of the ``livelearn`` script: errors of ours print one clear line."""
+    try:
+        app()
+    except LiveLearnError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)

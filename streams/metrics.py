@@ -1,0 +1,58 @@
+"""Prometheus metrics exported by every service (``/metrics`` on ``LIVELEARN_METRICS_PORT``).
+
+Names are stable: the Grafana dashboard in ``deploy/`` and its test refer to them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "DEAD_LETTERS",
+    "FRESHNESS",
+    "PREDICTION_LATENCY",
+    "RECORDS_IN",
+    "RECORDS_OUT",
+    "BATCH_SECONDS",
+    "CONSUMER_LAG",
+    "RETRIES",
+    "serve_metrics",
+]
+
+RECORDS_IN = Counter(
+    "livelearn_records_in_total", "Records consumed, by topic and outcome", ["topic", "outcome"]
+)
+RECORDS_OUT = Counter("livelearn_records_out_total", "Records produced, by topic", ["topic"])
+DEAD_LETTERS = Counter(
+    "livelearn_dead_letters_total", "Records sent to a dead-letter topic", ["topic"]
+)
+BATCH_SECONDS = Histogram(
+    "livelearn_batch_seconds",
+    "Time to process one batch, by agent",
+    ["agent"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+FRESHNESS = Histogram(
+    "livelearn_freshness_seconds",
+    "Time from a document's produce timestamp to the moment it is searchable",
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60),
+)
+PREDICTION_LATENCY = Histogram(
+    "livelearn_prediction_latency_seconds",
+    "Time from an event's produce timestamp to its prediction being produced",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+CONSUMER_LAG = Gauge(
+    "livelearn_consumer_lag", "Records not yet processed, by topic and partition",
+    ["topic", "partition"],
+)  # fmt: skip
+RETRIES = Counter(
+    "livelearn_retries_total", "Transient failures retried with backoff, by dependency",
+    ["dependency"],
+)  # fmt: skip
+
+
+def serve_metrics(port: int) -> None:
+    """Start the Prometheus HTTP endpoint on ``port`` (0 = do nothing)."""
+    if port:
+        start_http_server(port)

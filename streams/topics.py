@@ -1,0 +1,100 @@
+"""Topics the project creates, with their partitions, replication and retention.
+
+``docs`` is compacted (the latest version of each document is kept forever, a delete leaves a
+tombstone-free ``op: delete`` record so replays stay correct); ``events`` is kept for as long
+as configured (forever by default) because a full retrain replays the whole history.
+
+>>> from streams.settings import TopicSettings
+>>> specs = {s.name: s for s in topic_specs(TopicSettings(partitions=3))}
+>>> specs["docs"].config["cleanup.policy"]
+'compact'
+>>> specs["events"].config["retention.ms"]
+'-1'
+>>> specs["events.dlq"].partitions
+3
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.exceptions import TopicError
+from streams.settings import TopicSettings
+
+__all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: name, partitions, replication factor and topic configs."""
+
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
+    """Every topic of the design, with its DLQ for each input topic."""
+    p, r = topics.partitions, topics.replication
+    keep = str(topics.output_retention_ms)
+    specs = [
+        TopicSpec(topics.docs, p, r, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}),
+        TopicSpec(topics.events, p, r, {"retention.ms": str(topics.events_retention_ms)}),
+        TopicSpec(topics.queries, p, r, {"retention.ms": keep}),
+        TopicSpec(topics.predictions, p, r, {"retention.ms": keep}),
+        TopicSpec(topics.answers, p, r, {"retention.ms": keep}),
+        TopicSpec(topics.drift_alerts, 1, r, {"retention.ms": "-1"}),
+        # Jobs and model updates are the audit trail of every version: kept forever.
+        TopicSpec(topics.training_jobs, p, r, {"retention.ms": "-1"}),
+        TopicSpec(topics.model_updates, 1, r, {"retention.ms": "-1"}),
+    ]
+    for source in (topics.docs, topics.events, topics.queries):
+        specs.append(TopicSpec(topics.dlq(source), p, r, {"retention.ms": keep}))
+    return specs
+
+
+def ensure_topics(admin: Any, specs: list[TopicSpec], timeout_s: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    ``admin`` is a ``confluent_kafka.admin.AdminClient``. Existing topics are left as they are
+    (their partition count is checked: fewer partitions than configured is reported).
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    existing = admin.list_topics(timeout=timeout_s).topics
+    wanted = [s for s in specs if s.name not in existing]
+    for spec in specs:
+        meta = existing.get(spec.name)
+        if meta is not None and len(meta.partitions) < spec.partitions:
+            raise TopicError(
+                f"topic {spec.name!r} has {len(meta.partitions)} partitions, fewer than the "
+                f"configured {spec.partitions}; add partitions with kafka-topics --alter "
+                "or configure LIVELEARN_TOPICS__PARTITIONS to match"
+            )
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                s.name,
+                num_partitions=s.partitions,
+                replication_factor=s.replication,
+                config=s.config,
+            )
+            for s in wanted
+        ],  # fmt: skip
+        operation_timeout=timeout_s,
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" in str(exc):  # a concurrent creator won: fine
+                continue
+            raise TopicError(f"could not create topic {name!r}: {exc}") from exc
+    return created
