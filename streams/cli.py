@@ -216,7 +216,7 @@ def ask(
 
 @app.command()
 def worker(
-    web_port: Annotated[int, typer.Option(help="HTTP port for /search, /ask, /healthz")] = 6066,
+    web_port: Annotated[int, typer.Option(help="HTTP port (default: LIVELEARN_WEB_PORT)")] = 0,
 ) -> None:
     """Run the stream processors (faust worker) until Ctrl-C."""
     import faust
@@ -228,7 +228,7 @@ def worker(
     bootstrap = resolve_bootstrap(settings)
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
     serve_metrics(settings.metrics_port)
-    faust_app = create_app(settings, bootstrap, web_port=web_port)
+    faust_app = create_app(settings, bootstrap, web_port=web_port or settings.web_port)
     faust.Worker(faust_app, loglevel=settings.log_level.lower()).execute_from_commandline()
 
 

@@ -20,7 +20,7 @@ pydantic_core._pydantic_core.ValidationError: 1 validation error for KafkaSettin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -185,6 +185,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
+    web_port: int = Field(6066, ge=0, description="worker HTTP port: /search, /ask, /healthz")
     log_level: str = Field("INFO", description="Python log level")
 
     @property
@@ -211,7 +212,12 @@ def settings_table() -> list[tuple[str, str, str, str]]:
             default = field.default
             if isinstance(default, SecretStr):
                 default = "(secret)" if default.get_secret_value() else ""
-            type_name = getattr(ann, "__name__", str(ann)).replace("typing.", "")
+            if get_origin(ann) is Literal:
+                type_name = " \\| ".join(str(a) for a in get_args(ann))
+            else:
+                type_name = getattr(ann, "__name__", str(ann))
+            if isinstance(default, Path):
+                default = str(default).replace(str(Path.home()), "~")
             rows.append(
                 (f"{prefix}{name.upper()}", type_name, str(default), field.description or "")
             )
