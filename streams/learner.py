@@ -1,0 +1,209 @@
+"""The learner loop: the single writer of the online model, on whichever worker holds the lease.
+
+Learning must be single-writer (no label learned twice, no two diverging copies of a model),
+yet every worker should be able to take over when the learner's process dies. So:
+
+* **Lease**: every worker joins the consumer group ``<prefix>-lease-<model>`` on a
+  one-partition topic. Kafka's group coordinator gives that partition to exactly one live
+  member: that member is the learner. When it dies or stalls, the coordinator hands the
+  partition to another worker after the session timeout.
+* **Offsets live in the checkpoint**, not in the consumer group: the learner assigns itself
+  every partition of ``events`` at the offsets stored with the model, so a new leader resumes
+  exactly where the last checkpoint left off and replays the rest. Records before the
+  checkpoint's offsets are never learned twice (their predictions may be produced again:
+  at-least-once, keyed by event id).
+* The loop decodes, dead-letters bad records, calls :class:`trainers.service.OnlineService`,
+  produces its outputs, waits for Kafka's acknowledgement, then checkpoints when due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from streams import metrics
+from streams.contracts import Limits, encode
+from streams.kafka import admin_client, consumer, flush_or_raise, producer
+from streams.processing import RawRecord, decode_batch
+from streams.settings import Settings
+from streams.topics import TopicSpec, ensure_topics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LearnerLoop", "Lease", "OnlineProcessor"]
+
+
+class OnlineProcessor(Protocol):
+    """What the loop needs from the domain side (``trainers.service.OnlineService``)."""
+
+    def offsets(self) -> dict[int, int]:
+        """Next offset to process per partition of ``events`` (from the checkpoint)."""
+        ...
+
+    def process(self, records: list[Any]) -> list[tuple[str, str, dict[str, Any]]]:
+        """Learn from decoded records; return ``(contract, key, value)`` outputs."""
+        ...
+
+    def maybe_checkpoint(self, force: bool = False) -> bool:
+        """Write the checkpoint (model + offsets) atomically when due; True if written."""
+        ...
+
+
+class Lease:
+    """Exclusive ownership of ``name`` through a consumer group on a one-partition topic."""
+
+    def __init__(self, settings: Settings, bootstrap: str, name: str) -> None:
+        self.topic = f"{settings.kafka.group_prefix}.lease.{name}"
+        ensure_topics(admin_client(settings, bootstrap), [TopicSpec(self.topic, 1, 1)])
+        self.held = False
+        self._consumer = consumer(
+            settings,
+            bootstrap,
+            f"{settings.kafka.group_prefix}-lease-{name}",
+            **{
+                "max.poll.interval.ms": 300_000,
+                "partition.assignment.strategy": "range",
+            },
+        )
+        self._consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )  # fmt: skip
+
+    def _on_assign(self, _c: Any, parts: list[Any]) -> None:
+        self.held = bool(parts)
+        if self.held:
+            log.info("lease %s acquired: this worker is the learner", self.topic)
+
+    def _on_revoke(self, _c: Any, _parts: list[Any]) -> None:
+        if self.held:
+            log.warning("lease %s lost: stop learning", self.topic)
+        self.held = False
+
+    def poll(self) -> bool:
+        """Keep the group membership alive; return whether the lease is held."""
+        self._consumer.poll(0)
+        return self.held
+
+    def close(self) -> None:
+        self._consumer.close()
+        self.held = False
+
+
+class LearnerLoop(threading.Thread):
+    """Consume ``events`` while holding the lease; produce predictions and friends.
+
+    Parameters
+    ----------
+    settings, bootstrap
+        Where Kafka is and what the topics are called.
+    make_processor
+        Builds the domain processor from the latest checkpoint (called on each lease gain).
+    batch_size
+        Records taken per poll.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        make_processor: Callable[[], OnlineProcessor],
+        batch_size: int = 500,
+    ) -> None:
+        super().__init__(name="learner", daemon=True)
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.make_processor = make_processor
+        self.batch_size = batch_size
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        lim = settings.limits
+        self.limits = Limits(lim.max_record_bytes, lim.max_text_chars, lim.max_depth)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # surfaced by the worker, which then exits non-zero
+            log.exception("learner loop crashed")
+            self.error = exc
+
+    def _run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        s = self.settings
+        topic = s.topics.events
+        by_contract = s.topics.by_contract()
+        lease = Lease(s, self.bootstrap, s.models.name)
+        events = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-{s.models.name}")
+        prod = producer(s, self.bootstrap)
+        processor: OnlineProcessor | None = None
+        try:
+            while not self.stop_event.is_set():
+                if not lease.poll():
+                    if processor is not None:
+                        # Lost the lease: drop the in-memory model; the new learner resumes
+                        # from the checkpoint, and so will we if the lease comes back.
+                        events.unassign()
+                        processor = None
+                    time.sleep(0.2)
+                    continue
+                if processor is None:
+                    processor = self.make_processor()
+                    n = len(events.list_topics(topic, timeout=10).topics[topic].partitions)
+                    start = processor.offsets()
+                    events.assign(
+                        [TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in range(n)]
+                    )
+                    log.info("learning %s from offsets %s", topic, start or "the beginning")
+                msgs = events.consume(self.batch_size, 0.1)
+                batch = [
+                    RawRecord(topic, m.partition(), m.offset(), m.key(), m.value(),
+                              m.timestamp()[1] / 1000.0)
+                    for m in msgs if m.error() is None
+                ]  # fmt: skip
+                if batch:
+                    good, bad = decode_batch(
+                        "events", batch, s.topics.dlq(topic), self.limits, s.limits.dlq_raw_bytes
+                    )
+                    outputs = processor.process(good)
+                    for rec in bad:
+                        prod.produce(rec.topic, rec.encoded(), key=_key(rec.key))
+                        metrics.DEAD_LETTERS.labels(topic).inc()
+                    for contract, key, value in outputs:
+                        prod.produce(by_contract[contract], encode(value), key=key.encode())
+                        metrics.RECORDS_OUT.labels(by_contract[contract]).inc()
+                    flush_or_raise(prod, 60)
+                    metrics.RECORDS_IN.labels(topic, "ok").inc(len(good))
+                    metrics.RECORDS_IN.labels(topic, "dead").inc(len(bad))
+                if processor.maybe_checkpoint():
+                    self._commit_for_lag(events, processor.offsets(), topic)
+            if processor is not None and lease.held:
+                processor.maybe_checkpoint(force=True)
+        finally:
+            events.close()
+            lease.close()
+
+    @staticmethod
+    def _commit_for_lag(events: Any, offsets: dict[int, int], topic: str) -> None:
+        """Mirror the checkpoint's offsets into the group, so lag tools see progress."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        if not offsets:
+            return
+        try:
+            events.commit(
+                offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
+                asynchronous=True,
+            )
+        except KafkaException as exc:  # informational only: the checkpoint is the truth
+            log.debug("lag commit failed: %s", exc)
+
+
+def _key(key: str | None) -> bytes | None:
+    return key.encode() if key is not None else None
