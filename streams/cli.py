@@ -35,6 +35,8 @@ app = typer.Typer(
 )
 broker_app = typer.Typer(no_args_is_help=True, help="The embedded single-node broker")
 app.add_typer(broker_app, name="broker")
+models_app = typer.Typer(no_args_is_help=True, help="Model versions in the registry")
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
 
@@ -230,6 +232,108 @@ def worker(
     serve_metrics(settings.metrics_port)
     faust_app = create_app(settings, bootstrap, web_port=web_port or settings.web_port)
     faust.Worker(faust_app, loglevel=settings.log_level.lower()).execute_from_commandline()
+
+
+@app.command()
+def trainer(
+    retries: Annotated[int, typer.Option(help="retries of a failed job")] = 2,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="job config override, e.g. epochs=2")
+    ] = None,
+) -> None:
+    """Run a trainer worker: consume training-jobs, train, evaluate, register, announce."""
+    from streams.metrics import serve_metrics
+    from streams.trainer import TrainerWorker
+
+    settings = _settings()
+    bootstrap = resolve_bootstrap(settings)
+    ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
+    serve_metrics(settings.metrics_port)
+    overrides = {}
+    for item in set_ or []:
+        key, _, raw = item.partition("=")
+        try:
+            overrides[key] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            overrides[key] = raw
+    worker = TrainerWorker(settings, bootstrap, overrides, max_retries=retries)
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        worker.stop()
+
+
+@app.command()
+def train(
+    kind: Annotated[str, typer.Option(help="finetune or retrain")] = "finetune",
+) -> None:
+    """Ask for a training job now (reason: manual), over the right offsets of `events`."""
+    from streams.sdk import LiveLearnClient
+    from streams.trainer import manual_job
+
+    if kind not in ("finetune", "retrain"):
+        raise typer.BadParameter("--kind is finetune or retrain")
+    settings = _settings()
+    client = LiveLearnClient(settings)
+    job = manual_job(settings, client.bootstrap, kind)
+    client.produce("training-jobs", job, wait=True)
+    typer.echo(orjson.dumps(job).decode())
+
+
+def _registry(settings: Settings) -> Any:
+    from trainers.registry import ModelRegistry
+
+    return ModelRegistry(settings.data_dir / "registry")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every version of the configured model, newest last, with status and metrics."""
+    settings = _settings()
+    registry = _registry(settings)
+    serving = registry.serving(settings.models.name)
+    for v in registry.list(settings.models.name):
+        mark = "*" if serving is not None and v.version == serving.version else " "
+        m = orjson.dumps(v.metrics).decode()
+        typer.echo(f"{mark} {v.version}\t{v.status}\t{v.manifest.get('kind')}\t{m}")
+
+
+@models_app.command("show")
+def models_show(version: Annotated[str, typer.Argument(help="version id")]) -> None:
+    """A version's manifest: lineage (job, base version, offsets), metrics, config."""
+    settings = _settings()
+    v = _registry(settings).get(settings.models.name, version)
+    typer.echo(orjson.dumps(v.manifest, option=orjson.OPT_INDENT_2).decode())
+
+
+def _announce(settings: Settings, v: Any, kind: str) -> None:
+    from streams.sdk import LiveLearnClient
+
+    update = {
+        "job_id": v.job_id or "", "model": settings.models.name, "model_version": v.version,
+        "kind": kind, "status": "promoted", "metrics": v.metrics,
+        "baseline_metrics": v.baseline_metrics, "artifact": str(v.artifact()),
+        "data": v.manifest.get("data"), "ts": time.time(),
+    }  # fmt: skip
+    LiveLearnClient(settings).produce("model-updates", update, wait=True)
+
+
+@models_app.command("promote")
+def models_promote(version: Annotated[str, typer.Argument(help="version id")]) -> None:
+    """Put a version into serving and announce it (serving workers hot-swap it)."""
+    settings = _settings()
+    v = _registry(settings).promote(settings.models.name, version)
+    _announce(settings, v, v.manifest.get("kind", "retrain"))
+    typer.echo(f"serving {v.version}")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Put the previously serving version back and announce it."""
+    settings = _settings()
+    v = _registry(settings).rollback(settings.models.name)
+    _announce(settings, v, "rollback")
+    typer.echo(f"serving {v.version}")
 
 
 @app.command()
