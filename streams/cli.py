@@ -337,6 +337,20 @@ def models_rollback() -> None:
 
 
 @app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="where the demo keeps its state")] = Path(
+        ".livelearn/demo"
+    ),
+    docs: Annotated[int, typer.Option(help="documents to index")] = 300,
+) -> None:
+    """Run the scenario on a fresh embedded stack and write an HTML report."""
+    from streams.demo import run_demo
+
+    logging.basicConfig(level="WARNING")
+    run_demo(data_dir, n_docs=docs)
+
+
+@app.command()
 def config(
     markdown: Annotated[bool, typer.Option(help="print the README configuration table")] = False,
 ) -> None:
