@@ -122,9 +122,7 @@ def token_spans(tokenizer: Any, text: str) -> list[tuple[int, int]]:
             "or a WordTokenizer"
         )
     # verbose=False: a long document is expected here; it is chunked, not fed to the model.
-    enc = tokenizer(
-        text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-    )
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     return [(int(s), int(e)) for s, e in enc["offset_mapping"] if e > s]
 
 
@@ -189,6 +187,10 @@ def plan_windows(
         while nxt - 1 > first and shared + word_tokens[nxt - 1] <= overlap_tokens:
             nxt -= 1
             shared += word_tokens[nxt]
+        # Drop overlap that would leave no room for the next new word (a wasted window).
+        while nxt < last and shared + word_tokens[last] > chunk_tokens:
+            shared -= word_tokens[nxt]
+            nxt += 1
         first = nxt
     return windows
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ import faust
 
 from streams import metrics
 from streams.contracts import Limits
+from streams.kafka import flush_or_raise, producer
 from streams.processing import OutRecord, RawRecord, dead, decode_batch
 from streams.settings import Settings
 
@@ -49,8 +51,14 @@ class RetrievalServices:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="retrieval")
         self._indexer: Any = None
         self._answerer: Any = None
+        self._lock = threading.Lock()
 
     def _build(self) -> None:
+        with self._lock:
+            if self._indexer is None:
+                self._build_locked()
+
+    def _build_locked(self) -> None:
         from retrieval.answering import ExtractiveGenerator, QueryAnswerer
         from retrieval.chunking import TokenChunker
         from retrieval.embedding import TextEmbedder
@@ -140,9 +148,11 @@ class BatchRunner:
         contract: str,
         topic: str,
         handle: Callable[[Sequence[Any]], Awaitable[list[OutRecord]]],
+        producer: Any,
         retry_on: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.app = app
+        self.producer = producer
         self.settings = settings
         self.contract = contract
         self.topic = topic
@@ -168,10 +178,14 @@ class BatchRunner:
         good, bad = decode_batch(
             self.contract, raw, self.dlq, self.limits, self.settings.limits.dlq_raw_bytes
         )
+        log.debug("%s: batch of %d, %d dead", self.contract, len(raw), len(bad))
+        await self.produce(bad)  # dead letters never wait for a dependency
+        dead_count = len(bad)
+        bad.clear()
         outputs = await self._handle_with_retry(good, raw, bad)
-        await self.produce(bad + outputs)
+        await self.produce(bad + outputs)  # outputs, and records that failed processing
         metrics.RECORDS_IN.labels(self.topic, "ok").inc(len(good) - self._failed)
-        metrics.RECORDS_IN.labels(self.topic, "dead").inc(len(bad))
+        metrics.RECORDS_IN.labels(self.topic, "dead").inc(dead_count + len(bad))
         metrics.BATCH_SECONDS.labels(self.contract).observe(time.perf_counter() - started)
 
     async def _handle_with_retry(
@@ -211,17 +225,26 @@ class BatchRunner:
         return outputs
 
     async def produce(self, records: Sequence[OutRecord]) -> None:
-        """Produce and wait until Kafka acknowledged every record."""
-        pending = []
+        """Produce and wait until Kafka acknowledged every record.
+
+        Outputs go through one confluent-kafka producer per worker (idempotent, acks=all)
+        rather than faust's own: its delivery is awaited explicitly before the batch's
+        offsets may be acknowledged, and a null key is fine.
+        """
+        if not records:
+            return
         for rec in records:
-            topic = self.app.topic(rec.topic, key_type=bytes, value_type=bytes)
             key = rec.key.encode() if rec.key is not None else None
-            pending.append(await topic.send(key=key, value=rec.encoded()))
+            while True:
+                try:
+                    self.producer.produce(rec.topic, rec.encoded(), key=key)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
             metrics.RECORDS_OUT.labels(rec.topic).inc()
             if rec.topic == self.dlq:
                 metrics.DEAD_LETTERS.labels(self.topic).inc()
-        if pending:
-            await asyncio.gather(*pending)
+        await asyncio.get_running_loop().run_in_executor(None, flush_or_raise, self.producer, 60)
 
 
 def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faust.App:
@@ -267,12 +290,10 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
         )
         return result
 
-    docs_runner = BatchRunner(
-        app, settings, "docs", topics.docs, handle_docs, (VectorStoreUnavailableError,)
-    )
-    query_runner = BatchRunner(
-        app, settings, "queries", topics.queries, handle_queries, (VectorStoreUnavailableError,)
-    )
+    out = producer(settings, bootstrap)
+    retry = (VectorStoreUnavailableError,)
+    docs_runner = BatchRunner(app, settings, "docs", topics.docs, handle_docs, out, retry)
+    query_runner = BatchRunner(app, settings, "queries", topics.queries, handle_queries, out, retry)
     docs_topic = app.topic(topics.docs, key_type=bytes, value_type=bytes)
     queries_topic = app.topic(topics.queries, key_type=bytes, value_type=bytes)
 
@@ -290,6 +311,22 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
     async def close_services(app: Any, **kwargs: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, services.close)
 
+    @app.task
+    async def load_models() -> None:
+        # Load the embedder and open the store before the first batch arrives, so the
+        # first documents are not late by the model's load time. Milvus may not be up yet:
+        # back off and retry (the agents would retry the same way on their first batch).
+        delay = 1.0
+        while True:
+            try:
+                await services.run(services._build)
+                return
+            except VectorStoreUnavailableError as exc:
+                metrics.RETRIES.labels("milvus").inc()
+                log.warning("vector store unavailable (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 30.0)
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"ok": True})
@@ -300,7 +337,7 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
         k = int(request.query.get("k", "5"))
         if not question:
             return web.json({"error": "missing q"}, status=400)
-        hits = await services.run(services.answerer.search, question, k)
+        hits = await services.run(lambda: services.answerer.search(question, k))
         return web.json({"q": question, "hits": [h.__dict__ for h in hits]})
 
     @app.page("/ask")
@@ -309,7 +346,7 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
         if not question:
             return web.json({"error": "missing q"}, status=400)
         k = int(request.query.get("k", "5"))
-        answer = await services.run(services.answerer.answer, question, k)
+        answer = await services.run(lambda: services.answerer.answer(question, k))
         return web.json(answer.to_record())
 
     return app

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import pytest
 
 from streams.sdk import LiveLearnClient
@@ -51,16 +54,24 @@ def _expected(final: dict[str, dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def _collection_state(settings: Settings) -> dict[str, str]:
-    """Read the milvus-lite file (the worker must be stopped: one process per file)."""
-    from retrieval.store import VectorStore
+_READ_STATE = """
+import sys, orjson
+from retrieval.store import VectorStore
+store = VectorStore(sys.argv[1], collection=sys.argv[2], dim=384)
+rows = store.get(sorted(store.all_chunk_ids()))
+sys.stdout.buffer.write(orjson.dumps({r["chunk_id"]: r["text"] for r in rows}))
+"""
 
-    store = VectorStore(settings.milvus_uri, collection=settings.milvus.collection, dim=384)
-    try:
-        ids = store.all_chunk_ids()
-        return {row["chunk_id"]: row["text"] for row in store.get(sorted(ids))}
-    finally:
-        store.close()
+
+def _collection_state(settings: Settings) -> dict[str, str]:
+    """Read the milvus-lite file in a child process (one process per file, and the lock is
+    held until that process exits); the worker must be stopped."""
+    out = subprocess.run(
+        [sys.executable, "-c", _READ_STATE, settings.milvus_uri, settings.milvus.collection],
+        capture_output=True, check=True, timeout=300,
+    )  # fmt: skip
+    state: dict[str, str] = orjson.loads(out.stdout)
+    return state
 
 
 def _produce_story(client: LiveLearnClient, seed: int = 7) -> dict[str, dict[str, Any]]:

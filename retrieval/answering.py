@@ -1,0 +1,353 @@
+"""Answer a question from the indexed chunks: retrieve, then generate with citations.
+
+The generator is pluggable (:class:`Generator`): :class:`ExtractiveGenerator` quotes the
+best-matching sentences and needs no model; :class:`CausalLMGenerator` prompts a causal
+language model with numbered sources and asks it to cite them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from retrieval.exceptions import InvalidArgumentError, ModelLoadError
+from retrieval.store import Hit
+
+__all__ = [
+    "Answer",
+    "CausalLMGenerator",
+    "Context",
+    "ExtractiveGenerator",
+    "Generator",
+    "QueryAnswerer",
+    "build_prompt",
+    "split_sentences",
+]
+
+NO_CONTEXT_ANSWER = "No indexed document matches the question."
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+_WORD = re.compile(r"\w+")
+# Words too common to say whether a sentence answers a question.
+_STOPWORDS = frozenset(
+    "a an and are as at be by can do does for from how i in is it its of on or that the "
+    "this to was what when where which who why will with you your".split()
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    """A retrieved chunk given to the generator, as it appears in an ``answers`` record.
+
+    Examples
+    --------
+    >>> Context("guide", 0, 0.87, "Kafka keeps the log.").chunk
+    0
+    """
+
+    doc_id: str
+    chunk: int
+    score: float
+    text: str
+
+    @classmethod
+    def from_hit(cls, hit: Hit) -> Context:
+        """The context for a search hit."""
+        return cls(hit.doc_id, hit.n, hit.score, hit.text)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer and the contexts it was generated from.
+
+    Examples
+    --------
+    >>> Answer("Kafka keeps the log. [1]", [Context("guide", 0, 0.9, "...")]).to_record()
+    {'answer': 'Kafka keeps the log. [1]',
+     'contexts': [{'doc_id': 'guide', 'chunk': 0, 'score': 0.9, 'text': '...'}]}
+    """
+
+    answer: str
+    contexts: list[Context] = field(default_factory=list)
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``answers`` contract fields ``answer`` and ``contexts``."""
+        return {"answer": self.answer, "contexts": [asdict(c) for c in self.contexts]}
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Turns a question and numbered contexts (``[1]`` is ``contexts[0]``) into an answer."""
+
+    def generate(self, question: str, contexts: Sequence[Context]) -> str:
+        """The answer text, citing contexts as ``[1]``, ``[2]``..."""
+        ...
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences (or paragraphs) of ``text``, stripped, empty ones dropped.
+
+    Examples
+    --------
+    >>> split_sentences("One. Two?  Three\\n\\nFour")
+    ['One.', 'Two?', 'Three', 'Four']
+    """
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def _content_words(text: str) -> set[str]:
+    """Lower-cased words minus stopwords, plural/3rd-person "s" dropped ("learns" ~ "learn")."""
+    words = (w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS)
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words}
+
+
+class ExtractiveGenerator:
+    """Quote the sentences that share most words with the question, each with its citation.
+
+    Sentences are scored by the share of the question's content words they contain, ties
+    going to the better-ranked context; the answer lists the chosen sentences in score order,
+    each followed by ``[i]``, then the cited sources with their doc ids.
+
+    Parameters
+    ----------
+    max_sentences
+        Most sentences quoted.
+    max_chars
+        Sentences longer than this are cut (with ``...``).
+
+    Examples
+    --------
+    >>> gen = ExtractiveGenerator(max_sentences=1)
+    >>> ctx = [Context("kafka", 0, 0.9, "Kafka is a log. Brokers store partitions."),
+    ...        Context("milvus", 0, 0.8, "Milvus stores vectors.")]
+    >>> print(gen.generate("Where are partitions stored?", ctx))
+    Brokers store partitions. [1]
+    Sources: [1] kafka
+    """
+
+    def __init__(self, max_sentences: int = 2, max_chars: int = 400) -> None:
+        if max_sentences < 1:
+            raise InvalidArgumentError(f"max_sentences must be >= 1, got {max_sentences}")
+        self.max_sentences = max_sentences
+        self.max_chars = max_chars
+
+    def generate(self, question: str, contexts: Sequence[Context]) -> str:
+        """The quoted sentences with citations, or a fixed line when there is no context."""
+        if not contexts:
+            return NO_CONTEXT_ANSWER
+        wanted = _content_words(question)
+        scored: list[tuple[float, int, int, str]] = []
+        for i, ctx in enumerate(contexts):
+            for j, sentence in enumerate(split_sentences(ctx.text)):
+                overlap = len(wanted & _content_words(sentence)) / max(len(wanted), 1)
+                scored.append((-overlap, i, j, sentence))
+        if not scored:
+            return NO_CONTEXT_ANSWER
+        scored.sort()
+        best = [s for s in scored if s[0] < 0][: self.max_sentences] or scored[:1]
+        parts, cited = [], []
+        for _, i, _, sentence in best:
+            if len(sentence) > self.max_chars:
+                sentence = sentence[: self.max_chars].rstrip() + "..."
+            parts.append(f"{sentence} [{i + 1}]")
+            if i not in cited:
+                cited.append(i)
+        sources = ", ".join(f"[{i + 1}] {contexts[i].doc_id}" for i in sorted(cited))
+        return " ".join(parts) + f"\nSources: {sources}"
+
+
+def build_prompt(question: str, contexts: Sequence[Context], max_context_chars: int = 1200) -> str:
+    """A prompt listing numbered sources and asking for a cited answer.
+
+    Examples
+    --------
+    >>> print(build_prompt("What keeps the log?", [Context("kafka", 0, 0.9, "Kafka does.")]))
+    Answer the question using only the numbered sources below. Cite the sources you use
+    as [1], [2], ... If the sources do not contain the answer, say so.
+    <BLANKLINE>
+    Sources:
+    [1] (kafka) Kafka does.
+    <BLANKLINE>
+    Question: What keeps the log?
+    Answer:
+    """
+    sources = "\n".join(
+        f"[{i + 1}] ({c.doc_id}) {c.text[:max_context_chars].strip()}"
+        for i, c in enumerate(contexts)
+    )
+    return (
+        "Answer the question using only the numbered sources below. Cite the sources you use\n"
+        "as [1], [2], ... If the sources do not contain the answer, say so.\n\n"
+        f"Sources:\n{sources}\n\nQuestion: {question.strip()}\nAnswer:"
+    )
+
+
+class CausalLMGenerator:
+    """Generate a cited answer with a Hugging Face causal language model (greedy decoding).
+
+    Parameters
+    ----------
+    model
+        A Hugging Face id or local folder, or a preloaded ``(model, tokenizer)`` pair.
+    max_new_tokens
+        Most tokens generated.
+    device
+        ``None`` picks CUDA when available (the model then runs in bfloat16 where supported,
+        else float16).
+
+    Examples
+    --------
+    Loading a model takes time, so this is not run as a doctest::
+
+        gen = CausalLMGenerator("Qwen/Qwen2.5-0.5B-Instruct", max_new_tokens=64)
+        gen.generate("What keeps the log?", [Context("kafka", 0, 0.9, "Kafka does.")])
+
+    Instruction-tuned models get the prompt through their chat template:
+
+    >>> "Question: What keeps the log?" in build_prompt("What keeps the log?", [])
+    True
+    """
+
+    def __init__(
+        self,
+        model: str | tuple[Any, Any],
+        max_new_tokens: int = 64,
+        device: str | None = None,
+    ) -> None:
+        import torch
+
+        if max_new_tokens < 1:
+            raise InvalidArgumentError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.max_new_tokens = max_new_tokens
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if isinstance(model, tuple):
+            self._model, self._tokenizer = model
+            self.model_name = type(self._model).__name__
+        else:
+            self.model_name = model
+            self._model, self._tokenizer = self._load(model)
+        self._model.to(self._device).eval()
+
+    def _load(self, model: str) -> tuple[Any, Any]:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from retrieval.embedding import resolve_model_path
+
+        path = resolve_model_path(model)
+        dtype = torch.float32
+        if self._device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError, ImportError) as exc:
+            raise ModelLoadError(
+                f"could not load causal LM {model!r}: {exc}; pass a local folder or a Hugging "
+                "Face id available offline, or use the 'extractive' generator"
+            ) from exc
+        return lm, tokenizer
+
+    def __repr__(self) -> str:
+        return f"CausalLMGenerator({self.model_name!r}, max_new_tokens={self.max_new_tokens})"
+
+    def _input_ids(self, prompt: str) -> Any:
+        tok = self._tokenizer
+        if getattr(tok, "chat_template", None):
+            messages = [{"role": "user", "content": prompt}]
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if not isinstance(ids, list):  # newer transformers return a BatchEncoding
+                ids = ids["input_ids"]
+        else:
+            ids = tok(prompt)["input_ids"]
+        # Keep the end (the question and "Answer:") when the sources overflow the window.
+        config = self._model.config
+        window = int(
+            getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 2048)
+        )
+        room = max(1, window - self.max_new_tokens)
+        return list(ids)[-room:]
+
+    def generate(self, question: str, contexts: Sequence[Context]) -> str:
+        """The model's answer to ``question`` given the numbered ``contexts``."""
+        import torch
+
+        if not contexts:
+            return NO_CONTEXT_ANSWER
+        ids = self._input_ids(build_prompt(question, contexts))
+        tok = self._tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self._device)
+        with torch.inference_mode():
+            out = self._model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        text: str = tok.decode(out[0, len(ids) :], skip_special_tokens=True)
+        return text.strip()
+
+
+class QueryAnswerer:
+    """Retrieve the chunks closest to a question and generate a cited answer.
+
+    Parameters
+    ----------
+    embedder
+        Anything with ``encode(texts) -> ndarray`` (the one the index was built with).
+    store
+        The :class:`~retrieval.store.VectorStore` (or anything with its ``search``).
+    generator
+        A :class:`Generator`; ``None`` means :class:`ExtractiveGenerator`.
+    default_k
+        Contexts retrieved when the query does not say.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class OneDim:
+    ...     def encode(self, texts):
+    ...         return np.ones((len(texts), 1), "f4")
+    >>> class Fixed:
+    ...     def search(self, vector, k=5, filter=None):
+    ...         return [Hit("kafka#0", "kafka", 0, "Kafka keeps the log.", 0.9, "", "", {})][:k]
+    >>> answer = QueryAnswerer(OneDim(), Fixed()).answer("What keeps the log?")
+    >>> answer.answer
+    'Kafka keeps the log. [1]\\nSources: [1] kafka'
+    >>> answer.contexts
+    [Context(doc_id='kafka', chunk=0, score=0.9, text='Kafka keeps the log.')]
+    """
+
+    def __init__(
+        self,
+        embedder: Any,
+        store: Any,
+        generator: Generator | None = None,
+        default_k: int = 5,
+    ) -> None:
+        if default_k < 1:
+            raise InvalidArgumentError(f"default_k must be >= 1, got {default_k}")
+        self.embedder = embedder
+        self.store = store
+        self.generator: Generator = generator if generator is not None else ExtractiveGenerator()
+        self.default_k = default_k
+
+    def search(self, question: str, k: int | None = None, filter: str | None = None) -> list[Hit]:
+        """The ``k`` (default ``default_k``) chunks closest to ``question``, best first."""
+        k = self.default_k if k is None else int(k)
+        if k < 1:
+            raise InvalidArgumentError(f"k must be >= 1, got {k}")
+        vector = np.asarray(self.embedder.encode([question]))[0]
+        hits: list[Hit] = self.store.search(vector, k=k, filter=filter or None)
+        return hits
+
+    def answer(self, question: str, k: int | None = None, filter: str | None = None) -> Answer:
+        """Retrieve contexts for ``question`` and generate the answer from them."""
+        contexts = [Context.from_hit(h) for h in self.search(question, k, filter)]
+        return Answer(self.generator.generate(question, contexts), contexts)

@@ -1,0 +1,552 @@
+"""Chunk vectors in Milvus, over the public :class:`pymilvus.MilvusClient` API.
+
+The same code runs on milvus-lite (``uri`` is a ``.db`` file; one process per file) and on a
+Milvus server (``uri`` is ``http://host:19530``). The collection uses Strong consistency, so
+a search that follows an acknowledged upsert or delete sees it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from retrieval.exceptions import (
+    CollectionMismatchError,
+    InvalidArgumentError,
+    VectorStoreError,
+    VectorStoreUnavailableError,
+)
+
+__all__ = [
+    "ChunkRow",
+    "Hit",
+    "VectorStore",
+    "build_filter",
+    "quote_string",
+    "truncate_utf8",
+]
+
+MetaValue = str | int | float | bool
+
+ID_MAX_BYTES = 512
+TEXT_MAX_BYTES = 65535
+LABEL_MAX_BYTES = 2048  # title and source
+UPSERT_BATCH = 500  # milvus-lite is ~6x faster in batches of 100-1000 than row by row
+PAGE_SIZE = 1000
+QUERY_LIMIT = 16384  # Milvus caps offset + limit of one query at 16384
+METRICS = ("COSINE", "IP", "L2")
+FIELDS = ("chunk_id", "doc_id", "n", "text", "title", "source", "meta", "ts")
+
+_T = TypeVar("_T")
+# Only the escapes that both milvus-lite and Milvus parse; other characters go in raw.
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_META_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, never inside a character.
+
+    Examples
+    --------
+    >>> truncate_utf8("héllo", 2)
+    'h'
+    >>> truncate_utf8("héllo", 3)
+    'hé'
+    """
+    data = text.encode("utf-8")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def quote_string(value: str) -> str:
+    """A Milvus string literal for ``value``: double-quoted, with backslash escapes.
+
+    Examples
+    --------
+    >>> print(quote_string('say "hi" \\\\ bye'))
+    "say \\"hi\\" \\\\ bye"
+    """
+    return '"' + value.translate(_ESCAPES) + '"'
+
+
+def _literal(value: MetaValue) -> str:
+    if isinstance(value, bool):  # before int: bool is an int
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"filter value {value!r} is not a finite number")
+        return repr(value)
+    if isinstance(value, str):
+        return quote_string(value)
+    raise InvalidArgumentError(
+        f"filter values must be str, int, float or bool, got {type(value).__name__}"
+    )
+
+
+def build_filter(
+    title: str | None = None,
+    source: str | None = None,
+    meta: Mapping[str, MetaValue] | None = None,
+) -> str:
+    """A Milvus boolean expression matching all the given conditions (``""`` for none).
+
+    Parameters
+    ----------
+    title, source
+        Exact values of the ``title`` and ``source`` fields.
+    meta
+        ``{key: value}`` pairs that must all equal the document's ``meta`` entries. Keys are
+        letters, digits, ``_``, ``.`` and ``-``.
+
+    Returns
+    -------
+    str
+        Conditions joined with ``and``; values are escaped, so any string is safe.
+
+    Examples
+    --------
+    >>> build_filter(title='The "Log"', meta={"year": 2024, "draft": False})
+    'title == "The \\\\"Log\\\\"" and meta["year"] == 2024 and meta["draft"] == false'
+    >>> build_filter()
+    ''
+    """
+    parts: list[str] = []
+    if title is not None:
+        parts.append(f"title == {_literal(str(title))}")
+    if source is not None:
+        parts.append(f"source == {_literal(str(source))}")
+    for key, value in (meta or {}).items():
+        if not isinstance(key, str) or not _META_KEY.match(key):
+            raise InvalidArgumentError(
+                f"meta filter key {key!r} is not allowed; use letters, digits, '_', '.' or '-'"
+            )
+        parts.append(f"meta[{quote_string(key)}] == {_literal(value)}")
+    return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """One row of the collection: a chunk, its vector and its document's attributes.
+
+    Examples
+    --------
+    >>> row = ChunkRow("a#0", "a", 0, "text", [0.0, 1.0], meta={"lang": "en"})
+    >>> row.chunk_id, row.title, row.meta
+    ('a#0', '', {'lang': 'en'})
+    """
+
+    chunk_id: str
+    doc_id: str
+    n: int
+    text: str
+    vector: Sequence[float] | np.ndarray
+    title: str = ""
+    source: str = ""
+    meta: dict[str, MetaValue] = field(default_factory=dict)
+    ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result; ``score`` is a similarity, higher is better.
+
+    Examples
+    --------
+    >>> Hit("a#0", "a", 0, "text", 0.9, "", "", {}).score
+    0.9
+    """
+
+    chunk_id: str
+    doc_id: str
+    n: int
+    text: str
+    score: float
+    title: str
+    source: str
+    meta: dict[str, Any]
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the server could not be reached (worth retrying)."""
+    from pymilvus.exceptions import (
+        ConnectError,
+        ConnectionNotExistException,
+        MilvusUnavailableException,
+    )
+
+    if isinstance(
+        exc,
+        ConnectError
+        | ConnectionNotExistException
+        | MilvusUnavailableException
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return True
+    code = getattr(exc, "code", None)
+    name = getattr(code() if callable(code) else code, "name", "")
+    return name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # grpc.RpcError
+
+
+class VectorStore:
+    """The chunk collection in Milvus (milvus-lite file or server).
+
+    The collection is created on first use with an explicit schema and a vector index, then
+    loaded. An existing collection with another dimension or metric is refused.
+
+    Parameters
+    ----------
+    uri
+        A milvus-lite file (``"./data/milvus.db"``) or a server URI (``"http://host:19530"``).
+    collection
+        Collection name.
+    dim
+        Vector length (384 for all-MiniLM-L6-v2).
+    metric
+        ``"COSINE"``, ``"IP"`` or ``"L2"``; scores are similarities for all three (for L2,
+        the negated distance).
+    token
+        Server token (``"user:password"`` or an API key); unused by milvus-lite.
+    index_type
+        Milvus index type for the vector field.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> store = VectorStore(os.path.join(folder, "doctest.db"), dim=2)
+    >>> store.upsert([ChunkRow("a#0", "a", 0, "east", [1.0, 0.0]),
+    ...               ChunkRow("b#0", "b", 0, "north", [0.0, 1.0])])
+    2
+    >>> [(h.chunk_id, round(h.score, 2)) for h in store.search([0.9, 0.1], k=1)]
+    [('a#0', 0.99)]
+    >>> store.delete_doc("a"); store.count()
+    1
+    >>> store.close()
+    >>> import shutil; shutil.rmtree(folder)
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        collection: str = "livelearn_chunks",
+        dim: int = 384,
+        metric: str = "COSINE",
+        token: str | None = None,
+        index_type: str = "AUTOINDEX",
+    ) -> None:
+        metric = metric.upper()
+        if metric not in METRICS:
+            raise InvalidArgumentError(f"metric must be one of {METRICS}, got {metric!r}")
+        if dim < 1:
+            raise InvalidArgumentError(f"dim must be >= 1, got {dim}")
+        self.uri = uri
+        self.collection = collection
+        self.dim = dim
+        self.metric = metric
+        self.index_type = index_type
+        from pymilvus import MilvusClient
+
+        try:
+            self._client: Any = MilvusClient(uri=uri, token=token or "")
+        except Exception as exc:
+            raise VectorStoreUnavailableError(
+                f"cannot open Milvus at {uri!r}: {exc}; check that the server is up (or, for "
+                "milvus-lite, that the folder exists and no other process holds the file)"
+            ) from exc
+        try:
+            self._ensure_collection()
+        except BaseException:
+            self._client.close()  # milvus-lite holds its file until the client is closed
+            raise
+
+    def __repr__(self) -> str:
+        return (
+            f"VectorStore({self.uri!r}, collection={self.collection!r}, dim={self.dim}, "
+            f"metric={self.metric!r})"
+        )
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run a client call, turning its errors into retrieval errors."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise VectorStoreUnavailableError(
+                    f"Milvus at {self.uri!r} is unavailable during {what}: {exc}; retry later"
+                ) from exc
+            raise VectorStoreError(
+                f"Milvus {what} on collection {self.collection!r} failed: {exc}"
+            ) from exc
+
+    def _ensure_collection(self) -> None:
+        c = self._client
+        if self._call("has_collection", c.has_collection, self.collection):
+            self._check_existing()
+        else:
+            self._call("create_collection", self._create)
+        self._call("load_collection", c.load_collection, self.collection)
+
+    def _create(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX_BYTES)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=ID_MAX_BYTES)
+        schema.add_field("n", DataType.INT64)
+        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX_BYTES)
+        schema.add_field("title", DataType.VARCHAR, max_length=LABEL_MAX_BYTES)
+        schema.add_field("source", DataType.VARCHAR, max_length=LABEL_MAX_BYTES)
+        schema.add_field("meta", DataType.JSON)
+        schema.add_field("ts", DataType.DOUBLE)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        index = self._client.prepare_index_params()
+        index.add_index(field_name="vector", index_type=self.index_type, metric_type=self.metric)
+        self._client.create_collection(
+            self.collection, schema=schema, index_params=index, consistency_level="Strong"
+        )
+
+    def _check_existing(self) -> None:
+        c = self._client
+        info = self._call("describe_collection", c.describe_collection, self.collection)
+        fields = {f["name"]: f for f in info.get("fields", [])}
+        how = (
+            f"use another collection name, or drop the old one (MilvusClient({self.uri!r})"
+            f".drop_collection({self.collection!r})) and re-index"
+        )
+        vector = fields.get("vector")
+        if vector is None or set(FIELDS) - set(fields):
+            raise CollectionMismatchError(
+                f"collection {self.collection!r} exists with another schema (fields "
+                f"{sorted(fields)}); {how}"
+            )
+        found_dim = int(vector.get("params", {}).get("dim", -1))
+        if found_dim != self.dim:
+            raise CollectionMismatchError(
+                f"collection {self.collection!r} holds {found_dim}-d vectors but dim={self.dim} "
+                f"was asked for (a different embedding model?); {how}"
+            )
+        indexes = self._call("list_indexes", c.list_indexes, self.collection, "vector")
+        for name in indexes:
+            desc = self._call("describe_index", c.describe_index, self.collection, name)
+            found = str(desc.get("metric_type", "")).upper()
+            if found and found != self.metric:
+                raise CollectionMismatchError(
+                    f"collection {self.collection!r} is indexed with metric {found} but "
+                    f"metric={self.metric!r} was asked for; {how}"
+                )
+        if not indexes:  # created elsewhere without an index: add ours so it can load
+            index = c.prepare_index_params()
+            index.add_index(
+                field_name="vector", index_type=self.index_type, metric_type=self.metric
+            )
+            self._call("create_index", c.create_index, self.collection, index)
+
+    def _entity(self, row: ChunkRow) -> dict[str, Any]:
+        if len(row.chunk_id.encode("utf-8")) > ID_MAX_BYTES:
+            raise InvalidArgumentError(
+                f"chunk id {row.chunk_id[:60]!r}... is longer than {ID_MAX_BYTES} bytes; "
+                "use shorter document ids"
+            )
+        vector = np.asarray(row.vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.dim:
+            raise InvalidArgumentError(
+                f"chunk {row.chunk_id!r} has a {vector.shape[0]}-d vector, the collection "
+                f"holds {self.dim}-d ones; embed with the model the collection was built with"
+            )
+        return {
+            "chunk_id": row.chunk_id,
+            "doc_id": truncate_utf8(row.doc_id, ID_MAX_BYTES),
+            "n": int(row.n),
+            "text": truncate_utf8(row.text, TEXT_MAX_BYTES),
+            "title": truncate_utf8(row.title or "", LABEL_MAX_BYTES),
+            "source": truncate_utf8(row.source or "", LABEL_MAX_BYTES),
+            "meta": dict(row.meta or {}),
+            "ts": float(row.ts or 0.0),
+            "vector": vector.tolist(),
+        }
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def upsert(self, rows: Sequence[ChunkRow], batch_size: int = UPSERT_BATCH) -> int:
+        """Insert or replace ``rows`` by chunk id, in batches; returns the rows written.
+
+        Within ``rows`` the last row for a chunk id wins. Text longer than 65535 UTF-8 bytes
+        is truncated at a character boundary.
+        """
+        entities = list({row.chunk_id: self._entity(row) for row in rows}.values())
+        for i in range(0, len(entities), batch_size):
+            self._call("upsert", self._client.upsert, self.collection, entities[i : i + batch_size])
+        return len(entities)
+
+    def delete_chunks(self, chunk_ids: Iterable[str]) -> None:
+        """Remove chunks by id; unknown ids are ignored."""
+        ids = list(dict.fromkeys(chunk_ids))
+        for i in range(0, len(ids), UPSERT_BATCH):
+            self._call(
+                "delete", self._client.delete, self.collection, ids=ids[i : i + UPSERT_BATCH]
+            )
+
+    def delete_doc(self, doc_id: str) -> None:
+        """Remove every chunk of ``doc_id``."""
+        self._call(
+            "delete",
+            self._client.delete,
+            self.collection,
+            filter=f"doc_id == {quote_string(doc_id)}",
+        )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _query_all(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
+        """Every row matching ``expr``: one query when it fits, else paged with an iterator."""
+        rows: list[dict[str, Any]] = self._call(
+            "query",
+            self._client.query,
+            self.collection,
+            filter=expr,
+            output_fields=fields,
+            limit=QUERY_LIMIT,
+        )
+        if len(rows) < QUERY_LIMIT:
+            return [dict(r) for r in rows]
+        it = self._call(
+            "query_iterator",
+            self._client.query_iterator,
+            self.collection,
+            batch_size=PAGE_SIZE,
+            filter=expr,
+            output_fields=fields,
+        )
+        rows = []
+        try:
+            while page := self._call("query_iterator", it.next):
+                rows.extend(page)
+        finally:
+            it.close()
+        return rows
+
+    def chunk_ids_for_doc(self, doc_id: str) -> set[str]:
+        """Ids of the chunks stored for ``doc_id``."""
+        rows = self._query_all(f"doc_id == {quote_string(doc_id)}", ["chunk_id"])
+        return {r["chunk_id"] for r in rows}
+
+    def chunk_ids_for_docs(self, doc_ids: Iterable[str]) -> dict[str, set[str]]:
+        """Ids of the stored chunks of each of ``doc_ids`` (one query per 100 docs)."""
+        ids = list(dict.fromkeys(doc_ids))
+        out: dict[str, set[str]] = {d: set() for d in ids}
+        for i in range(0, len(ids), 100):
+            quoted = ", ".join(quote_string(d) for d in ids[i : i + 100])
+            for r in self._query_all(f"doc_id in [{quoted}]", ["chunk_id", "doc_id"]):
+                out.setdefault(r["doc_id"], set()).add(r["chunk_id"])
+        return out
+
+    def get(self, chunk_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Stored rows (all fields but the vector) for ``chunk_ids``; missing ids are skipped.
+
+        Rows come back in the order of ``chunk_ids``.
+        """
+        ids = list(dict.fromkeys(chunk_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(ids), PAGE_SIZE):
+            rows = self._call(
+                "get",
+                self._client.get,
+                self.collection,
+                ids=ids[i : i + PAGE_SIZE],
+                output_fields=list(FIELDS),
+            )
+            found.update({r["chunk_id"]: dict(r) for r in rows})
+        return [found[c] for c in ids if c in found]
+
+    def all_chunk_ids(self) -> set[str]:
+        """Ids of every stored chunk."""
+        return {r["chunk_id"] for r in self._query_all("", ["chunk_id"])}
+
+    def count(self) -> int:
+        """Number of stored chunks."""
+        rows = self._call(
+            "count", self._client.query, self.collection, filter="", output_fields=["count(*)"]
+        )
+        return int(rows[0]["count(*)"])
+
+    def search(
+        self,
+        vector: Sequence[float] | np.ndarray,
+        k: int = 5,
+        filter: str | None = None,
+    ) -> list[Hit]:
+        """The ``k`` chunks most similar to ``vector``, best first.
+
+        Parameters
+        ----------
+        vector
+            Query vector of length ``dim``.
+        k
+            Number of hits wanted (>= 1).
+        filter
+            Optional Milvus boolean expression, e.g. from :meth:`build_filter`.
+        """
+        if k < 1:
+            raise InvalidArgumentError(f"k must be >= 1, got {k}")
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.dim:
+            raise InvalidArgumentError(
+                f"query vector has {query.shape[0]} dimensions, the collection holds {self.dim}"
+            )
+        result = self._call(
+            "search",
+            self._client.search,
+            self.collection,
+            data=[query.tolist()],
+            limit=k,
+            filter=filter or "",
+            output_fields=[f for f in FIELDS if f != "chunk_id"],
+            search_params={"metric_type": self.metric},
+        )
+        hits = []
+        for r in result[0] if result else []:
+            e = r["entity"]
+            score = float(r["distance"])
+            hits.append(
+                Hit(
+                    chunk_id=str(r.get("chunk_id", r.get("id"))),
+                    doc_id=e["doc_id"],
+                    n=int(e["n"]),
+                    text=e["text"],
+                    score=-score if self.metric == "L2" else score,
+                    title=e.get("title", ""),
+                    source=e.get("source", ""),
+                    meta=dict(e.get("meta") or {}),
+                )
+            )
+        return hits
+
+    @staticmethod
+    def build_filter(
+        title: str | None = None,
+        source: str | None = None,
+        meta: Mapping[str, MetaValue] | None = None,
+    ) -> str:
+        """Same as the module-level :func:`build_filter`."""
+        return build_filter(title=title, source=source, meta=meta)
+
+    def close(self) -> None:
+        """Release the client (milvus-lite flushes and unlocks its file)."""
+        self._client.close()
