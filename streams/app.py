@@ -138,6 +138,21 @@ def answer_queries(
     return outputs
 
 
+def make_online_service(settings: Settings) -> Any:
+    """The learner's domain object, resumed from its checkpoint when there is one."""
+    from trainers.learner import OnlineLearner
+    from trainers.service import OnlineService
+
+    m = settings.models
+    return OnlineService(
+        OnlineLearner(m.online, m.task, m.name),
+        settings.data_dir / "online" / f"{m.name}.ckpt",
+        every_records=m.checkpoint_every_records,
+        every_seconds=m.checkpoint_every_s,
+        label_ttl_seconds=m.label_ttl_s,
+    )
+
+
 class BatchRunner:
     """Runs one agent's batch: decode, call the domain, produce, and only then return."""
 
@@ -310,6 +325,26 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_services(app: Any, **kwargs: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, services.close)
+
+    learner_box: list[Any] = []
+
+    @app.task
+    async def start_learner() -> None:
+        # The online learner is a thread beside the agents: it only learns while this worker
+        # holds the model's lease (see streams.learner), so any number of workers can run.
+        if not settings.models.learner:
+            return
+        from streams.learner import LearnerLoop
+
+        loop = LearnerLoop(settings, bootstrap, lambda: make_online_service(settings))
+        loop.start()
+        learner_box.append(loop)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def stop_learner(app: Any, **kwargs: Any) -> None:
+        for loop in learner_box:
+            loop.stop()
+            await asyncio.get_running_loop().run_in_executor(None, loop.join, 60)
 
     @app.task
     async def load_models() -> None:

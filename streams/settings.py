@@ -152,6 +152,12 @@ class ModelSettings(_Frozen):
         "classification", description="online/batch learning task"
     )
     name: str = Field("default", description="model name used in records and the registry")
+    checkpoint_every_records: int = Field(
+        1000, ge=1, description="online model checkpoint every N records ..."
+    )
+    checkpoint_every_s: float = Field(10.0, gt=0, description="... or every T seconds")
+    label_ttl_s: float = Field(3600.0, gt=0, description="how long features wait for a late label")
+    learner: bool = Field(True, description="run the online learner in this worker")
     generator: str = Field(
         "extractive", description="answer generator: 'extractive' or an HF causal LM id/path"
     )

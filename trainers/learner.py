@@ -1,0 +1,303 @@
+"""Online learning with river: model specs, features, prequential learning, late labels.
+
+Everything here is plain Python over river's protocol (``predict_one``, ``predict_proba_one``,
+``learn_one``) and can be tested without a broker:
+
+>>> learner = OnlineLearner("logreg")
+>>> for i in range(200):
+...     x = {"x": float(i % 10)}
+...     _ = learner.predict_then_learn(x, i % 10 >= 5)
+>>> learner.predict({"x": 9.0}).prediction, learner.n_learned
+(True, 200)
+>>> 0.8 < learner.metrics()["accuracy"] <= 1.0
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+import pickle
+import re
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainers.exceptions import ModelSpecError
+
+__all__ = [
+    "MODEL_SPECS",
+    "LabelJoiner",
+    "OnlineLearner",
+    "Prediction",
+    "build_model",
+    "to_features",
+]
+
+
+def _logreg() -> Any:
+    from river import linear_model, preprocessing
+
+    return preprocessing.StandardScaler() | linear_model.LogisticRegression()
+
+
+def _linreg() -> Any:
+    from river import linear_model, preprocessing
+
+    return preprocessing.StandardScaler() | linear_model.LinearRegression()
+
+
+def _hoeffding() -> Any:
+    from river import tree
+
+    return tree.HoeffdingTreeClassifier()
+
+
+def _hoeffding_adaptive() -> Any:
+    from river import tree
+
+    return tree.HoeffdingAdaptiveTreeClassifier(seed=42)
+
+
+def _nb() -> Any:
+    from river import naive_bayes
+
+    return naive_bayes.GaussianNB()
+
+
+def _arf() -> Any:
+    from river import forest
+
+    return forest.ARFClassifier(seed=42)
+
+
+#: Short specs → (factory, task).
+MODEL_SPECS: dict[str, tuple[Callable[[], Any], str]] = {
+    "logreg": (_logreg, "classification"),
+    "scaler|logreg": (_logreg, "classification"),
+    "hoeffding": (_hoeffding, "classification"),
+    "hat": (_hoeffding_adaptive, "classification"),
+    "nb": (_nb, "classification"),
+    "arf": (_arf, "classification"),
+    "linreg": (_linreg, "regression"),
+    "scaler|linreg": (_linreg, "regression"),
+}
+
+
+def build_model(spec: str) -> Any:
+    """A fresh river model from a short spec (``logreg``, ``hoeffding``, ...) or an import
+    path ``package.module:factory`` of a function returning one.
+
+    >>> [type(step).__name__ for step in build_model("logreg").steps.values()]
+    ['StandardScaler', 'LogisticRegression']
+    >>> build_model("svm")
+    Traceback (most recent call last):
+    ...
+    trainers.exceptions.ModelSpecError: unknown model spec 'svm'; use one of arf, hat, ...
+    """
+    if spec in MODEL_SPECS:
+        return MODEL_SPECS[spec][0]()
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ModelSpecError(f"cannot import model factory {spec!r}: {exc}") from exc
+        return factory()
+    raise ModelSpecError(
+        f"unknown model spec {spec!r}; use one of {', '.join(sorted(MODEL_SPECS))}, "
+        "or 'package.module:factory'"
+    )
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def to_features(event: Mapping[str, Any]) -> dict[str, float | str]:
+    """Model input from an ``events`` value: its features, plus bag-of-words of its text.
+
+    Numbers stay numbers; strings stay strings (river's one-hot encoders and trees take them);
+    text becomes ``"w:<word>"`` counts, lower-cased, so a text-only stream is learnable too.
+
+    >>> to_features({"id": "e", "features": {"x": 1, "city": "Oslo"}, "text": "Fast, fast!"})
+    {'x': 1.0, 'city': 'Oslo', 'w:fast': 2.0}
+    """
+    x: dict[str, float | str] = {}
+    for name, value in (event.get("features") or {}).items():
+        x[name] = value if isinstance(value, str) else float(value)
+    text = event.get("text")
+    if text:
+        for word in _WORD.findall(text.lower()):
+            key = f"w:{word}"
+            x[key] = float(x.get(key, 0.0)) + 1.0
+    return x
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A prediction and, for classifiers, the class probabilities."""
+
+    prediction: Any
+    proba: dict[str, float] | None = None
+
+
+class _Rolling:
+    """Windowed and cumulative prequential metrics (accuracy or MAE/RMSE)."""
+
+    def __init__(self, task: str, window: int) -> None:
+        self.task = task
+        self.window: deque[tuple[float, float]] = deque(maxlen=window)
+        self.n = 0
+        self.total = 0.0
+        self.total_sq = 0.0
+
+    def update(self, y_true: Any, y_pred: Any) -> None:
+        if self.task == "classification":
+            hit = 1.0 if y_pred == y_true else 0.0
+            self.window.append((hit, 0.0))
+            self.total += hit
+        else:
+            err = abs(float(y_true) - float(y_pred if y_pred is not None else 0.0))
+            self.window.append((err, err * err))
+            self.total += err
+            self.total_sq += err * err
+        self.n += 1
+
+    def as_dict(self) -> dict[str, float]:
+        if not self.n:
+            return {}
+        w = len(self.window)
+        if self.task == "classification":
+            return {
+                "accuracy": sum(h for h, _ in self.window) / w,
+                "accuracy_total": self.total / self.n,
+                "n": float(self.n),
+            }
+        return {
+            "mae": sum(e for e, _ in self.window) / w,
+            "rmse": math.sqrt(sum(s for _, s in self.window) / w),
+            "mae_total": self.total / self.n,
+            "n": float(self.n),
+        }
+
+
+class OnlineLearner:
+    """A river model learning one record at a time, predict first (prequential).
+
+    Parameters
+    ----------
+    spec
+        A model spec for :func:`build_model`.
+    task
+        ``classification`` or ``regression``; taken from the spec when it is a short one.
+    name
+        The model's name in predictions and the registry.
+    metric_window
+        Records in the rolling metric window.
+    """
+
+    def __init__(
+        self,
+        spec: str = "logreg",
+        task: str | None = None,
+        name: str = "default",
+        metric_window: int = 1000,
+    ) -> None:
+        self.spec = spec
+        self.task = task or MODEL_SPECS.get(spec, (None, "classification"))[1]
+        self.name = name
+        self.metric_window = metric_window
+        self.model = build_model(spec)
+        self.rolling = _Rolling(self.task, metric_window)
+        self.n_learned = 0
+
+    @property
+    def version(self) -> str:
+        """``online-<records learned>``: changes with every label."""
+        return f"online-{self.n_learned}"
+
+    def predict(self, x: Mapping[str, Any]) -> Prediction:
+        if self.task == "classification":
+            proba = self.model.predict_proba_one(dict(x)) if self.n_learned else {}
+            if not proba:
+                return Prediction(None, None)
+            label = max(proba, key=lambda k: proba[k])
+            return Prediction(label, {str(k): float(v) for k, v in proba.items()})
+        return Prediction(float(self.model.predict_one(dict(x))), None)
+
+    def learn(self, x: Mapping[str, Any], y: Any) -> None:
+        self.model.learn_one(dict(x), y)
+        self.n_learned += 1
+
+    def predict_then_learn(self, x: Mapping[str, Any], y: Any) -> Prediction:
+        """Prequential step: predict, score the prediction, then learn from the label."""
+        pred = self.predict(x)
+        self.rolling.update(y, pred.prediction)
+        self.learn(x, y)
+        return pred
+
+    def metrics(self) -> dict[str, float]:
+        return self.rolling.as_dict()
+
+    def clone_fresh(self) -> OnlineLearner:
+        return OnlineLearner(self.spec, self.task, self.name, self.metric_window)
+
+    def snapshot(self) -> bytes:
+        """The whole learner (model, metrics, counters) as bytes."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def restore(data: bytes) -> OnlineLearner:
+        learner = pickle.loads(data)
+        if not isinstance(learner, OnlineLearner):
+            raise ModelSpecError("snapshot does not hold an OnlineLearner")
+        return learner
+
+    def copy(self) -> OnlineLearner:
+        return copy.deepcopy(self)
+
+
+class LabelJoiner:
+    """Features of events waiting for a late label, kept until they expire.
+
+    >>> j = LabelJoiner(ttl_seconds=10)
+    >>> j.put("e1", {"x": 1.0}, now=0.0)
+    >>> j.pop("e1"), j.pop("e1")
+    ({'x': 1.0}, None)
+    >>> j.put("e2", {"x": 2.0}, now=0.0); j.expire(now=11.0), j.expired_total
+    (1, 1)
+    """
+
+    def __init__(self, ttl_seconds: float = 3600.0, max_pending: int = 1_000_000) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_pending = max_pending
+        self._pending: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self.expired_total = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def put(self, event_id: str, features: Mapping[str, Any], now: float) -> None:
+        self._pending[event_id] = (now, dict(features))
+        self._pending.move_to_end(event_id)
+        while len(self._pending) > self.max_pending:  # bounded memory: oldest go first
+            self._pending.popitem(last=False)
+            self.expired_total += 1
+
+    def pop(self, event_id: str) -> dict[str, Any] | None:
+        item = self._pending.pop(event_id, None)
+        return None if item is None else item[1]
+
+    def expire(self, now: float) -> int:
+        """Drop features older than the TTL; return how many were dropped."""
+        dropped = 0
+        while self._pending:
+            first = next(iter(self._pending))
+            if now - self._pending[first][0] <= self.ttl_seconds:
+                break
+            self._pending.popitem(last=False)
+            dropped += 1
+        self.expired_total += dropped
+        return dropped
