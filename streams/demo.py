@@ -17,6 +17,7 @@ HTML report (plots inline) is written to ``.livelearn/demo/report.html``.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -65,6 +66,8 @@ class DemoResult:
     deleted_found_after: bool = True
     updates: list[dict[str, Any]] = field(default_factory=list)
     freshness_buckets: list[tuple[str, float]] = field(default_factory=list)
+    rolling_accuracy: list[tuple[float, float]] = field(default_factory=list)
+    predictions: int = 0
     docs_indexed: int = 0
     events_sent: int = 0
     report_path: Path | None = None
@@ -168,6 +171,9 @@ def run_demo(data_dir: Path = Path(".livelearn/demo"), n_docs: int = 300,
         _rag(client, console, result, web, n_docs)
         result.freshness_buckets = _freshness(_get(f"http://127.0.0.1:{prom}/metrics"))
         _training(client, console, result)
+        client.flush()
+        del client  # its librdkafka threads would complain once the broker is gone
+        gc.collect()
     finally:
         for child in children:
             child.stop()
@@ -258,6 +264,24 @@ def _training(client: LiveLearnClient, console: Console, result: DemoResult) -> 
             f"[green]✓[/] {kind}: {last['status']} {last.get('model_version', '')} "
             f"metrics={last.get('metrics')} baseline={last.get('baseline_metrics')}"
         )
+    # Every event got a prediction from the online model (predict first, then learn).
+    labels = {f"p{i}": (y if i < split else not y) for i, (_x, y) in enumerate(rows)}
+    seen: dict[str, Any] = {}
+    with console.status("collecting the online model's predictions ..."):
+        for p in client.subscribe("predictions", from_beginning=True, timeout_s=60):
+            seen[p["id"]] = p["prediction"]
+            if len(seen) >= len(rows):
+                break
+    result.predictions = len(seen)
+    hits = [1.0 if seen.get(f"p{i}") == labels[f"p{i}"] else 0.0 for i in range(len(rows))]
+    window = 100
+    result.rolling_accuracy = [
+        (float(i), sum(hits[i - window : i]) / window) for i in range(window, len(hits) + 1, 10)
+    ]
+    console.print(
+        f"[green]✓[/] {len(seen)} predictions from the online model; rolling accuracy "
+        f"{result.rolling_accuracy[-1][1]:.2f} after the change (window {window})"
+    )
 
 
 def _write_report(result: DemoResult, path: Path) -> Path:
@@ -295,6 +319,12 @@ def _write_report(result: DemoResult, path: Path) -> Path:
          report.histogram(result.freshness_buckets, "documents per freshness bucket",
                           "seconds from produce to searchable")),
         ("Answers before and after the update", answers),
+        ("Online model: rolling prequential accuracy",
+         report.line_chart([("online model (window 100)", result.rolling_accuracy)],
+                           "accuracy over the event stream", y_range=(0.0, 1.0),
+                           x_label="event index",
+                           markers=[(800.0, "concept change + retrain"),
+                                    (1250.0, "fine-tune promoted")])),
         ("Training jobs", report.timeline(spans, "job timeline (seconds)")
          + "<table><tr><th>kind</th><th>version</th><th>status</th><th>candidate</th>"
          f"<th>serving before</th></tr>{metrics_rows}</table>"),
