@@ -43,7 +43,7 @@ def line_chart(
         )
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}"/>')
         parts.append(
-            f'<text x="{_W - _PAD - 150}" y="{_PAD + 14 * (i + 1)}" fill="{color}" '
+            f'<text x="{_PAD + 8}" y="{_H - _PAD - 8 - 14 * i}" fill="{color}" '
             f'font-size="12">{html.escape(name)}</text>'
         )
     for j, (mx, label) in enumerate(markers):

@@ -1,0 +1,58 @@
+"""The demo's story, end to end on its own embedded stack (shortened: fewer documents)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from streams.demo import run_demo
+
+
+def test_demo_tells_the_story(tmp_path: Path) -> None:
+    result = run_demo(tmp_path / "demo", n_docs=120, console=Console(quiet=True))
+    # Live RAG: the rewritten document is answered with its new text; the deleted one is gone.
+    assert "REVISED" in result.answers_after[0]["answer"]
+    assert result.answers_after[0]["contexts"][0]["doc_id"] == result.updated_doc
+    assert result.deleted_doc and not result.deleted_found_after
+    assert sum(count for _, count in result.freshness_buckets) >= 120
+    # Models: a retrain, then a fine-tune after the concept change, both promoted.
+    assert [(u["kind"], u["status"]) for u in result.updates] == [
+        ("retrain", "promoted"),
+        ("finetune", "promoted"),
+    ]
+    assert result.predictions == result.events_sent == 1250
+    finetune = result.updates[1]
+    assert finetune["metrics"]["accuracy"] > 0.7 > finetune["baseline_metrics"]["accuracy"]
+    # The online model recovers after the change (accuracy back above chance).
+    assert result.rolling_accuracy[-1][1] > 0.6
+    html = result.report_path.read_text() if result.report_path else ""
+    assert html.count("<svg") == 4 and "REVISED" in html
+    assert sum(count for _, count in result.steady_freshness) == 40
+    _render_in_chromium(result.report_path, result.report_path.parent)
+
+
+def _render_in_chromium(report: Path | None, out: Path) -> None:
+    """Open the report in headless Chromium: the DOM it renders holds the four plots."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None or report is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={out / 'chromium'}",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert dom.count("<svg") == 4 and dom.count("<polyline") == 1 and "<rect" in dom
+    shot = out / "report.png"
+    subprocess.run(
+        [chromium, *flags, "--window-size=1000,2400", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert shot.stat().st_size > 20_000  # a page with pictures, not a blank one
