@@ -140,17 +140,28 @@ def answer_queries(
 
 def make_online_service(settings: Settings) -> Any:
     """The learner's domain object, resumed from its checkpoint when there is one."""
+    from trainers.drift_monitor import ConceptDriftMonitor
     from trainers.learner import OnlineLearner
     from trainers.service import OnlineService
+    from trainers.trigger import TriggerPolicy
 
-    m = settings.models
+    m, t = settings.models, settings.trigger
     return OnlineService(
         OnlineLearner(m.online, m.task, m.name),
         settings.data_dir / "online" / f"{m.name}.ckpt",
         every_records=m.checkpoint_every_records,
         every_seconds=m.checkpoint_every_s,
         label_ttl_seconds=m.label_ttl_s,
-    )
+        monitor=ConceptDriftMonitor(
+            t.detector, t.warning_sensitivity, t.drift_sensitivity, t.min_samples,
+            quiet_records=t.quiet_records,
+        ),
+        policy=TriggerPolicy(
+            m.name, settings.topics.events, volume_threshold=t.volume_threshold,
+            schedule_seconds=t.schedule_s or None, cooldown_seconds=t.cooldown_s,
+            warning_action=t.warning_action, drift_action=t.drift_action,
+        ),
+    )  # fmt: skip
 
 
 class BatchRunner:

@@ -68,6 +68,7 @@ class DemoResult:
     freshness_buckets: list[tuple[str, float]] = field(default_factory=list)  # bulk load
     steady_freshness: list[tuple[str, float]] = field(default_factory=list)  # 4 docs/s
     rolling_accuracy: list[tuple[float, float]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
     predictions: int = 0
     docs_indexed: int = 0
     events_sent: int = 0
@@ -160,6 +161,10 @@ def run_demo(data_dir: Path = Path(".livelearn/demo"), n_docs: int = 300,
         ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
         web, prom = free_port(), free_port()
         env = _env(settings, bootstrap, web, prom)
+        # The demo asks for its jobs itself (so its story runs the same way every time);
+        # drift alerts are still raised and shown.
+        env.update(LIVELEARN_TRIGGER__WARNING_ACTION="none", LIVELEARN_TRIGGER__DRIFT_ACTION="none",
+                   LIVELEARN_TRIGGER__VOLUME_THRESHOLD="0")  # fmt: skip
         with console.status("starting the stream worker and a trainer ..."):
             worker = _Child(["worker"], env, data_dir / "worker.log")
             children.append(worker)
@@ -301,6 +306,13 @@ def _training(client: LiveLearnClient, console: Console, result: DemoResult) -> 
             if len(seen) >= len(rows):
                 break
     result.predictions = len(seen)
+    result.alerts = list(client.subscribe("drift-alerts", from_beginning=True, timeout_s=3))
+    for alert in result.alerts:
+        console.print(
+            f"[yellow]drift alert[/] {alert['severity']} by {alert['detector']}: error "
+            f"{alert['value']:.2f} vs {alert.get('baseline', 0):.2f} at event offset "
+            f"{alert['window']['offset']} (partition {alert['window']['partition']})"
+        )
     hits = [1.0 if seen.get(f"p{i}") == labels[f"p{i}"] else 0.0 for i in range(len(rows))]
     window = 100
     result.rolling_accuracy = [
@@ -355,13 +367,23 @@ def _write_report(result: DemoResult, path: Path) -> Path:
                            "accuracy over the event stream", y_range=(0.0, 1.0),
                            x_label="event index",
                            markers=[(800.0, "concept change + retrain"),
-                                    (1250.0, "fine-tune promoted")])),
+                                    (1250.0, "fine-tune promoted"),
+                                    *_alert_markers(result)])),
         ("Training jobs", report.timeline(spans, "job timeline (seconds)")
          + "<table><tr><th>kind</th><th>version</th><th>status</th><th>candidate</th>"
          f"<th>serving before</th></tr>{metrics_rows}</table>"),
     ]  # fmt: skip
     path.write_text(report.html_page("livelearn demo", sections), encoding="utf-8")
     return path
+
+
+def _alert_markers(result: DemoResult) -> list[tuple[float, str]]:
+    # Where in the learner's stream the alert fired (records learned so far).
+    return [
+        (float(a["window"]["records"]), f"drift {a['severity']}")
+        for a in result.alerts
+        if isinstance(a.get("window", {}).get("records"), int)
+    ]
 
 
 def _summary(result: DemoResult, console: Console) -> None:
@@ -374,4 +396,7 @@ def _summary(result: DemoResult, console: Console) -> None:
         console.print(f"  after:  {a['answer'][:110]!r}")
     for u in result.updates:
         console.print(f"job {u['job_id']}: {u['status']} {u.get('model_version')}")
+    console.print(
+        f"drift alerts: {[(a['severity'], a['window'].get('event_id')) for a in result.alerts]}"
+    )
     console.print(f"report: {result.report_path}  ({result.seconds:.0f} s)")

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import orjson
+
 from streams import metrics
 from streams.contracts import Limits, encode
 from streams.kafka import admin_client, consumer, flush_or_raise, producer
@@ -49,6 +51,10 @@ class OnlineProcessor(Protocol):
 
     def maybe_checkpoint(self, force: bool = False) -> bool:
         """Write the checkpoint (model + offsets) atomically when due; True if written."""
+        ...
+
+    def on_model_update(self, update: dict[str, Any]) -> None:
+        """A ``model-updates`` record (job started/finished, version promoted)."""
         ...
 
 
@@ -142,6 +148,7 @@ class LearnerLoop(threading.Thread):
         lease = Lease(s, self.bootstrap, s.models.name)
         events = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-{s.models.name}")
         prod = producer(s, self.bootstrap)
+        updates = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-updates")
         processor: OnlineProcessor | None = None
         try:
             while not self.stop_event.is_set():
@@ -161,6 +168,13 @@ class LearnerLoop(threading.Thread):
                         [TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in range(n)]
                     )
                     log.info("learning %s from offsets %s", topic, start or "the beginning")
+                    self._follow_updates(updates)
+                for m in updates.consume(100, 0):
+                    if m.error() is None:
+                        try:
+                            processor.on_model_update(orjson.loads(m.value()))
+                        except (orjson.JSONDecodeError, TypeError, AttributeError):
+                            log.warning("ignoring a malformed model update at %s", m.offset())
                 msgs = events.consume(self.batch_size, 0.1)
                 batch = [
                     RawRecord(topic, m.partition(), m.offset(), m.key(), m.value(),
@@ -187,7 +201,21 @@ class LearnerLoop(threading.Thread):
                 processor.maybe_checkpoint(force=True)
         finally:
             events.close()
+            updates.close()
             lease.close()
+
+    def _follow_updates(self, updates: Any) -> None:
+        """Read ``model-updates`` from now on (jobs decided before a restart are reconciled
+        by their ids: the trainer trains a job id once)."""
+        from confluent_kafka import TopicPartition
+
+        topic = self.settings.topics.model_updates
+        n = len(updates.list_topics(topic, timeout=10).topics[topic].partitions)
+        parts = []
+        for p in range(n):
+            _low, high = updates.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            parts.append(TopicPartition(topic, p, high))
+        updates.assign(parts)
 
     @staticmethod
     def _commit_for_lag(events: Any, offsets: dict[int, int], topic: str) -> None:

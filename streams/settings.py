@@ -34,6 +34,7 @@ __all__ = [
     "Settings",
     "SecretStr",
     "TopicSettings",
+    "TriggerSettings",
     "load_settings",
 ]
 
@@ -163,6 +164,29 @@ class ModelSettings(_Frozen):
     )
 
 
+class TriggerSettings(_Frozen):
+    """Drift detection and the policy that turns signals, volume and time into jobs."""
+
+    detector: Literal["adwin", "page-hinkley", "kswin"] = Field(
+        "adwin", description="concept drift detector on the online model's errors"
+    )
+    warning_sensitivity: float = Field(0.05, gt=0, description="detector parameter, warning")
+    drift_sensitivity: float = Field(0.002, gt=0, description="detector parameter, drift")
+    min_samples: int = Field(300, ge=0, description="records before any drift alert")
+    quiet_records: int = Field(2000, ge=0, description="records of silence after a drift")
+    warning_action: Literal["none", "finetune", "retrain"] = Field(
+        "finetune", description="job a drift warning asks for"
+    )
+    drift_action: Literal["none", "finetune", "retrain"] = Field(
+        "retrain", description="job a drift asks for"
+    )
+    volume_threshold: int = Field(
+        10_000, ge=0, description="new labelled records that trigger a fine-tune (0 = off)"
+    )
+    schedule_s: float = Field(0.0, ge=0, description="scheduled fine-tune interval (0 = off)")
+    cooldown_s: float = Field(300.0, ge=0, description="minimum seconds between two jobs")
+
+
 class LimitSettings(_Frozen):
     """Input size limits; records over them are dead-lettered, not processed."""
 
@@ -189,6 +213,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     milvus: MilvusSettings = Field(default_factory=MilvusSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    trigger: TriggerSettings = Field(default_factory=TriggerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
     web_port: int = Field(6066, ge=0, description="worker HTTP port: /search, /ask, /healthz")

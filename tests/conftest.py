@@ -23,6 +23,7 @@ from streams.settings import (
     ModelSettings,
     Settings,
     TopicSettings,
+    TriggerSettings,
 )
 from streams.topics import ensure_topics, topic_specs
 
@@ -80,6 +81,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["LIVELEARN_MILVUS__COLLECTION"] = settings.milvus.collection
     for field in ModelSettings.model_fields:
         env[f"LIVELEARN_MODELS__{field.upper()}"] = str(getattr(settings.models, field))
+    for field in TriggerSettings.model_fields:
+        env[f"LIVELEARN_TRIGGER__{field.upper()}"] = str(getattr(settings.trigger, field))
     return env
 
 

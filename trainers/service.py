@@ -34,8 +34,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trainers.drift_monitor import ConceptDriftMonitor, DriftSignal
 from trainers.exceptions import CheckpointError
 from trainers.learner import LabelJoiner, OnlineLearner, to_features
+from trainers.trigger import TriggerPolicy
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,13 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     return state
 
 
+def _with_knobs(saved: TriggerPolicy, configured: TriggerPolicy) -> TriggerPolicy:
+    for knob in ("topic", "volume_threshold", "schedule_seconds", "cooldown_seconds",
+                 "warning_action", "drift_action"):  # fmt: skip
+        setattr(saved, knob, getattr(configured, knob))
+    return saved
+
+
 class OnlineService:
     """The learner's state machine: model, late-label joiner, offsets, checkpoints.
 
@@ -107,8 +116,12 @@ class OnlineService:
         every_records: int = 1000,
         every_seconds: float = 10.0,
         label_ttl_seconds: float = 3600.0,
+        monitor: ConceptDriftMonitor | None = None,
+        policy: TriggerPolicy | None = None,
     ) -> None:
         self.learner = learner
+        self.monitor = monitor or ConceptDriftMonitor()
+        self.policy = policy or TriggerPolicy(learner.name, "events")
         self.joiner = LabelJoiner(label_ttl_seconds)
         self.checkpoint_path = checkpoint_path
         self.every_records = every_records
@@ -125,6 +138,9 @@ class OnlineService:
                 self.joiner = state["joiner"]
                 self._offsets = dict(state["offsets"])
                 self.orphan_labels = state.get("orphan_labels", 0)
+                self.monitor = state.get("monitor", self.monitor)
+                # Settings may have changed since; keep the state, take the new knobs.
+                self.policy = _with_knobs(state.get("policy", self.policy), self.policy)
                 log.info("resumed %s from checkpoint at offsets %s", self.learner.version,
                          self._offsets)  # fmt: skip
 
@@ -143,6 +159,7 @@ class OnlineService:
             event = rec.value
             label = event.get("label")
             has_input = "features" in event or "text" in event
+            self.policy.observe(rec.partition, rec.offset, labelled=label is not None)
             if has_input:
                 x = to_features(event)
                 if label is None:
@@ -150,6 +167,7 @@ class OnlineService:
                     self.joiner.put(event["id"], x, now)
                 else:
                     pred = self.learner.predict_then_learn(x, label)
+                    outputs.extend(self._watch(pred.prediction, label, rec))
                 outputs.append(
                     ("predictions", event["id"], self._prediction(event, pred, started, now))
                 )
@@ -158,12 +176,65 @@ class OnlineService:
                 if x_waiting is None:
                     self.orphan_labels += 1
                 else:
-                    self.learner.rolling.update(label, self.learner.predict(x_waiting).prediction)
+                    before = self.learner.predict(x_waiting).prediction
+                    self.learner.rolling.update(label, before)
                     self.learner.learn(x_waiting, label)
+                    outputs.extend(self._watch(before, label, rec))
             self._offsets[rec.partition] = rec.offset + 1
             self._since_checkpoint += 1
         self.joiner.expire(now)
+        job = self.policy.tick(now)
+        if job is not None:
+            outputs.append(("training-jobs", job.job_id, job.to_record(self.learner.name)))
         return outputs
+
+    def _watch(
+        self, prediction: Any, label: Any, rec: Any
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Feed the prediction's error to the drift monitor; alert and ask for a job."""
+        if self.learner.task == "classification":
+            error = 0.0 if prediction == label else 1.0
+        else:
+            error = abs(float(label) - float(prediction or 0.0))
+        signal = self.monitor.update(error)
+        if signal is None:
+            return []
+        return self.on_signal(signal, rec)
+
+    def on_signal(self, signal: DriftSignal, rec: Any) -> list[tuple[str, str, dict[str, Any]]]:
+        """A drift alert, and the job the policy decides for it."""
+        detail = (
+            f"{signal.detector} {signal.severity}: error {signal.value:.3f} vs "
+            f"{signal.baseline:.3f} at offset {rec.offset} of partition {rec.partition}"
+        )
+        job = self.policy.on_drift(signal.severity, detail)
+        alert_id = hashlib.sha1(
+            f"{self.learner.name}:{signal.severity}:{rec.partition}:{rec.offset}".encode()
+        ).hexdigest()[:16]
+        alert = {
+            "alert_id": alert_id, "ts": time.time(), "model": self.learner.name,
+            "model_version": self.learner.version, "detector": signal.detector,
+            "signal": signal.signal, "value": signal.value, "threshold": signal.threshold,
+            "severity": signal.severity, "action": job.kind if job else "none",
+            "baseline": signal.baseline, "window": {
+                "partition": rec.partition, "offset": rec.offset, "records": signal.index,
+                "event_id": rec.value.get("id")},
+        }  # fmt: skip
+        out: list[tuple[str, str, dict[str, Any]]] = [("drift-alerts", alert_id, alert)]
+        if job is not None:
+            out.append(("training-jobs", job.job_id, job.to_record(self.learner.name)))
+        return out
+
+    def on_model_update(self, update: dict[str, Any]) -> None:
+        """Feedback from ``model-updates``: jobs in flight, and a new normal after a promotion."""
+        if update.get("model") not in (None, self.learner.name):
+            return
+        status = update.get("status", "")
+        offsets = (update.get("data") or {}).get("offsets")
+        self.policy.job_update(update.get("job_id", ""), status, update.get("model_version"),
+                               offsets)  # fmt: skip
+        if status == "promoted":
+            self.monitor.reset_reference()
 
     def _prediction(
         self, event: dict[str, Any], pred: Any, started: float, now: float
@@ -197,6 +268,8 @@ class OnlineService:
                 "joiner": self.joiner,
                 "offsets": dict(self._offsets),
                 "orphan_labels": self.orphan_labels,
+                "monitor": self.monitor,
+                "policy": self.policy,
                 "saved": time.time(),
             },
         )

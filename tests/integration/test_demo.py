@@ -27,6 +27,9 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
     assert result.predictions == result.events_sent == 1250
     finetune = result.updates[1]
     assert finetune["metrics"]["accuracy"] > 0.7 > finetune["baseline_metrics"]["accuracy"]
+    # The change is noticed: one drift alert soon after the 800th record learned.
+    drift = [a for a in result.alerts if a["severity"] == "drift"]
+    assert len(drift) == 1 and 800 < drift[0]["window"]["records"] < 1000
     # The online model recovers after the change (accuracy back above chance).
     assert result.rolling_accuracy[-1][1] > 0.6
     html = result.report_path.read_text() if result.report_path else ""

@@ -1,0 +1,138 @@
+"""Concept drift on the online model's error stream, alerting on degradation only.
+
+A detector from ``river.drift`` (ADWIN by default; Page-Hinkley, KSWIN selectable) watches the
+0/1 error of each prequential prediction (or the absolute error for regression). Two
+detectors run side by side: a sensitive one gives the *warning* level, a strict one the
+*drift* level. Plain ADWIN also fires when the error *falls* (a model warming up); here a
+change only counts when the recent error mean is above the long-run one. After a drift, the
+monitor stays quiet for ``quiet_records``: one alert per episode, not a storm.
+
+>>> import random
+>>> rng = random.Random(1)
+>>> monitor = ConceptDriftMonitor()
+>>> signals = [s for i in range(6000)
+...            if (s := monitor.update(float(rng.random() < (0.1 if i < 3000 else 0.5))))]
+>>> [(s.severity, 3000 < s.index < 3300) for s in signals]
+[('warning', True), ('drift', True)]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from trainers.exceptions import ModelSpecError
+
+__all__ = ["ConceptDriftMonitor", "DriftSignal"]
+
+
+@dataclass(frozen=True)
+class DriftSignal:
+    """A detector fired: what, how strongly, against which threshold, at which record."""
+
+    detector: str
+    signal: str
+    value: float
+    threshold: float
+    severity: Literal["warning", "drift"]
+    index: int
+    baseline: float
+
+
+def _detector(name: str, sensitivity: float) -> Any:
+    from river import drift
+
+    if name == "adwin":
+        return drift.ADWIN(delta=sensitivity)
+    if name == "page-hinkley":
+        return drift.PageHinkley(threshold=50.0 * sensitivity / 0.002)
+    if name == "kswin":
+        return drift.KSWIN(alpha=sensitivity, seed=42)
+    raise ModelSpecError(f"unknown drift detector {name!r}; use adwin, page-hinkley or kswin")
+
+
+class ConceptDriftMonitor:
+    """Warning and drift levels on an error stream; degradation only; one alert per episode.
+
+    Parameters
+    ----------
+    detector
+        ``adwin`` (default), ``page-hinkley`` or ``kswin``.
+    warning_sensitivity, drift_sensitivity
+        The detectors' parameter (ADWIN's delta, KSWIN's alpha) for each level.
+    min_samples
+        Records before any alert (the model is still warming up).
+    min_increase
+        How much the recent error mean must exceed the long-run mean to count.
+    quiet_records
+        Records after a drift during which nothing more is reported.
+    window
+        Records in the "recent" error mean.
+    """
+
+    def __init__(
+        self,
+        detector: str = "adwin",
+        warning_sensitivity: float = 0.05,
+        drift_sensitivity: float = 0.002,
+        min_samples: int = 300,
+        min_increase: float = 0.05,
+        quiet_records: int = 2000,
+        window: int = 200,
+    ) -> None:
+        self.detector = detector
+        self.warning_sensitivity = warning_sensitivity
+        self.drift_sensitivity = drift_sensitivity
+        self.min_samples = min_samples
+        self.min_increase = min_increase
+        self.quiet_records = quiet_records
+        self.window = window
+        self._warn = _detector(detector, warning_sensitivity)
+        self._drift = _detector(detector, drift_sensitivity)
+        self._recent: deque[float] = deque(maxlen=window)
+        self._reference_sum = 0.0
+        self._reference_n = 0
+        self.n = 0
+        self._quiet_until = 0
+        self._warned = False
+
+    def reset_reference(self) -> None:
+        """Start a new reference (after a promotion, the new normal)."""
+        self._reference_sum, self._reference_n = 0.0, 0
+        self._warn = _detector(self.detector, self.warning_sensitivity)
+        self._drift = _detector(self.detector, self.drift_sensitivity)
+        self._warned = False
+
+    def update(self, error: float) -> DriftSignal | None:
+        """Feed one error; return a signal when a level is crossed by a degradation."""
+        self.n += 1
+        self._recent.append(error)
+        self._warn.update(error)
+        self._drift.update(error)
+        baseline = self._reference_sum / self._reference_n if self._reference_n else error
+        recent = sum(self._recent) / len(self._recent)
+        degraded = recent - baseline >= self.min_increase
+        signal: DriftSignal | None = None
+        if self.n >= self.min_samples and self.n >= self._quiet_until and degraded:
+            if self._drift.drift_detected:
+                signal = self._signal("drift", recent, baseline, self.drift_sensitivity)
+                self._quiet_until = self.n + self.quiet_records
+                self._warned = False
+                self._reference_sum, self._reference_n = 0.0, 0  # the new normal starts here
+            elif self._warn.drift_detected and not self._warned:
+                signal = self._signal("warning", recent, baseline, self.warning_sensitivity)
+                self._warned = True
+        if signal is None or signal.severity == "warning":
+            # The reference is the long-run error before any change we reported.
+            if not self._warned:
+                self._reference_sum += error
+                self._reference_n += 1
+        return signal
+
+    def _signal(self, severity: Literal["warning", "drift"], recent: float, baseline: float,
+                threshold: float) -> DriftSignal:  # fmt: skip
+        return DriftSignal(
+            detector=self.detector, signal="concept", value=recent, threshold=threshold,
+            severity=severity, index=self.n, baseline=baseline,
+        )  # fmt: skip

@@ -1,0 +1,186 @@
+"""The trigger policy: when to train, what kind of job, over exactly which offsets.
+
+Reasons: *drift* (by default a warning → fine-tune, a drift → retrain), *volume* (N new
+labelled records since the last job), *schedule* (an interval), *manual*. Debounced: a
+cooldown between jobs, at most one job in flight per model, and a retrain supersedes a
+fine-tune that was asked for but has not started. Every decision is logged with its reason
+and kept in :attr:`TriggerPolicy.decisions`.
+
+Offsets: a retrain covers the whole history ``[0, next)`` of every partition; a fine-tune
+covers ``[last trained, next)``. A job id is derived from (model, kind, offsets), so the same
+decision replayed yields the same job (and the trainer trains it once).
+
+>>> policy = TriggerPolicy("m", "events", volume_threshold=100, cooldown_seconds=60)
+>>> for off in range(150):
+...     policy.observe(0, off, labelled=True)
+>>> job = policy.tick(now=1000.0)
+>>> job.kind, job.reason, job.data["offsets"]
+('finetune', 'volume', {'0': [0, 150]})
+>>> policy.tick(now=1001.0) is None  # a job is in flight
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JobRequest", "TriggerPolicy"]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A training job to run, with the reason it was decided."""
+
+    job_id: str
+    kind: str
+    reason: str
+    data: dict[str, Any]
+    base_version: str | None = None
+    detail: str = ""
+
+    def to_record(self, model: str) -> dict[str, Any]:
+        """The ``training-jobs`` contract value."""
+        record: dict[str, Any] = {
+            "job_id": self.job_id, "kind": self.kind, "reason": self.reason, "data": self.data,
+            "model": model, "ts": time.time(), "detail": self.detail,
+        }  # fmt: skip
+        if self.base_version is not None:
+            record["base_version"] = self.base_version
+        return record
+
+
+@dataclass
+class TriggerPolicy:
+    """Decides training jobs for one model over one topic.
+
+    Parameters
+    ----------
+    model, topic
+        The model's name and the topic its data comes from.
+    volume_threshold
+        New labelled records since the last job that trigger a fine-tune (0 = off).
+    schedule_seconds
+        Interval of scheduled fine-tunes (None = off).
+    cooldown_seconds
+        Minimum time between two jobs.
+    warning_action, drift_action
+        What a drift warning / a drift asks for: ``none``, ``finetune`` or ``retrain``.
+    """
+
+    model: str
+    topic: str
+    volume_threshold: int = 10_000
+    schedule_seconds: float | None = None
+    cooldown_seconds: float = 300.0
+    warning_action: str = "finetune"
+    drift_action: str = "retrain"
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    trained_offsets: dict[int, int] = field(default_factory=dict)
+    labelled_since_job: int = 0
+    in_flight: JobRequest | None = None
+    in_flight_started: bool = False
+    last_job_at: float | None = None
+    serving_version: str | None = None
+    decisions: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+
+    def observe(self, partition: int, offset: int, labelled: bool) -> None:
+        """Record that ``offset`` of ``partition`` was consumed."""
+        self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), offset + 1)
+        if labelled:
+            self.labelled_since_job += 1
+
+    def _decide(self, message: str) -> None:
+        self.decisions.append(message)
+        log.info("trigger %s: %s", self.model, message)
+
+    def _offsets(self, kind: str) -> dict[str, list[int]]:
+        start = {} if kind == "retrain" else self.trained_offsets
+        return {str(p): [start.get(p, 0), n] for p, n in sorted(self.next_offsets.items())}
+
+    def _job(self, kind: str, reason: str, detail: str, now: float) -> JobRequest | None:
+        if self.in_flight is not None:
+            pending = self.in_flight
+            if kind == "retrain" and pending.kind == "finetune" and not self.in_flight_started:
+                self._decide(f"{reason}: retrain supersedes pending fine-tune {pending.job_id}")
+            else:
+                self._decide(f"{reason}: {kind} suppressed, job {pending.job_id} in flight")
+                return None
+        elif self.last_job_at is not None and now - self.last_job_at < self.cooldown_seconds:
+            left = self.cooldown_seconds - (now - self.last_job_at)
+            self._decide(f"{reason}: {kind} suppressed by cooldown ({left:.0f} s left)")
+            return None
+        offsets = self._offsets(kind)
+        if not any(hi > lo for lo, hi in offsets.values()):
+            self._decide(f"{reason}: {kind} skipped, no new data")
+            return None
+        digest = hashlib.sha1(repr((self.model, kind, sorted(offsets.items()))).encode())
+        job = JobRequest(
+            job_id=f"{kind}-{reason}-{digest.hexdigest()[:12]}", kind=kind, reason=reason,
+            data={"topic": self.topic, "offsets": offsets}, base_version=self.serving_version,
+            detail=detail,
+        )  # fmt: skip
+        self.in_flight, self.in_flight_started = job, False
+        self.last_job_at = now
+        self.labelled_since_job = 0
+        self._decide(f"{reason}: {kind} job {job.job_id} over {offsets} ({detail})")
+        return job
+
+    def on_drift(self, severity: str, detail: str, now: float | None = None) -> JobRequest | None:
+        """A drift signal: start the job its severity calls for (if any)."""
+        action = self.drift_action if severity == "drift" else self.warning_action
+        if action == "none":
+            self._decide(f"drift: {severity} needs no job ({detail})")
+            return None
+        return self._job(action, "drift", detail, time.time() if now is None else now)
+
+    def tick(self, now: float | None = None) -> JobRequest | None:
+        """Volume and schedule checks; call it after each batch."""
+        now = time.time() if now is None else now
+        if self.volume_threshold and self.labelled_since_job >= self.volume_threshold:
+            if self.in_flight is None:
+                return self._job(
+                    "finetune", "volume", f"{self.labelled_since_job} new labelled records", now
+                )
+        if self.schedule_seconds and self.in_flight is None:
+            since = now - (self.last_job_at if self.last_job_at is not None else 0.0)
+            if self.last_job_at is None or since >= self.schedule_seconds:
+                if self.last_job_at is None:
+                    self.last_job_at = now  # the schedule starts with the service
+                    return None
+                return self._job("finetune", "schedule", f"every {self.schedule_seconds} s", now)
+        return None
+
+    def manual(self, kind: str, now: float | None = None) -> JobRequest | None:
+        """A person asked for a job (the cooldown does not apply; one in flight still does)."""
+        self.last_job_at = None
+        return self._job(kind, "manual", "requested", time.time() if now is None else now)
+
+    def job_update(self, job_id: str, status: str, version: str | None = None,
+                   offsets: dict[str, list[int]] | None = None) -> None:  # fmt: skip
+        """Feedback from ``model-updates``: started, or finished (promoted/rejected/failed).
+
+        A promotion moves the trained offsets whichever job it came from (a manual job, or
+        one decided before a restart); the in-flight slot is freed by its own job only.
+        """
+        if status == "promoted":
+            self.serving_version = version
+            for p, (_lo, hi) in (offsets or {}).items():
+                self.trained_offsets[int(p)] = max(self.trained_offsets.get(int(p), 0), hi)
+        if self.in_flight is None or self.in_flight.job_id != job_id:
+            return
+        if status in ("started", "progress"):
+            self.in_flight_started = True
+            return
+        if status == "promoted":
+            self.serving_version = version
+            for p, (_lo, hi) in (offsets or self.in_flight.data["offsets"]).items():
+                self.trained_offsets[int(p)] = hi
+        self._decide(f"job {job_id} finished: {status}")
+        self.in_flight, self.in_flight_started = None, False
