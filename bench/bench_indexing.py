@@ -97,7 +97,8 @@ def main() -> None:
                LIVELEARN_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
                LIVELEARN_KAFKA__GROUP_PREFIX=f"bench-{suffix}", LIVELEARN_LOG_LEVEL="WARNING",
                LIVELEARN_TOPICS__DOCS=topics.docs, LIVELEARN_TOPICS__QUERIES=topics.queries,
-               LIVELEARN_TOPICS__ANSWERS=topics.answers)  # fmt: skip
+               LIVELEARN_TOPICS__ANSWERS=topics.answers, LIVELEARN_TOPICS__PARTITIONS="1",
+               LIVELEARN_MODELS__LEARNER="false")  # fmt: skip
     worker = subprocess.Popen(
         [sys.executable, "-m", "streams", "worker"],
         env=env,
@@ -106,6 +107,8 @@ def main() -> None:
     )
     try:
         while True:
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited; see {tmp / 'worker.log'}")
             try:
                 get(f"http://127.0.0.1:{web}/search?q=warm&k=1")  # models loaded, store open
                 break
