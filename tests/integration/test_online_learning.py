@@ -48,13 +48,19 @@ def _checkpoint(settings: Settings) -> dict[str, Any]:
     return state
 
 
-def test_phishing_prequential_matches_river(one_partition: Settings, tmp_path: Path) -> None:
-    s = one_partition
+def _send_phishing(s: Settings) -> tuple[list[tuple[dict[str, Any], bool]], LiveLearnClient]:
+    """Every Phishing record as a labelled event (predict, then learn), ids p0..p1249."""
     rows = list(datasets.Phishing())
     client = LiveLearnClient(s)
     for i, (x, y) in enumerate(rows):
         client.send_event(f"p{i}", features=x, label=y)
     client.flush()
+    return rows, client
+
+
+def test_phishing_prequential_matches_river(one_partition: Settings, tmp_path: Path) -> None:
+    s = one_partition
+    rows, client = _send_phishing(s)
     worker = WorkerProcess(s, tmp_path / "worker.log").start()
     try:
         preds = _predictions(client, len(rows))
@@ -110,11 +116,7 @@ def test_kill9_mid_stream_resumes_to_the_uninterrupted_model(
     one_partition: Settings, tmp_path: Path
 ) -> None:
     s = one_partition
-    rows = list(datasets.Phishing())
-    client = LiveLearnClient(s)
-    for i, (x, y) in enumerate(rows):
-        client.send_event(f"p{i}", features=x, label=y)
-    client.flush()
+    rows, client = _send_phishing(s)
     worker = WorkerProcess(s, tmp_path / "worker.log").start()
     _predictions(client, 500)
     worker.kill()  # kill -9 somewhere after 500 predictions, between checkpoints
