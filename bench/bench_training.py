@@ -32,7 +32,7 @@ import torch
 
 from trainers.datasets import Example, examples_from_records, split_by_time
 from trainers.jobs import JobConfig, make_batches, pick_device, run_job
-from trainers.models import MINILM_ID, resolve_model_path
+from trainers.models import MINILM_ID, resolve_model_path, save_tiny_encoder
 from trainers.registry import ModelRegistry
 
 SPORT = "goal match team score player coach league ball referee season stadium fans".split()
@@ -51,25 +51,6 @@ def make_records(n: int, seed: int = 0) -> list[tuple[int, int, dict[str, Any]]]
             (i % 3, i, {"id": f"e{i}", "ts": float(i), "text": " ".join(words), "label": label})
         )
     return out
-
-
-def tiny_model(folder: Path) -> str:
-    """A 2-layer BERT (hidden 128) with the MiniLM tokenizer, saved as a local model."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_ID))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=256,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return str(folder)
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -190,7 +171,7 @@ def main() -> None:
 
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        base = tiny_model(Path(tmp) / "tiny") if args.model == "tiny" else MINILM_ID
+        base = save_tiny_encoder(Path(tmp) / "tiny") if args.model == "tiny" else MINILM_ID
         n_train = args.steps * args.batch_size + args.batch_size
         records = make_records(math.ceil(n_train / 0.8))
         lr = 5e-4 if args.kind == "finetune" else 5e-5

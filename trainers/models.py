@@ -725,3 +725,26 @@ def apply_lora(
             f"cannot apply LoRA ({exc}); pass target_modules naming the nn.Linear layers to adapt"
         ) from exc
     return model
+
+
+def save_tiny_encoder(folder: str | Path, hidden: int = 128, max_positions: int = 128) -> str:
+    """Save a small random 2-layer BERT with the MiniLM tokenizer as a local base model.
+
+    For tests and benchmarks that need a real transformers encoder that trains in seconds
+    on a CPU; the tokenizer is the offline MiniLM one, so texts tokenize as in production.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_ID))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=max_positions,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from trainers import jobs as jobs_module
 from trainers.datasets import examples_from_records, replay_sample, split_by_time
 from trainers.exceptions import JobConfigError
 from trainers.jobs import JobConfig, load_serving_predictor, run_job
-from trainers.models import MINILM_ID, resolve_model_path
+from trainers.models import save_tiny_encoder
 from trainers.registry import ModelRegistry
 
 SPORT = "goal match team score player coach league ball".split()
@@ -24,22 +23,7 @@ Record = tuple[int, int, dict[str, Any]]
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, 32-wide BERT with the MiniLM tokenizer, saved as a local base model."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_ID))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(config).save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-    return str(path)
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), hidden=32, max_positions=64)
 
 
 def text_records(n: int, start: int = 0, seed: int = 0, late_labels: bool = True) -> list[Record]:
