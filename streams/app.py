@@ -304,7 +304,6 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
         datadir=str(settings.data_dir / "faust"),
     )
     services = RetrievalServices(settings)
-    app.conf.livelearn_services = services
 
     async def handle_docs(records: Sequence[Any]) -> list[OutRecord]:
         result: list[OutRecord] = await services.run(index_docs, services, records)

@@ -367,13 +367,3 @@ class LocalBroker:
                 self.proc.wait(10)
         self.proc = None
         return True
-
-    def kill(self) -> None:
-        """SIGKILL the broker (fault-injection tests)."""
-        state = self.running()
-        if state is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(state.pid, signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(10)
-            self.proc = None

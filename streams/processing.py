@@ -25,7 +25,7 @@ from typing import Any
 from streams import contracts
 from streams.exceptions import ContractError
 
-__all__ = ["DecodedRecord", "OutRecord", "RawRecord", "decode_batch", "out"]
+__all__ = ["DecodedRecord", "OutRecord", "RawRecord", "dead", "decode_batch"]
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,6 @@ class OutRecord:
 
     def encoded(self) -> bytes:
         return contracts.encode(self.value)
-
-
-def out(topic: str, key: str | None, value: Mapping[str, Any]) -> OutRecord:
-    """Shorthand for :class:`OutRecord`."""
-    return OutRecord(topic, key, value)
 
 
 def decode_batch(

@@ -32,8 +32,6 @@ from streams.settings import Settings, load_settings
 
 __all__ = ["LiveLearnClient"]
 
-_STREAMS = ("predictions", "answers", "drift-alerts", "model-updates", "training-jobs")
-
 
 class LiveLearnClient:
     """One producer and on-demand consumers over the configured (or embedded) Kafka.
@@ -244,8 +242,3 @@ class LiveLearnClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def known_streams() -> tuple[str, ...]:
-    """Stream names :meth:`LiveLearnClient.subscribe` accepts besides raw topic names."""
-    return _STREAMS
