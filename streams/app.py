@@ -143,10 +143,22 @@ def make_online_service(settings: Settings) -> Any:
     from trainers.drift_monitor import ConceptDriftMonitor
     from trainers.learner import OnlineLearner
     from trainers.service import OnlineService
+    from trainers.serving import ServingPolicy
     from trainers.trigger import TriggerPolicy
 
     m, t = settings.models, settings.trigger
-    return OnlineService(
+    registry_root = settings.data_dir / "registry"
+
+    def load_batch() -> Any:
+        from trainers.jobs import load_serving_predictor
+        from trainers.registry import ModelRegistry
+
+        registry = ModelRegistry(registry_root)
+        if registry.serving(m.name) is None:
+            return None
+        return load_serving_predictor(registry, m.name)
+
+    service = OnlineService(
         OnlineLearner(m.online, m.task, m.name),
         settings.data_dir / "online" / f"{m.name}.ckpt",
         every_records=m.checkpoint_every_records,
@@ -161,7 +173,14 @@ def make_online_service(settings: Settings) -> Any:
             schedule_seconds=t.schedule_s or None, cooldown_seconds=t.cooldown_s,
             warning_action=t.warning_action, drift_action=t.drift_action,
         ),
+        serving=ServingPolicy(m.serving, m.task, load_batch, min_samples=m.serving_min_samples),
     )  # fmt: skip
+    if service.policy.serving_version is None:  # a version promoted before this state began
+        from trainers.registry import ModelRegistry
+
+        serving = ModelRegistry(registry_root).serving(m.name)
+        service.policy.serving_version = serving.version if serving is not None else None
+    return service
 
 
 class BatchRunner:

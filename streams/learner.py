@@ -57,6 +57,14 @@ class OnlineProcessor(Protocol):
         """A ``model-updates`` record (job started/finished, version promoted)."""
         ...
 
+    def start(self) -> None:
+        """Load what serving needs before the first batch (the batch model, if any)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Serving versions and rolling metrics (exported as metrics)."""
+        ...
+
 
 class Lease:
     """Exclusive ownership of ``name`` through a consumer group on a one-partition topic."""
@@ -162,6 +170,7 @@ class LearnerLoop(threading.Thread):
                     continue
                 if processor is None:
                     processor = self.make_processor()
+                    processor.start()
                     n = len(events.list_topics(topic, timeout=10).topics[topic].partitions)
                     start = processor.offsets()
                     events.assign(
@@ -192,9 +201,14 @@ class LearnerLoop(threading.Thread):
                     for contract, key, value in outputs:
                         prod.produce(by_contract[contract], encode(value), key=key.encode())
                         metrics.RECORDS_OUT.labels(by_contract[contract]).inc()
+                        if contract == "drift-alerts":
+                            metrics.DRIFT_ALERTS.labels(
+                                s.models.name, value["detector"], value["severity"]
+                            ).inc()
                     flush_or_raise(prod, 60)
                     metrics.RECORDS_IN.labels(topic, "ok").inc(len(good))
                     metrics.RECORDS_IN.labels(topic, "dead").inc(len(bad))
+                    _export_status(s.models.name, processor.status())
                 if processor.maybe_checkpoint():
                     self._commit_for_lag(events, processor.offsets(), topic)
             if processor is not None and lease.held:
@@ -231,6 +245,29 @@ class LearnerLoop(threading.Thread):
             )
         except KafkaException as exc:  # informational only: the checkpoint is the truth
             log.debug("lag commit failed: %s", exc)
+
+
+_served: dict[str, str] = {}
+
+
+def _export_status(model: str, status: dict[str, Any]) -> None:
+    """Rolling metrics and the serving version as Prometheus gauges."""
+    for name, value in (status.get("online_metrics") or {}).items():
+        if name != "n":
+            metrics.MODEL_METRIC.labels(model, "online", name).set(value)
+    paired = status.get("paired")
+    if paired:
+        metrics.MODEL_METRIC.labels(model, "batch", "paired_score").set(paired["batch"])
+        metrics.MODEL_METRIC.labels(model, "online", "paired_score").set(paired["online"])
+    source = status.get("serving", "online")
+    version = status.get("batch_version") if source == "batch" else "online"
+    label = f"{source}:{version}"
+    if _served.get(model) != label:
+        old = _served.get(model)
+        if old is not None:
+            metrics.SERVING_VERSION.remove(model, *old.split(":", 1))
+        metrics.SERVING_VERSION.labels(model, source, str(version)).set(1)
+        _served[model] = label
 
 
 def _key(key: str | None) -> bytes | None:

@@ -16,6 +16,11 @@ __all__ = [
     "BATCH_SECONDS",
     "CONSUMER_LAG",
     "RETRIES",
+    "DRIFT_ALERTS",
+    "MODEL_METRIC",
+    "SERVING_VERSION",
+    "JOB_SECONDS",
+    "JOBS",
     "serve_metrics",
 ]
 
@@ -49,6 +54,31 @@ CONSUMER_LAG = Gauge(
 RETRIES = Counter(
     "livelearn_retries_total", "Transient failures retried with backoff, by dependency",
     ["dependency"],
+)  # fmt: skip
+
+DRIFT_ALERTS = Counter(
+    "livelearn_drift_alerts_total", "Drift alerts raised, by model, detector and severity",
+    ["model", "detector", "severity"],
+)  # fmt: skip
+MODEL_METRIC = Gauge(
+    "livelearn_model_metric",
+    "Rolling prequential metric of a serving model (source: online or batch)",
+    ["model", "source", "metric"],
+)
+SERVING_VERSION = Gauge(
+    "livelearn_serving_model_info",
+    "1 for the model version whose predictions are served now, by source",
+    ["model", "source", "version"],
+)
+JOB_SECONDS = Histogram(
+    "livelearn_training_job_seconds",
+    "Wall time of a training job, by kind and outcome",
+    ["kind", "status"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+)
+JOBS = Counter(
+    "livelearn_training_jobs_total", "Training jobs finished, by kind and outcome",
+    ["kind", "status"],
 )  # fmt: skip
 
 

@@ -159,6 +159,12 @@ class ModelSettings(_Frozen):
     checkpoint_every_s: float = Field(10.0, gt=0, description="... or every T seconds")
     label_ttl_s: float = Field(3600.0, gt=0, description="how long features wait for a late label")
     learner: bool = Field(True, description="run the online learner in this worker")
+    serving: Literal["online", "batch", "best"] = Field(
+        "best", description="who answers events: online model, batch model, or the better one"
+    )
+    serving_min_samples: int = Field(
+        50, ge=1, description="labelled records a new batch version is scored on before 'best'"
+    )
     generator: str = Field(
         "extractive", description="answer generator: 'extractive' or an HF causal LM id/path"
     )

@@ -273,20 +273,21 @@ class LabelJoiner:
     def __init__(self, ttl_seconds: float = 3600.0, max_pending: int = 1_000_000) -> None:
         self.ttl_seconds = ttl_seconds
         self.max_pending = max_pending
-        self._pending: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._pending: OrderedDict[str, tuple[float, Any]] = OrderedDict()
         self.expired_total = 0
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def put(self, event_id: str, features: Mapping[str, Any], now: float) -> None:
-        self._pending[event_id] = (now, dict(features))
+    def put(self, event_id: str, features: Any, now: float) -> None:
+        """Keep ``features`` (whatever the caller needs to learn later) for ``event_id``."""
+        self._pending[event_id] = (now, features)
         self._pending.move_to_end(event_id)
         while len(self._pending) > self.max_pending:  # bounded memory: oldest go first
             self._pending.popitem(last=False)
             self.expired_total += 1
 
-    def pop(self, event_id: str) -> dict[str, Any] | None:
+    def pop(self, event_id: str) -> Any | None:
         item = self._pending.pop(event_id, None)
         return None if item is None else item[1]
 

@@ -37,6 +37,7 @@ from typing import Any
 from trainers.drift_monitor import ConceptDriftMonitor, DriftSignal
 from trainers.exceptions import CheckpointError
 from trainers.learner import LabelJoiner, OnlineLearner, to_features
+from trainers.serving import ServingPolicy
 from trainers.trigger import TriggerPolicy
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,16 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     return state
 
 
+def _has_input(event: dict[str, Any]) -> bool:
+    return "features" in event or "text" in event
+
+
+def _model_input(event: dict[str, Any]) -> Any:
+    """The batch model's input for an event: its text if any, else its features."""
+    text = event.get("text")
+    return text if text is not None else dict(event.get("features") or {})
+
+
 def _with_knobs(saved: TriggerPolicy, configured: TriggerPolicy) -> TriggerPolicy:
     for knob in ("topic", "volume_threshold", "schedule_seconds", "cooldown_seconds",
                  "warning_action", "drift_action"):  # fmt: skip
@@ -118,8 +129,10 @@ class OnlineService:
         label_ttl_seconds: float = 3600.0,
         monitor: ConceptDriftMonitor | None = None,
         policy: TriggerPolicy | None = None,
+        serving: ServingPolicy | None = None,
     ) -> None:
         self.learner = learner
+        self.serving = serving or ServingPolicy("online", learner.task)
         self.monitor = monitor or ConceptDriftMonitor()
         self.policy = policy or TriggerPolicy(learner.name, "events")
         self.joiner = LabelJoiner(label_ttl_seconds)
@@ -147,37 +160,64 @@ class OnlineService:
     def offsets(self) -> dict[int, int]:
         return dict(self._offsets)
 
+    def start(self) -> None:
+        """Load the batch version serving now (if the policy uses one) and wait for it."""
+        self.serving.request_reload()
+        self.serving.apply_pending(wait=120.0)
+
     def process(self, records: Sequence[Any]) -> list[tuple[str, str, dict[str, Any]]]:
         """Predict and learn from valid ``events`` records (in order); return predictions."""
         outputs: list[tuple[str, str, dict[str, Any]]] = []
         now = time.time()
-        for rec in records:
-            if rec.offset < self._offsets.get(rec.partition, 0):
-                self.duplicates_skipped += 1  # already in the checkpointed model
-                continue
+        # A promoted version swaps in here, between micro-batches: each event below is
+        # answered by exactly one version. The batch model predicts the whole micro-batch at
+        # once (it does not learn, so batching changes nothing).
+        self.serving.apply_pending()
+        fresh = [r for r in records if r.offset >= self._offsets.get(r.partition, 0)]
+        self.duplicates_skipped += len(records) - len(fresh)  # already in the checkpoint
+        batch_preds = iter(
+            self.serving.batch_predictions(
+                [_model_input(r.value) for r in fresh if _has_input(r.value)]
+            )
+            or ()
+        )
+        for rec in fresh:
             started = time.perf_counter()
             event = rec.value
             label = event.get("label")
-            has_input = "features" in event or "text" in event
             self.policy.observe(rec.partition, rec.offset, labelled=label is not None)
-            if has_input:
+            if _has_input(event):
                 x = to_features(event)
+                batch = next(batch_preds, None)
+                source = self.serving.choose()  # before this label is scored
                 if label is None:
                     pred = self.learner.predict(x)
-                    self.joiner.put(event["id"], x, now)
+                    self.joiner.put(event["id"], (x, _model_input(event)), now)
                 else:
                     pred = self.learner.predict_then_learn(x, label)
+                    if batch is not None:
+                        self.serving.score(label, pred.prediction, batch[0])
                     outputs.extend(self._watch(pred.prediction, label, rec))
-                outputs.append(
-                    ("predictions", event["id"], self._prediction(event, pred, started, now))
-                )
+                value = self._prediction(event, pred, started, now)
+                if source == "batch" and batch is not None:
+                    value.update(prediction=batch[0], model_version=str(self.serving.version))
+                    value.pop("proba", None)
+                    if batch[1] is not None:
+                        value["proba"] = batch[1]
+                value["source"] = source
+                outputs.append(("predictions", event["id"], value))
             else:
-                x_waiting = self.joiner.pop(event["id"])
-                if x_waiting is None:
+                waiting = self.joiner.pop(event["id"])
+                if waiting is None:
                     self.orphan_labels += 1
                 else:
+                    x_waiting, raw = waiting if isinstance(waiting, tuple) else (waiting, None)
                     before = self.learner.predict(x_waiting).prediction
                     self.learner.rolling.update(label, before)
+                    if raw is not None and self.serving.uses_batch:
+                        batch_late = self.serving.batch_predictions([raw])
+                        if batch_late:
+                            self.serving.score(label, before, batch_late[0][0])
                     self.learner.learn(x_waiting, label)
                     outputs.extend(self._watch(before, label, rec))
             self._offsets[rec.partition] = rec.offset + 1
@@ -235,6 +275,19 @@ class OnlineService:
                                offsets)  # fmt: skip
         if status == "promoted":
             self.monitor.reset_reference()
+            self.serving.request_reload()  # swapped in before the next micro-batch
+
+    def status(self) -> dict[str, Any]:
+        """What serves now and how well: for metrics and ``livelearn status``."""
+        paired = self.serving.rolling()
+        return {
+            "online_version": self.learner.version,
+            "batch_version": self.serving.version,
+            "serving": self.serving.choose(),
+            "online_metrics": self.learner.metrics(),
+            "paired": {"online": paired[0], "batch": paired[1], "n": len(self.serving.paired)}
+            if paired is not None else None,
+        }  # fmt: skip
 
     def _prediction(
         self, event: dict[str, Any], pred: Any, started: float, now: float

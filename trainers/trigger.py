@@ -14,10 +14,16 @@ decision replayed yields the same job (and the trainer trains it once).
 >>> for off in range(150):
 ...     policy.observe(0, off, labelled=True)
 >>> job = policy.tick(now=1000.0)
->>> job.kind, job.reason, job.data["offsets"]
-('finetune', 'volume', {'0': [0, 150]})
+>>> job.kind, job.reason, job.data["offsets"]  # nothing serves yet: a retrain, not a fine-tune
+('retrain', 'volume', {'0': [0, 150]})
 >>> policy.tick(now=1001.0) is None  # a job is in flight
 True
+>>> policy.job_update(job.job_id, "promoted", "v1", None)
+>>> for off in range(150, 300):
+...     policy.observe(0, off, labelled=True)
+>>> job = policy.tick(now=2000.0)
+>>> job.kind, job.data["offsets"], job.base_version
+('finetune', {'0': [150, 300]}, 'v1')
 """
 
 from __future__ import annotations
@@ -116,6 +122,10 @@ class TriggerPolicy:
             left = self.cooldown_seconds - (now - self.last_job_at)
             self._decide(f"{reason}: {kind} suppressed by cooldown ({left:.0f} s left)")
             return None
+        if kind == "finetune" and self.serving_version is None:
+            # Nothing serves yet, so there is nothing to continue from: the first version
+            # is trained from the base weights on everything.
+            kind = "retrain"
         offsets = self._offsets(kind)
         if not any(hi > lo for lo, hi in offsets.values()):
             self._decide(f"{reason}: {kind} skipped, no new data")

@@ -21,8 +21,11 @@ from tests.conftest import settings_env
 class WorkerProcess:
     """A ``python -m streams worker`` child with its own web port and log file."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.settings = settings
+        self.extra_env = env or {}
         self.web_port = free_port()
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -31,6 +34,7 @@ class WorkerProcess:
         env = settings_env(self.settings)
         env["LIVELEARN_WEB_PORT"] = str(self.web_port)
         env["LIVELEARN_LOG_LEVEL"] = "INFO"
+        env.update(self.extra_env)
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams", "worker"],

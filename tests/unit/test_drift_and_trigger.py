@@ -64,6 +64,7 @@ def test_drift_retrain_covers_the_history_and_cooldown_debounces_a_burst() -> No
 
 def test_retrain_supersedes_a_pending_finetune_but_not_a_running_one() -> None:
     policy = _policy(volume_threshold=0, cooldown_seconds=0)
+    policy.serving_version = "v1"
     finetune = policy.on_drift("warning", "w", now=1.0)
     assert finetune is not None and finetune.kind == "finetune"
     retrain = policy.on_drift("drift", "d", now=2.0)
@@ -76,7 +77,8 @@ def test_retrain_supersedes_a_pending_finetune_but_not_a_running_one() -> None:
 def test_volume_schedule_and_manual_jobs_have_the_right_kind_and_offsets() -> None:
     policy = _policy(volume_threshold=1000, cooldown_seconds=0)
     job = policy.tick(now=1.0)
-    assert job is not None and (job.kind, job.reason) == ("finetune", "volume")
+    # Nothing serves yet: the volume trigger's fine-tune becomes the first retrain.
+    assert job is not None and (job.kind, job.reason) == ("retrain", "volume")
     assert job.data["offsets"] == {"0": [0, 500], "1": [0, 500]}
     policy.job_update(job.job_id, "promoted", "v1")
     for off in range(500, 600):
@@ -88,11 +90,12 @@ def test_volume_schedule_and_manual_jobs_have_the_right_kind_and_offsets() -> No
     policy.job_update(manual.job_id, "rejected")
 
     scheduled = TriggerPolicy("m", "events", volume_threshold=0, schedule_seconds=60,
-                              cooldown_seconds=0)  # fmt: skip
+                              cooldown_seconds=0, serving_version="v1")  # fmt: skip
     scheduled.observe(0, 9, labelled=True)
     assert scheduled.tick(now=100.0) is None  # the schedule starts now
     job = scheduled.tick(now=161.0)
-    assert job is not None and job.reason == "schedule" and job.data["offsets"] == {"0": [0, 10]}
+    assert job is not None and (job.kind, job.reason) == ("finetune", "schedule")
+    assert job.data["offsets"] == {"0": [0, 10]} and job.base_version == "v1"
 
 
 def test_same_decision_same_job_id() -> None:
