@@ -179,6 +179,7 @@ class IndexReport:
     chunks_removed: int = 0
     encode_seconds: float = 0.0
     store_seconds: float = 0.0
+    vectors: Any = field(default=None, repr=False)  # the chunks' embeddings (drift watch)
 
 
 class ChunkIndexer:
@@ -254,4 +255,5 @@ class ChunkIndexer:
             chunks_removed=len(plan.remove),
             encode_seconds=encode_seconds,
             store_seconds=store_seconds,
+            vectors=vectors,
         )

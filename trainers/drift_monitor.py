@@ -18,6 +18,8 @@ monitor stays quiet for ``quiet_records``: one alert per episode, not a storm.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +40,23 @@ class DriftSignal:
     severity: Literal["warning", "drift"]
     index: int
     baseline: float
+
+    def to_alert(self, model: str, model_version: str, action: str, rec: Any) -> dict[str, Any]:
+        """The ``drift-alerts`` record for this signal, raised at record ``rec``.
+
+        The alert id is derived from where it fired, so a replay raises the same alert.
+        """
+        alert_id = hashlib.sha1(
+            f"{model}:{self.detector}:{self.severity}:{rec.partition}:{rec.offset}".encode()
+        ).hexdigest()[:16]
+        return {
+            "alert_id": alert_id, "ts": time.time(), "model": model,
+            "model_version": model_version, "detector": self.detector, "signal": self.signal,
+            "value": self.value, "threshold": self.threshold, "severity": self.severity,
+            "action": action, "baseline": self.baseline, "window": {
+                "partition": rec.partition, "offset": rec.offset, "records": self.index,
+                "event_id": rec.value.get("id")},
+        }  # fmt: skip
 
 
 def _detector(name: str, sensitivity: float) -> Any:
@@ -95,13 +114,6 @@ class ConceptDriftMonitor:
         self._reference_n = 0
         self.n = 0
         self._quiet_until = 0
-        self._warned = False
-
-    def reset_reference(self) -> None:
-        """Start a new reference (after a promotion, the new normal)."""
-        self._reference_sum, self._reference_n = 0.0, 0
-        self._warn = _detector(self.detector, self.warning_sensitivity)
-        self._drift = _detector(self.detector, self.drift_sensitivity)
         self._warned = False
 
     def update(self, error: float) -> DriftSignal | None:

@@ -104,11 +104,13 @@ def gate(
     metric: str = "accuracy",
     margin: float = 0.0,
     higher_is_better: bool = True,
+    min_samples: int = 0,
 ) -> GateDecision:
     """Promote the candidate when it beats the serving model by at least ``margin``.
 
     A tie passes at ``margin=0``: the candidate saw fresher data. No baseline (nothing
-    serving yet) promotes; a missing or NaN candidate metric rejects.
+    serving yet) promotes; a missing or NaN candidate metric rejects; so does a held-out
+    slice smaller than ``min_samples`` (its ``n``): too few records to judge.
 
     Examples
     --------
@@ -116,7 +118,14 @@ def gate(
     GateDecision(promote=True, reason='no serving model to compare with')
     >>> gate({"accuracy": 0.8}, {"accuracy": 0.79}, margin=0.02).promote
     False
+    >>> gate({"accuracy": 1.0, "n": 6}, {"accuracy": 0.0, "n": 6}, min_samples=20)
+    GateDecision(promote=False, reason='held-out slice of 6 records, fewer than 20 to judge by')
     """
+    n = candidate_metrics.get("n")
+    if n is not None and n < min_samples:
+        return GateDecision(
+            False, f"held-out slice of {n:g} records, fewer than {min_samples} to judge by"
+        )
     value = candidate_metrics.get(metric)
     if value is None or math.isnan(float(value)):
         return GateDecision(False, f"candidate has no {metric} to compare on")

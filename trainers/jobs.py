@@ -136,6 +136,7 @@ class JobConfig:
     val_fraction: float = 0.2  # newest share of the new data held out
     metric: str = "auto"  # gate metric; auto: accuracy (classification), mae (regression)
     margin: float = 0.0  # the candidate must beat serving by this much (ties pass at 0)
+    min_eval_samples: int = 20  # a smaller held-out slice cannot promote anything
     # -- system -----------------------------------------------------------------------
     seed: int = 1337
     device: str = "auto"  # "auto" (cuda if present) | "cpu" | "cuda" | "cuda:1" ...
@@ -475,6 +476,7 @@ def evaluate(
         metric=metric,
         margin=config.margin,
         higher_is_better=metric not in LOWER_IS_BETTER,
+        min_samples=config.min_eval_samples,
     )
     return metrics, baseline, decision
 

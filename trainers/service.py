@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trainers.data_drift import FeatureDriftMonitor
 from trainers.drift_monitor import ConceptDriftMonitor, DriftSignal
 from trainers.exceptions import CheckpointError
 from trainers.learner import LabelJoiner, OnlineLearner, to_features
@@ -100,7 +101,8 @@ def _model_input(event: dict[str, Any]) -> Any:
 
 def _with_knobs(saved: TriggerPolicy, configured: TriggerPolicy) -> TriggerPolicy:
     for knob in ("topic", "volume_threshold", "schedule_seconds", "cooldown_seconds",
-                 "warning_action", "drift_action"):  # fmt: skip
+                 "warning_action", "drift_action", "data_drift_action",
+                 "drift_min_records"):  # fmt: skip
         setattr(saved, knob, getattr(configured, knob))
     return saved
 
@@ -130,10 +132,12 @@ class OnlineService:
         monitor: ConceptDriftMonitor | None = None,
         policy: TriggerPolicy | None = None,
         serving: ServingPolicy | None = None,
+        data_monitor: FeatureDriftMonitor | None = None,
     ) -> None:
         self.learner = learner
         self.serving = serving or ServingPolicy("online", learner.task)
         self.monitor = monitor or ConceptDriftMonitor()
+        self.data_monitor = data_monitor
         self.policy = policy or TriggerPolicy(learner.name, "events")
         self.joiner = LabelJoiner(label_ttl_seconds)
         self.checkpoint_path = checkpoint_path
@@ -152,6 +156,8 @@ class OnlineService:
                 self._offsets = dict(state["offsets"])
                 self.orphan_labels = state.get("orphan_labels", 0)
                 self.monitor = state.get("monitor", self.monitor)
+                if self.data_monitor is not None:
+                    self.data_monitor = state.get("data_monitor") or self.data_monitor
                 # Settings may have changed since; keep the state, take the new knobs.
                 self.policy = _with_knobs(state.get("policy", self.policy), self.policy)
                 log.info("resumed %s from checkpoint at offsets %s", self.learner.version,
@@ -188,6 +194,10 @@ class OnlineService:
             self.policy.observe(rec.partition, rec.offset, labelled=label is not None)
             if _has_input(event):
                 x = to_features(event)
+                if self.data_monitor is not None and event.get("features"):
+                    shift = self.data_monitor.update(event["features"])
+                    if shift is not None:
+                        outputs.extend(self.on_signal(shift, rec, data=True))
                 batch = next(batch_preds, None)
                 source = self.serving.choose()  # before this label is scored
                 if label is None:
@@ -241,25 +251,24 @@ class OnlineService:
             return []
         return self.on_signal(signal, rec)
 
-    def on_signal(self, signal: DriftSignal, rec: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    def on_signal(
+        self, signal: DriftSignal, rec: Any, data: bool = False
+    ) -> list[tuple[str, str, dict[str, Any]]]:
         """A drift alert, and the job the policy decides for it."""
-        detail = (
-            f"{signal.detector} {signal.severity}: error {signal.value:.3f} vs "
-            f"{signal.baseline:.3f} at offset {rec.offset} of partition {rec.partition}"
+        what = (
+            f"{signal.signal} {signal.value:.3f} vs threshold {signal.threshold:.3f}"
+            if data
+            else f"error {signal.value:.3f} vs {signal.baseline:.3f}"
         )
-        job = self.policy.on_drift(signal.severity, detail)
-        alert_id = hashlib.sha1(
-            f"{self.learner.name}:{signal.severity}:{rec.partition}:{rec.offset}".encode()
-        ).hexdigest()[:16]
-        alert = {
-            "alert_id": alert_id, "ts": time.time(), "model": self.learner.name,
-            "model_version": self.learner.version, "detector": signal.detector,
-            "signal": signal.signal, "value": signal.value, "threshold": signal.threshold,
-            "severity": signal.severity, "action": job.kind if job else "none",
-            "baseline": signal.baseline, "window": {
-                "partition": rec.partition, "offset": rec.offset, "records": signal.index,
-                "event_id": rec.value.get("id")},
-        }  # fmt: skip
+        detail = (
+            f"{signal.detector} {signal.severity}: {what} at offset {rec.offset} of partition "
+            f"{rec.partition}"
+        )
+        job = self.policy.on_drift(signal.severity, detail, data=data)
+        # The action asked for (the job may start later, once enough new data arrived).
+        action = self.policy.action_for(signal.severity, data)
+        alert = signal.to_alert(self.learner.name, self.learner.version, action, rec)
+        alert_id = alert["alert_id"]
         out: list[tuple[str, str, dict[str, Any]]] = [("drift-alerts", alert_id, alert)]
         if job is not None:
             out.append(("training-jobs", job.job_id, job.to_record(self.learner.name)))
@@ -274,7 +283,10 @@ class OnlineService:
         self.policy.job_update(update.get("job_id", ""), status, update.get("model_version"),
                                offsets)  # fmt: skip
         if status == "promoted":
-            self.monitor.reset_reference()
+            # The concept monitor watches the online model's errors, which a batch promotion
+            # does not change: it keeps its reference (a drift resets it by itself).
+            if self.data_monitor is not None:  # the promoted model's world is the new normal
+                self.data_monitor.reset_reference()
             self.serving.request_reload()  # swapped in before the next micro-batch
 
     def status(self) -> dict[str, Any]:
@@ -322,6 +334,7 @@ class OnlineService:
                 "offsets": dict(self._offsets),
                 "orphan_labels": self.orphan_labels,
                 "monitor": self.monitor,
+                "data_monitor": self.data_monitor,
                 "policy": self.policy,
                 "saved": time.time(),
             },

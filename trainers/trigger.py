@@ -78,6 +78,11 @@ class TriggerPolicy:
         Minimum time between two jobs.
     warning_action, drift_action
         What a drift warning / a drift asks for: ``none``, ``finetune`` or ``retrain``.
+    data_drift_action
+        What a shift of the input distribution alone asks for (alerts are raised anyway).
+    drift_min_records
+        Labelled records to wait for after a drift signal before its job starts, so that the
+        job's data holds enough of the new concept to learn it and to judge it (0 = at once).
     """
 
     model: str
@@ -87,9 +92,13 @@ class TriggerPolicy:
     cooldown_seconds: float = 300.0
     warning_action: str = "finetune"
     drift_action: str = "retrain"
+    data_drift_action: str = "none"
+    drift_min_records: int = 0
     next_offsets: dict[int, int] = field(default_factory=dict)
     trained_offsets: dict[int, int] = field(default_factory=dict)
     labelled_since_job: int = 0
+    labelled_total: int = 0
+    pending_drift: tuple[str, str, int] | None = None  # (kind, detail, labelled_total then)
     in_flight: JobRequest | None = None
     in_flight_started: bool = False
     last_job_at: float | None = None
@@ -101,6 +110,7 @@ class TriggerPolicy:
         self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), offset + 1)
         if labelled:
             self.labelled_since_job += 1
+            self.labelled_total += 1
 
     def _decide(self, message: str) -> None:
         self.decisions.append(message)
@@ -142,17 +152,41 @@ class TriggerPolicy:
         self._decide(f"{reason}: {kind} job {job.job_id} over {offsets} ({detail})")
         return job
 
-    def on_drift(self, severity: str, detail: str, now: float | None = None) -> JobRequest | None:
-        """A drift signal: start the job its severity calls for (if any)."""
-        action = self.drift_action if severity == "drift" else self.warning_action
+    def on_drift(
+        self, severity: str, detail: str, now: float | None = None, data: bool = False
+    ) -> JobRequest | None:
+        """A drift signal: start the job its severity (or, for input drift, the
+        ``data_drift_action``) calls for, if any."""
+        action = self.action_for(severity, data)
         if action == "none":
             self._decide(f"drift: {severity} needs no job ({detail})")
             return None
+        if self.drift_min_records:
+            pending = self.pending_drift
+            if pending is None or (action == "retrain" and pending[0] != "retrain"):
+                self.pending_drift = (action, detail, self.labelled_total)
+                self._decide(f"drift: {action} starts after {self.drift_min_records} more "
+                             f"labelled records ({detail})")  # fmt: skip
+            return None
         return self._job(action, "drift", detail, time.time() if now is None else now)
+
+    def action_for(self, severity: str, data: bool = False) -> str:
+        """The job kind a signal asks for (``none``, ``finetune`` or ``retrain``)."""
+        if data:
+            return self.data_drift_action
+        return self.drift_action if severity == "drift" else self.warning_action
 
     def tick(self, now: float | None = None) -> JobRequest | None:
         """Volume and schedule checks; call it after each batch."""
         now = time.time() if now is None else now
+        if self.pending_drift is not None:
+            kind, detail, at = self.pending_drift
+            waited = self.labelled_total - at
+            if waited >= self.drift_min_records:
+                self.pending_drift = None
+                job = self._job(kind, "drift", f"{detail}; {waited} labelled records since", now)
+                if job is not None:
+                    return job
         if self.volume_threshold and self.labelled_since_job >= self.volume_threshold:
             if self.in_flight is None:
                 return self._job(

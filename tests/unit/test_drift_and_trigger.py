@@ -102,3 +102,21 @@ def test_same_decision_same_job_id() -> None:
     a, b = _policy(volume_threshold=0), _policy(volume_threshold=0)
     job_a, job_b = a.on_drift("drift", "x", now=1.0), b.on_drift("drift", "y", now=5.0)
     assert job_a is not None and job_b is not None and job_a.job_id == job_b.job_id
+
+
+def test_a_drift_job_waits_for_enough_new_data() -> None:
+    policy = _policy(volume_threshold=0, cooldown_seconds=0, drift_min_records=200)
+    policy.serving_version = "v1"
+    policy.trained_offsets = {0: 500, 1: 500}
+    assert policy.on_drift("warning", "w", now=1.0) is None  # asked for, not started yet
+    assert policy.action_for("warning") == "finetune" and policy.pending_drift is not None
+    for off in range(500, 650):
+        policy.observe(0, off, labelled=True)
+    assert policy.tick(now=2.0) is None  # 150 < 200
+    assert policy.on_drift("drift", "d", now=2.5) is None  # a retrain supersedes the wait ...
+    for off in range(650, 900):
+        policy.observe(0, off, labelled=True)
+    job = policy.tick(now=3.0)  # ... and waits its own 200 records
+    assert job is not None and (job.kind, job.reason) == ("retrain", "drift")
+    assert job.data["offsets"] == {"0": [0, 900], "1": [0, 500]}
+    assert policy.pending_drift is None and policy.tick(now=4.0) is None

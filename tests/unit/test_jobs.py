@@ -216,7 +216,7 @@ def test_text_retrain_then_lora_finetune(tiny_bert: str, tmp_path: Path) -> None
 
     new = text_records(80, start=1000, seed=2)
     j = job("t-ft", "finetune", new)
-    cfg = text_config(tiny_bert, epochs=2, replay_ratio=0.5, lr=5e-3)
+    cfg = text_config(tiny_bert, epochs=2, replay_ratio=0.5, lr=5e-3, min_eval_samples=10)
     ft = run_job(j, new, old, reg, "txt", cfg)
     assert ft.status == "promoted", ft
     v = reg.get("txt", ft.version or "")
