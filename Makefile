@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: install lint typecheck unit test demo bench clean
+.PHONY: install lint typecheck unit test demo bench clean browser
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,14 @@ typecheck: install
 unit: install
 	$(VENV)/bin/pytest -q -m "not integration" tests/unit streams retrieval trainers
 
-test: lint typecheck
+# The demo's report is rendered by headless Chromium in a test; Debian's package where we may.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1) ; } || \
+	  echo "no Chromium: the report render test will skip"
+
+test: lint typecheck browser
 	$(VENV)/bin/pytest -q
 
 demo: install

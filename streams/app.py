@@ -52,6 +52,13 @@ class RetrievalServices:
         self._indexer: Any = None
         self._answerer: Any = None
         self._lock = threading.Lock()
+        self.embedding_monitor: Any = None
+        if settings.trigger.embedding_drift:
+            from trainers.data_drift import EmbeddingDriftMonitor
+
+            self.embedding_monitor = EmbeddingDriftMonitor(
+                settings.trigger.embedding_drift_window, settings.trigger.embedding_drift_window
+            )
 
     def _build(self) -> None:
         with self._lock:
@@ -115,7 +122,26 @@ def index_docs(services: RetrievalServices, records: Sequence[Any]) -> list[OutR
         if produced:
             metrics.FRESHNESS.observe(max(0.0, now - float(produced)))
     log.debug("indexed %s", report)
-    return []
+    return _embedding_alerts(services, records, report.vectors)
+
+
+def _embedding_alerts(
+    services: RetrievalServices, records: Sequence[Any], vectors: Any
+) -> list[OutRecord]:
+    """Feed the batch's chunk embeddings to the docs stream's drift monitor."""
+    monitor = services.embedding_monitor
+    if monitor is None or vectors is None or not len(vectors):
+        return []
+    s = services.settings
+    out = []
+    for vector in vectors:
+        signal = monitor.update(vector.tolist())
+        if signal is not None:  # at most one per episode
+            alert = signal.to_alert(s.models.embedding, "embedder", "none", records[-1])
+            metrics.DRIFT_ALERTS.labels("docs", signal.detector, signal.severity).inc()
+            log.warning("embedding drift on %s: %s", s.topics.docs, alert)
+            out.append(OutRecord(s.topics.drift_alerts, alert["alert_id"], alert))
+    return out
 
 
 def answer_queries(
@@ -140,6 +166,7 @@ def answer_queries(
 
 def make_online_service(settings: Settings) -> Any:
     """The learner's domain object, resumed from its checkpoint when there is one."""
+    from trainers.data_drift import FeatureDriftMonitor
     from trainers.drift_monitor import ConceptDriftMonitor
     from trainers.learner import OnlineLearner
     from trainers.service import OnlineService
@@ -172,7 +199,10 @@ def make_online_service(settings: Settings) -> Any:
             m.name, settings.topics.events, volume_threshold=t.volume_threshold,
             schedule_seconds=t.schedule_s or None, cooldown_seconds=t.cooldown_s,
             warning_action=t.warning_action, drift_action=t.drift_action,
+            data_drift_action=t.data_drift_action, drift_min_records=t.drift_min_records,
         ),
+        data_monitor=FeatureDriftMonitor(t.data_drift_window, t.data_drift_window)
+        if t.data_drift else None,
         serving=ServingPolicy(m.serving, m.task, load_batch, min_samples=m.serving_min_samples),
     )  # fmt: skip
     if service.policy.serving_version is None:  # a version promoted before this state began
@@ -292,19 +322,41 @@ class BatchRunner:
         await asyncio.get_running_loop().run_in_executor(None, flush_or_raise, self.producer, 60)
 
 
+def faust_credentials(settings: Settings) -> Any:
+    """faust's broker credentials from the Kafka settings (SASL and/or TLS), or None.
+
+    >>> from streams.settings import KafkaSettings
+    >>> s = Settings(kafka=KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN",
+    ...                                  sasl_username="u", sasl_password="p"))
+    >>> creds = faust_credentials(s)
+    >>> type(creds).__name__, creds.protocol.name, creds.ssl_context is not None
+    ('SASLCredentials', 'SASL_SSL', True)
+    >>> faust_credentials(Settings()) is None
+    True
+    """
+    import ssl
+
+    k = settings.kafka
+    tls = k.security_protocol in ("SSL", "SASL_SSL")
+    context = ssl.create_default_context(cafile=k.ssl_ca_location or None) if tls else None
+    if k.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=k.sasl_username,
+            password=k.sasl_password.get_secret_value(),
+            mechanism=k.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faust.App:
     """The worker app for ``settings``, talking to ``bootstrap``."""
     from retrieval.exceptions import VectorStoreUnavailableError
 
     topics = settings.topics
-    credentials = None
-    k = settings.kafka
-    if k.sasl_mechanism:
-        credentials = faust.SASLCredentials(
-            username=k.sasl_username,
-            password=k.sasl_password.get_secret_value(),
-            mechanism=k.sasl_mechanism,
-        )
+    credentials = faust_credentials(settings)
     app = faust.App(
         f"{settings.kafka.group_prefix}-worker",
         broker=f"kafka://{bootstrap}",

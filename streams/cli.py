@@ -4,6 +4,8 @@ livelearn broker up                 # embedded Kafka (KRaft) from its jars, data
 livelearn topics                    # create the topics of the design, list them
 livelearn produce events.jsonl --topic events
 livelearn tail predictions          # follow a topic (drift-alerts, model-updates, ...)
+livelearn up                        # everything (Kafka, worker, trainer) until Ctrl-C
+livelearn status                    # topics, lag, model versions, last alerts
 livelearn worker                    # run the stream processors (faust)
 livelearn ask "What is a compacted topic?"
 livelearn config --markdown         # the configuration table of the README
@@ -232,6 +234,27 @@ def worker(
     serve_metrics(settings.metrics_port)
     faust_app = create_app(settings, bootstrap, web_port=web_port or settings.web_port)
     faust.Worker(faust_app, loglevel=settings.log_level.lower()).execute_from_commandline()
+
+
+@app.command()
+def up(
+    trainer: Annotated[bool, typer.Option(help="also run a trainer worker")] = True,
+) -> None:
+    """Run the whole system (embedded Kafka unless configured, worker, trainer) until Ctrl-C."""
+    from streams.supervisor import run_up
+
+    raise typer.Exit(run_up(_settings(), trainer=trainer, console=console))
+
+
+@app.command()
+def status() -> None:
+    """Topics, consumer lag, model versions, the last drift alerts and model updates."""
+    from rich.console import Console as _Console
+
+    from streams.supervisor import status_table
+
+    settings = _settings()
+    _Console().print(status_table(settings, resolve_bootstrap(settings)))
 
 
 @app.command()

@@ -7,9 +7,12 @@ stream worker and a trainer as child processes, then plays a scenario:
    live; questions are answered with cited sources; some documents are then updated and
    deleted mid-run, and the same questions are asked again.
 2. **Models that follow the data**: a labelled tabular stream (river's Phishing data) flows
-   through ``events``; a retrain job trains the batch model; then the concept changes (the
-   labels flip) and a fine-tune job on the new range is trained, evaluated against the
-   serving version on the same held-out slice, and promoted.
+   through ``events``; the online model predicts every event and learns every label. After
+   700 labelled records the trigger policy's volume rule starts the first job (a retrain of
+   the batch model), which is promoted and hot-swapped into serving. Then the concept
+   changes (the labels flip): the drift monitor raises an alert, the policy asks for a
+   fine-tune on the new data, the trainer runs it, the evaluation gate promotes it, and the
+   worker hot-swaps it in: the predictions name the version that made them.
 
 Live progress shows in the terminal; at the end a summary is printed and a self-contained
 HTML report (plots inline) is written to ``.livelearn/demo/report.html``.
@@ -20,9 +23,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -38,6 +38,7 @@ from streams.broker import LocalBroker, free_port
 from streams.kafka import admin_client
 from streams.sdk import LiveLearnClient
 from streams.settings import KafkaSettings, Settings
+from streams.supervisor import Child
 from streams.topics import ensure_topics, topic_specs
 
 __all__ = ["DemoResult", "run_demo"]
@@ -68,6 +69,9 @@ class DemoResult:
     freshness_buckets: list[tuple[str, float]] = field(default_factory=list)  # bulk load
     steady_freshness: list[tuple[str, float]] = field(default_factory=list)  # 4 docs/s
     rolling_accuracy: list[tuple[float, float]] = field(default_factory=list)
+    served_by: list[tuple[str, str]] = field(default_factory=list)  # (source, version)
+    stream_labels: list[Any] = field(default_factory=list)
+    concept_change: int = 0
     alerts: list[dict[str, Any]] = field(default_factory=list)
     predictions: int = 0
     docs_indexed: int = 0
@@ -76,33 +80,13 @@ class DemoResult:
     seconds: float = 0.0
 
 
-class _Child:
-    """A ``python -m streams <command>`` child process with its log file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", *args], env=env, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
-
-
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=60) as resp:
         body = resp.read()
     return orjson.loads(body) if body[:1] in b"{[" else body.decode()
 
 
-def _wait_http(url: str, timeout_s: float, child: _Child) -> None:
+def _wait_http(url: str, timeout_s: float, child: Child) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if child.proc.poll() is not None:
@@ -151,7 +135,7 @@ def run_demo(data_dir: Path = Path(".livelearn/demo"), n_docs: int = 300,
     data_dir.mkdir(parents=True)
     base = Settings(data_dir=data_dir)
     broker = LocalBroker(data_dir, base.broker)
-    children: list[_Child] = []
+    children: list[Child] = []
     try:
         with console.status("starting the embedded Kafka (KRaft) ..."):
             bootstrap = broker.start()
@@ -161,18 +145,26 @@ def run_demo(data_dir: Path = Path(".livelearn/demo"), n_docs: int = 300,
         ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
         web, prom = free_port(), free_port()
         env = _env(settings, bootstrap, web, prom)
-        # The demo asks for its jobs itself (so its story runs the same way every time);
-        # drift alerts are still raised and shown.
-        env.update(LIVELEARN_TRIGGER__WARNING_ACTION="none", LIVELEARN_TRIGGER__DRIFT_ACTION="none",
-                   LIVELEARN_TRIGGER__VOLUME_THRESHOLD="0")  # fmt: skip
+        # The policy decides the jobs: the first after 700 labelled records (volume), the next
+        # on drift. Here the change flips the labels, so the old history contradicts the new
+        # concept: a drift asks for a fine-tune on the new data (the default, a retrain on
+        # everything, suits changes that keep the past valid). A demo compresses hours into
+        # minutes, hence the short cooldown.
+        env.update(LIVELEARN_TRIGGER__WARNING_ACTION="none",
+                   LIVELEARN_TRIGGER__DRIFT_ACTION="finetune",
+                   LIVELEARN_TRIGGER__VOLUME_THRESHOLD="700",
+                   LIVELEARN_TRIGGER__COOLDOWN_S="10",
+                   # Serve the batch model once one is promoted, so that each swap shows in
+                   # the predictions (the default, 'best', may keep the online model).
+                   LIVELEARN_MODELS__SERVING="batch")  # fmt: skip
         with console.status("starting the stream worker and a trainer ..."):
-            worker = _Child(["worker"], env, data_dir / "worker.log")
+            worker = Child(["worker"], env, data_dir / "worker.log")
             children.append(worker)
             trainer_env = dict(env, LIVELEARN_METRICS_PORT="0")
             # replay_ratio 0.2: the change here is a real one (labels flip); a large replay of
             # the old concept would fight the new one.
             trainer_args = ["trainer", "--set", "epochs=6", "--set", "replay_ratio=0.2"]
-            children.append(_Child(trainer_args, trainer_env,
+            children.append(Child(trainer_args, trainer_env,
                                    data_dir / "trainer.log"))  # fmt: skip
             _wait_http(f"http://127.0.0.1:{web}/healthz", 180, worker)
         console.print(f"[green]✓[/] worker up (HTTP :{web}, metrics :{prom})")
@@ -263,64 +255,107 @@ def _rag(client: LiveLearnClient, console: Console, result: DemoResult, web: int
     )
 
 
+FINAL = ("promoted", "rejected", "failed")
+
+
+def _first(client: LiveLearnClient, stream: str, match: Any, timeout_s: float) -> Any:
+    """The first record of ``stream`` (from the beginning) that ``match`` accepts, or None."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for record in client.subscribe(stream, from_beginning=True, timeout_s=2):
+            if match(record):
+                return record
+    return None
+
+
 def _training(client: LiveLearnClient, console: Console, result: DemoResult) -> None:
+    """Events with a concept change; the trigger policy and the serving policy do the rest."""
     from river import datasets
 
-    from streams.trainer import manual_job
-
     rows = list(datasets.Phishing())
-    split = 800
-    for i, (x, y) in enumerate(rows[:split]):
-        client.send_event(f"p{i}", features=x, label=y, ts=1_700_000_000 + i)
-    client.flush()
-    result.events_sent = split
-    for kind in ("retrain", "finetune"):
-        if kind == "finetune":
-            # The concept changes: the same kind of page now carries the opposite label.
-            for i, (x, y) in enumerate(rows[split:], split):
-                client.send_event(f"p{i}", features=x, label=not y, ts=1_700_000_000 + i)
-            client.flush()
-            result.events_sent = len(rows)
-        job = manual_job(client.settings, client.bootstrap, kind)
-        client.produce("training-jobs", job, wait=True)
-        submitted = time.time()
-        with console.status(f"{kind} job {job['job_id']} running ..."):
-            for update in client.subscribe("model-updates", from_beginning=True, timeout_s=300):
-                if update["job_id"] != job["job_id"]:
-                    continue
-                if update["status"] in ("promoted", "rejected", "failed"):
-                    update["submitted"] = submitted
-                    result.updates.append(update)
-                    break
-        last = result.updates[-1] if result.updates else {"status": "none"}
-        console.print(
-            f"[green]✓[/] {kind}: {last['status']} {last.get('model_version', '')} "
-            f"metrics={last.get('metrics')} baseline={last.get('baseline_metrics')}"
+    change = 800
+    # After the change the same kind of page carries the opposite label (a real concept
+    # change: P(y|x) flips); 650 records follow it.
+    stream = rows[:change] + [(x, not y) for x, y in rows[change:] + rows[:200]]
+    result.concept_change = change
+
+    def send(lo: int, hi: int, pace: float = 0.0) -> None:
+        for i in range(lo, hi):
+            x, y = stream[i]
+            client.send_event(f"p{i}", features=x, label=y, ts=1_700_000_000 + i)
+            if pace and i % 25 == 24:
+                time.sleep(pace)
+        client.flush()
+        result.events_sent = hi
+
+    def final_update(exclude: set[str], timeout_s: float) -> dict[str, Any] | None:
+        update = _first(
+            client,
+            "model-updates",
+            lambda u: u["status"] in FINAL and u["job_id"] not in exclude,
+            timeout_s,
         )
-    # Every event got a prediction from the online model (predict first, then learn).
-    labels = {f"p{i}": (y if i < split else not y) for i, (_x, y) in enumerate(rows)}
-    seen: dict[str, Any] = {}
-    with console.status("collecting the online model's predictions ..."):
+        if update is not None:
+            update["events_sent"] = result.events_sent
+            job = _first(client, "training-jobs", lambda j: j["job_id"] == update["job_id"], 10)
+            update["submitted"] = job["ts"] if job else update["ts"]  # when it was decided
+            update["reason"] = job["reason"] if job else "?"
+            result.updates.append(update)
+        return update
+
+    with console.status(f"{change} labelled events; the volume trigger starts a first job ..."):
+        send(0, change)
+        first = final_update(set(), 300)
+    _print_update(console, first)
+    with console.status("the concept changes: the labels flip; watching for drift ..."):
+        send(change, change + 400)
+        alert = _first(client, "drift-alerts", lambda a: a["severity"] == "drift", 120)
+        if alert is not None:
+            console.print(
+                f"[yellow]drift alert[/] by {alert['detector']}: error {alert['value']:.2f} vs "
+                f"{alert.get('baseline', 0):.2f} after {alert['window']['records']} records "
+                f"learned; the policy asks for: {alert['action']}"
+            )
+        done = {first["job_id"]} if first else set()
+        second = final_update(done, 300) if alert is not None else None
+    _print_update(console, second)
+    with console.status("more events after the change, answered by the serving policy ..."):
+        send(change + 400, len(stream), pace=0.2)
+    result.stream_labels = [y for _x, y in stream]
+    with console.status("collecting the predictions ..."):
+        seen: dict[str, dict[str, Any]] = {}
         for p in client.subscribe("predictions", from_beginning=True, timeout_s=60):
-            seen[p["id"]] = p["prediction"]
-            if len(seen) >= len(rows):
+            seen[p["id"]] = p
+            if len(seen) >= len(stream):
                 break
     result.predictions = len(seen)
     result.alerts = list(client.subscribe("drift-alerts", from_beginning=True, timeout_s=3))
-    for alert in result.alerts:
-        console.print(
-            f"[yellow]drift alert[/] {alert['severity']} by {alert['detector']}: error "
-            f"{alert['value']:.2f} vs {alert.get('baseline', 0):.2f} at event offset "
-            f"{alert['window']['offset']} (partition {alert['window']['partition']})"
-        )
-    hits = [1.0 if seen.get(f"p{i}") == labels[f"p{i}"] else 0.0 for i in range(len(rows))]
+    served = [seen.get(f"p{i}") for i in range(len(stream))]
+    hits = [1.0 if p is not None and p["prediction"] == y else 0.0
+            for p, y in zip(served, result.stream_labels, strict=True)]  # fmt: skip
     window = 100
     result.rolling_accuracy = [
         (float(i), sum(hits[i - window : i]) / window) for i in range(window, len(hits) + 1, 10)
     ]
+    result.served_by = [
+        (p["source"], p["model_version"]) if p is not None else ("none", "") for p in served
+    ]
+    batch = sorted({v for src, v in result.served_by if src == "batch"})
     console.print(
-        f"[green]✓[/] {len(seen)} predictions from the online model; rolling accuracy "
-        f"{result.rolling_accuracy[-1][1]:.2f} after the change (window {window})"
+        f"[green]✓[/] {len(seen)} predictions; served by the batch model(s) {batch or 'none'} "
+        f"for {sum(src == 'batch' for src, _ in result.served_by)} events; rolling accuracy "
+        f"{result.rolling_accuracy[-1][1]:.2f} at the end (window {window})"
+    )
+
+
+def _print_update(console: Console, update: dict[str, Any] | None) -> None:
+    if update is None:
+        console.print("[red]✗[/] no job finished in time; see trainer.log")
+        return
+    console.print(
+        f"[green]✓[/] {update['reason']} → {update['kind']} job: {update['status']} "
+        f"{update.get('model_version', '')}"
+        f" (candidate {update.get('metrics')}, serving before {update.get('baseline_metrics')})"
     )
 
 
@@ -366,15 +401,30 @@ def _write_report(result: DemoResult, path: Path) -> Path:
          report.line_chart([("online model (window 100)", result.rolling_accuracy)],
                            "accuracy over the event stream", y_range=(0.0, 1.0),
                            x_label="event index",
-                           markers=[(800.0, "concept change + retrain"),
-                                    (1250.0, "fine-tune promoted"),
-                                    *_alert_markers(result)])),
+                           markers=[(float(result.concept_change), "concept change"),
+                                    *_job_markers(result), *_alert_markers(result)])),
         ("Training jobs", report.timeline(spans, "job timeline (seconds)")
          + "<table><tr><th>kind</th><th>version</th><th>status</th><th>candidate</th>"
          f"<th>serving before</th></tr>{metrics_rows}</table>"),
     ]  # fmt: skip
     path.write_text(report.html_page("livelearn demo", sections), encoding="utf-8")
     return path
+
+
+def _job_markers(result: DemoResult) -> list[tuple[float, str]]:
+    """Where each promoted version first answered an event (else where it was promoted)."""
+    out = []
+    for u in result.updates:
+        if u["status"] != "promoted":
+            continue
+        version = u.get("model_version", "")
+        first = next((i for i, (src, v) in enumerate(result.served_by)
+                      if src == "batch" and v == version), None)  # fmt: skip
+        if first is not None:
+            out.append((float(first), f"{u['kind']} {version[:12]} serves"))
+        else:
+            out.append((float(u.get("events_sent", 0)), f"{u['kind']} promoted"))
+    return out
 
 
 def _alert_markers(result: DemoResult) -> list[tuple[float, str]]:

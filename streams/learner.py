@@ -71,7 +71,8 @@ class Lease:
 
     def __init__(self, settings: Settings, bootstrap: str, name: str) -> None:
         self.topic = f"{settings.kafka.group_prefix}.lease.{name}"
-        ensure_topics(admin_client(settings, bootstrap), [TopicSpec(self.topic, 1, 1)])
+        ensure_topics(admin_client(settings, bootstrap),
+                      [TopicSpec(self.topic, 1, settings.topics.replication)])  # fmt: skip
         self.held = False
         self._consumer = consumer(
             settings,
@@ -206,6 +207,7 @@ class LearnerLoop(threading.Thread):
                                 s.models.name, value["detector"], value["severity"]
                             ).inc()
                     flush_or_raise(prod, 60)
+                    _export_latency_and_lag(events, topic, batch)
                     metrics.RECORDS_IN.labels(topic, "ok").inc(len(good))
                     metrics.RECORDS_IN.labels(topic, "dead").inc(len(bad))
                     _export_status(s.models.name, processor.status())
@@ -248,6 +250,22 @@ class LearnerLoop(threading.Thread):
 
 
 _served: dict[str, str] = {}
+
+
+def _export_latency_and_lag(events: Any, topic: str, batch: list[RawRecord]) -> None:
+    """Produce-to-prediction latency per record, and the lag left per partition."""
+    from confluent_kafka import TopicPartition
+
+    now = time.time()
+    last: dict[int, int] = {}
+    for rec in batch:
+        if rec.timestamp > 0:
+            metrics.PREDICTION_LATENCY.observe(max(0.0, now - rec.timestamp))
+        last[rec.partition] = rec.offset
+    for partition, offset in last.items():
+        _low, high = events.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        if high is not None and high >= 0:
+            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, high - offset - 1))
 
 
 def _export_status(model: str, status: dict[str, Any]) -> None:

@@ -186,6 +186,20 @@ class TriggerSettings(_Frozen):
     drift_action: Literal["none", "finetune", "retrain"] = Field(
         "retrain", description="job a drift asks for"
     )
+    drift_min_records: int = Field(
+        200, ge=0, description="labelled records after a drift before its job starts"
+    )
+    data_drift: bool = Field(True, description="watch input features for data drift (KS/PSI)")
+    data_drift_window: int = Field(
+        1000, ge=50, description="records in the reference and in the recent window"
+    )
+    data_drift_action: Literal["none", "finetune", "retrain"] = Field(
+        "none", description="job an input-distribution shift alone asks for"
+    )
+    embedding_drift: bool = Field(True, description="watch the docs stream's embeddings")
+    embedding_drift_window: int = Field(
+        500, ge=50, description="chunks in the embedding reference and recent windows"
+    )
     volume_threshold: int = Field(
         10_000, ge=0, description="new labelled records that trigger a fine-tune (0 = off)"
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from streams import contracts
+from streams import contracts, metrics
 from streams.exceptions import ContractError
 from streams.kafka import consumer, flush_or_raise, producer
 from streams.settings import Settings
@@ -171,6 +171,7 @@ class TrainerWorker:
             "metrics": {}, "baseline_metrics": None, "artifact": None, "data": job["data"],
         }  # fmt: skip
         self._announce(prod, {**base, "status": "started", "ts": time.time()})
+        started = time.monotonic()
         ranges = {int(p): (int(lo), int(hi)) for p, (lo, hi) in job["data"]["offsets"].items()}
         topic = job["data"]["topic"]
         config = JobConfig.from_dict({"progress": False, "task": s.models.task, **self.config})
@@ -213,6 +214,10 @@ class TrainerWorker:
             update = {**base, "status": "failed", "error": "the job crashed; see the log",
                       "ts": time.time()}  # fmt: skip
         self._announce(prod, update)
+        metrics.JOBS.labels(job["kind"], update["status"]).inc()
+        metrics.JOB_SECONDS.labels(job["kind"], update["status"]).observe(
+            time.monotonic() - started
+        )
         log.info("job %s: %s %s", job["job_id"], update["status"], update.get("model_version"))
         if self.on_result is not None:
             self.on_result(update)

@@ -19,19 +19,25 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
     assert result.answers_after[0]["contexts"][0]["doc_id"] == result.updated_doc
     assert result.deleted_doc and not result.deleted_found_after
     assert sum(count for _, count in result.freshness_buckets) >= 120
-    # Models: a retrain, then a fine-tune after the concept change, both promoted.
-    assert [(u["kind"], u["status"]) for u in result.updates] == [
-        ("retrain", "promoted"),
-        ("finetune", "promoted"),
+    # Models: the volume rule starts a first retrain; after the concept change the drift
+    # alert starts a fine-tune; both are promoted.
+    assert [(u["reason"], u["kind"], u["status"]) for u in result.updates] == [
+        ("volume", "retrain", "promoted"),
+        ("drift", "finetune", "promoted"),
     ]
-    assert result.predictions == result.events_sent == 1250
-    finetune = result.updates[1]
-    assert finetune["metrics"]["accuracy"] > 0.7 > finetune["baseline_metrics"]["accuracy"]
-    # The change is noticed: one drift alert soon after the 800th record learned.
+    assert result.predictions == result.events_sent == len(result.served_by) == 1450
+    # The change is noticed: one drift alert soon after it (the 800th record).
     drift = [a for a in result.alerts if a["severity"] == "drift"]
-    assert len(drift) == 1 and 800 < drift[0]["window"]["records"] < 1000
-    # The online model recovers after the change (accuracy back above chance).
-    assert result.rolling_accuracy[-1][1] > 0.6
+    assert len(drift) == 1 and 800 < drift[0]["window"]["records"] < 1050
+    assert drift[0]["action"] == "finetune"
+    # Each promoted version was swapped in: the predictions name it, in promotion order.
+    v1, v2 = (u["model_version"] for u in result.updates)
+    order = [v for src, v in result.served_by if src == "batch"]
+    assert v1 in order and v2 in order
+    assert order.index(v2) > len(order) - 1 - order[::-1].index(v1)  # no v1 after v2
+    # The served accuracy recovers after the change.
+    after = [acc for i, acc in result.rolling_accuracy if i > 800]
+    assert after[-1] > min(after) + 0.25 and after[-1] > 0.6
     html = result.report_path.read_text() if result.report_path else ""
     assert html.count("<svg") == 4 and "REVISED" in html
     assert sum(count for _, count in result.steady_freshness) == 40
