@@ -175,15 +175,7 @@ def make_online_service(settings: Settings) -> Any:
 
     m, t = settings.models, settings.trigger
     registry_root = settings.data_dir / "registry"
-
-    def load_batch() -> Any:
-        from trainers.jobs import load_serving_predictor
-        from trainers.registry import ModelRegistry
-
-        registry = ModelRegistry(registry_root)
-        if registry.serving(m.name) is None:
-            return None
-        return load_serving_predictor(registry, m.name)
+    load_batch = _batch_loader(settings)
 
     service = OnlineService(
         OnlineLearner(m.online, m.task, m.name),
@@ -204,6 +196,9 @@ def make_online_service(settings: Settings) -> Any:
         data_monitor=FeatureDriftMonitor(t.data_drift_window, t.data_drift_window)
         if t.data_drift else None,
         serving=ServingPolicy(m.serving, m.task, load_batch, min_samples=m.serving_min_samples),
+        emit_predictions=m.predict == "learner",
+        per_key=m.per_key, max_keys=m.max_keys,
+        reaction=m.drift_reaction, reaction_window=m.reaction_window,
     )  # fmt: skip
     if service.policy.serving_version is None:  # a version promoted before this state began
         from trainers.registry import ModelRegistry
@@ -211,6 +206,34 @@ def make_online_service(settings: Settings) -> Any:
         serving = ModelRegistry(registry_root).serving(m.name)
         service.policy.serving_version = serving.version if serving is not None else None
     return service
+
+
+def _batch_loader(settings: Settings) -> Callable[[], Any]:
+    """Loads the version the registry's ``SERVING`` points at (None when there is none)."""
+    registry_root, name = settings.data_dir / "registry", settings.models.name
+
+    def load_batch() -> Any:
+        from trainers.jobs import load_serving_predictor
+        from trainers.registry import ModelRegistry
+
+        registry = ModelRegistry(registry_root)
+        if registry.serving(name) is None:
+            return None
+        return load_serving_predictor(registry, name)
+
+    return load_batch
+
+
+def make_snapshot_predictor(settings: Settings) -> Any:
+    """A predict-only replica answering from the learner's published snapshot."""
+    from trainers.service import SnapshotPredictor
+    from trainers.serving import ServingPolicy
+
+    m = settings.models
+    policy = "online" if m.serving == "online" else "batch"
+    return SnapshotPredictor(settings.data_dir / "online" / f"{m.name}.ckpt",
+                             ServingPolicy(policy, m.task, _batch_loader(settings)),
+                             model_name=m.name)  # fmt: skip
 
 
 class BatchRunner:
@@ -269,21 +292,24 @@ class BatchRunner:
         self._failed = 0
         if not good:
             return []
+        try:
+            return await self._until_done(good)
+        except Exception as exc:
+            log.exception("%s: batch failed (%s); retrying record by record", self.contract, exc)
+            return await self._one_by_one(good, raw, bad)
+
+    async def _until_done(self, records: list[Any]) -> list[OutRecord]:
+        """``handle(records)``, retried with backoff for as long as a dependency is down: the
+        records (and their offsets) are kept, never dead-lettered for an outage."""
         delay = 0.5
         while True:
             try:
-                return await self.handle(good)
+                return await self.handle(records)
             except self.retry_on as exc:
-                # The dependency is down: keep the batch (and its offsets) and try again.
                 metrics.RETRIES.labels(type(exc).__name__).inc()
                 log.warning("%s: %s; retrying in %.1f s", self.contract, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-            except Exception as exc:
-                log.exception(
-                    "%s: batch failed (%s); retrying record by record", self.contract, exc
-                )
-                return await self._one_by_one(good, raw, bad)
 
     async def _one_by_one(
         self, good: list[Any], raw: list[RawRecord], bad: list[OutRecord]
@@ -292,7 +318,7 @@ class BatchRunner:
         outputs: list[OutRecord] = []
         for rec in good:
             try:
-                outputs.extend(await self.handle([rec]))
+                outputs.extend(await self._until_done([rec]))
             except Exception as exc:
                 self._failed += 1
                 reason = f"{self.contract}: processing failed: {type(exc).__name__}: {exc}"
@@ -420,6 +446,12 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
         loop = LearnerLoop(settings, bootstrap, lambda: make_online_service(settings))
         loop.start()
         learner_box.append(loop)
+        if settings.models.predict == "replicas":
+            from streams.learner import PredictorLoop
+
+            replica = PredictorLoop(settings, bootstrap, lambda: make_snapshot_predictor(settings))
+            replica.start()
+            learner_box.append(replica)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_learner(app: Any, **kwargs: Any) -> None:

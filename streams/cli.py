@@ -298,7 +298,13 @@ def train(
         raise typer.BadParameter("--kind is finetune or retrain")
     settings = _settings()
     client = LiveLearnClient(settings)
-    job = manual_job(settings, client.bootstrap, kind)
+    from trainers.exceptions import TrainingJobError
+
+    try:
+        job = manual_job(settings, client.bootstrap, kind)
+    except TrainingJobError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
     client.produce("training-jobs", job, wait=True)
     typer.echo(orjson.dumps(job).decode())
 

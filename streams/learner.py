@@ -35,7 +35,7 @@ from streams.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LearnerLoop", "Lease", "OnlineProcessor"]
+__all__ = ["LearnerLoop", "Lease", "OnlineProcessor", "PredictorLoop"]
 
 
 class OnlineProcessor(Protocol):
@@ -247,6 +247,76 @@ class LearnerLoop(threading.Thread):
             )
         except KafkaException as exc:  # informational only: the checkpoint is the truth
             log.debug("lag commit failed: %s", exc)
+
+
+class PredictorLoop(threading.Thread):
+    """A predict-only replica: ``events`` in a consumer group → ``predictions``.
+
+    With ``LIVELEARN_MODELS__PREDICT=replicas`` every worker runs one beside its learner loop
+    (which then learns without answering). The group spreads the partitions of ``events`` over
+    the replicas, so prediction scales with workers up to the partition count; each replica
+    answers from the learner's latest snapshot (:class:`trainers.service.SnapshotPredictor`).
+    Offsets are committed after Kafka acknowledged the predictions: at least once, keyed by
+    event id. Bad records are dead-lettered by the learner, which reads every record; a
+    replica skips them.
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, make_predictor: Callable[[], Any],
+                 batch_size: int = 500) -> None:  # fmt: skip
+        super().__init__(name="predictor", daemon=True)
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.make_predictor = make_predictor
+        self.batch_size = batch_size
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        lim = settings.limits
+        self.limits = Limits(lim.max_record_bytes, lim.max_text_chars, lim.max_depth)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            log.exception("predictor loop crashed")
+            self.error = exc
+
+    def _run(self) -> None:
+        s = self.settings
+        topic = s.topics.events
+        out_topic = s.topics.predictions
+        predictor = self.make_predictor()
+        group = f"{s.kafka.group_prefix}-predictors-{s.models.name}"
+        events = consumer(s, self.bootstrap, group)
+        events.subscribe(
+            [topic], on_assign=lambda _c, parts: log.info(
+                "predicting partitions %s of %s", sorted(p.partition for p in parts), topic),
+        )  # fmt: skip
+        prod = producer(s, self.bootstrap)
+        try:
+            while not self.stop_event.is_set():
+                msgs = events.consume(self.batch_size, 0.2)
+                batch = [
+                    RawRecord(topic, m.partition(), m.offset(), m.key(), m.value(),
+                              m.timestamp()[1] / 1000.0)
+                    for m in msgs if m.error() is None
+                ]  # fmt: skip
+                if not batch:
+                    continue
+                good, _bad = decode_batch(
+                    "events", batch, s.topics.dlq(topic), self.limits, s.limits.dlq_raw_bytes
+                )
+                for _contract, key, value in predictor.process(good):
+                    prod.produce(out_topic, encode(value), key=key.encode())
+                    metrics.RECORDS_OUT.labels(out_topic).inc()
+                flush_or_raise(prod, 60)
+                _export_latency_and_lag(events, topic, batch)
+                metrics.RECORDS_IN.labels(topic, "ok").inc(len(good))
+                events.commit(asynchronous=False)
+        finally:
+            events.close()
 
 
 _served: dict[str, str] = {}

@@ -159,6 +159,19 @@ class ModelSettings(_Frozen):
     checkpoint_every_s: float = Field(10.0, gt=0, description="... or every T seconds")
     label_ttl_s: float = Field(3600.0, gt=0, description="how long features wait for a late label")
     learner: bool = Field(True, description="run the online learner in this worker")
+    predict: Literal["learner", "replicas"] = Field(
+        "learner",
+        description="who answers events: the learner (predict, then learn) or predict-only "
+        "replicas in every worker, from the learner's snapshots (scales over partitions)",
+    )
+    per_key: str = Field(
+        "", description="feature whose value selects a model of its own (e.g. tenant); '' = one"
+    )
+    max_keys: int = Field(10_000, ge=1, description="per-key models kept (more share one model)")
+    drift_reaction: Literal["none", "fresh"] = Field(
+        "none", description="on a concept drift, race a fresh online model on the recent window"
+    )
+    reaction_window: int = Field(200, ge=20, description="recent labels the fresh model starts on")
     serving: Literal["online", "batch", "best"] = Field(
         "best", description="who answers events: online model, batch model, or the better one"
     )

@@ -246,6 +246,7 @@ def manual_job(
     """
     import hashlib
 
+    from trainers.exceptions import TrainingJobError
     from trainers.registry import ModelRegistry
 
     topic = settings.topics.events
@@ -254,6 +255,11 @@ def manual_job(
         settings.models.name
     )
     trained: dict[int, int] = {}
+    if kind == "finetune" and serving is None:
+        raise TrainingJobError(
+            f"nothing serves {settings.models.name!r} yet, so there is nothing to fine-tune: "
+            "ask for a retrain (livelearn train --kind retrain)"
+        )
     if kind == "finetune" and serving is not None:
         data = serving.manifest.get("data") or {}
         trained = {int(p): int(r[1]) for p, r in (data.get("offsets") or {}).items()}

@@ -21,7 +21,7 @@ import math
 import pickle
 import re
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from trainers.exceptions import ModelSpecError
 
 __all__ = [
     "MODEL_SPECS",
+    "Challenger",
     "LabelJoiner",
     "OnlineLearner",
     "Prediction",
@@ -37,16 +38,27 @@ __all__ = [
 ]
 
 
-def _logreg() -> Any:
-    from river import linear_model, preprocessing
+def _scaled_and_one_hot() -> Any:
+    """Numbers standardised, strings one-hot encoded: linear models take mixed features."""
+    import numbers
 
-    return preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    from river import compose, preprocessing
+
+    num = compose.SelectType(numbers.Number) | preprocessing.StandardScaler()
+    cat = compose.SelectType(str) | preprocessing.OneHotEncoder()
+    return num + cat
+
+
+def _logreg() -> Any:
+    from river import linear_model
+
+    return _scaled_and_one_hot() | linear_model.LogisticRegression()
 
 
 def _linreg() -> Any:
-    from river import linear_model, preprocessing
+    from river import linear_model
 
-    return preprocessing.StandardScaler() | linear_model.LinearRegression()
+    return _scaled_and_one_hot() | linear_model.LinearRegression()
 
 
 def _hoeffding() -> Any:
@@ -91,7 +103,7 @@ def build_model(spec: str) -> Any:
     path ``package.module:factory`` of a function returning one.
 
     >>> [type(step).__name__ for step in build_model("logreg").steps.values()]
-    ['StandardScaler', 'LogisticRegression']
+    ['TransformerUnion', 'LogisticRegression']
     >>> build_model("svm")
     Traceback (most recent call last):
     ...
@@ -302,3 +314,56 @@ class LabelJoiner:
             dropped += 1
         self.expired_total += dropped
         return dropped
+
+
+class Challenger:
+    """A fresh online model started at a concept drift and raced against the current one.
+
+    It first learns the most recent labelled records (``warmup``: mostly the new concept), then
+    both models predict and learn every label; once the challenger has been better over the
+    last ``min_samples`` labels it takes over. It gives up after ``max_samples`` labels.
+
+    >>> old = OnlineLearner("logreg")
+    >>> for i in range(600):
+    ...     _ = old.predict_then_learn({"x": float(i % 2)}, i % 2 == 1)
+    >>> flipped = [({"x": float(i % 2)}, i % 2 == 0) for i in range(100)]  # the concept flips
+    >>> race = Challenger(old.clone_fresh(), flipped[:20], min_samples=30)
+    >>> verdicts = [race.race(x, y, old.predict_then_learn(x, y).prediction)
+    ...             for x, y in flipped[20:]]
+    >>> verdicts.index("switch") < 40, race.learner.predict({"x": 1.0}).prediction
+    (True, False)
+    """
+
+    def __init__(
+        self,
+        fresh: OnlineLearner,
+        warmup: Sequence[tuple[Mapping[str, Any], Any]],
+        min_samples: int = 100,
+        max_samples: int = 2000,
+    ) -> None:
+        self.learner = fresh
+        for x, y in warmup:
+            fresh.learn(x, y)
+        self.min_samples = min_samples
+        self.max_samples = max_samples
+        self.scores: deque[tuple[float, float]] = deque(maxlen=min_samples)
+        self.n = 0
+
+    def _score(self, prediction: Any, label: Any) -> float:
+        if self.learner.task == "classification":
+            return 1.0 if prediction == label else 0.0
+        return -abs(float(label) - float(prediction if prediction is not None else 0.0))
+
+    def race(self, x: Mapping[str, Any], y: Any, champion_prediction: Any) -> str | None:
+        """Score both on one label (the challenger learns it); ``switch``, ``drop`` or None."""
+        mine = self.learner.predict_then_learn(x, y).prediction
+        self.scores.append((self._score(champion_prediction, y), self._score(mine, y)))
+        self.n += 1
+        if len(self.scores) >= self.min_samples:
+            champion = sum(c for c, _ in self.scores)
+            challenger = sum(m for _, m in self.scores)
+            if challenger > champion:
+                return "switch"
+        if self.n >= self.max_samples:
+            return "drop"
+        return None

@@ -30,20 +30,21 @@ import os
 import pickle
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from trainers.data_drift import FeatureDriftMonitor
 from trainers.drift_monitor import ConceptDriftMonitor, DriftSignal
-from trainers.exceptions import CheckpointError
-from trainers.learner import LabelJoiner, OnlineLearner, to_features
+from trainers.exceptions import CheckpointError, ModelSpecError
+from trainers.learner import Challenger, LabelJoiner, OnlineLearner, to_features
 from trainers.serving import ServingPolicy
 from trainers.trigger import TriggerPolicy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnlineService", "load_checkpoint", "save_checkpoint"]
+__all__ = ["OnlineService", "SnapshotPredictor", "load_checkpoint", "save_checkpoint"]
 
 _FORMAT = 1
 
@@ -99,6 +100,15 @@ def _model_input(event: dict[str, Any]) -> Any:
     return text if text is not None else dict(event.get("features") or {})
 
 
+def _unpack(waiting: Any) -> tuple[dict[str, Any], Any, str | None]:
+    """``(features, model input, key)`` of a joiner entry (older checkpoints kept less)."""
+    if not isinstance(waiting, tuple):
+        return waiting, None, None
+    if len(waiting) == 2:
+        return waiting[0], waiting[1], None
+    return waiting[0], waiting[1], waiting[2]
+
+
 def _with_knobs(saved: TriggerPolicy, configured: TriggerPolicy) -> TriggerPolicy:
     for knob in ("topic", "volume_threshold", "schedule_seconds", "cooldown_seconds",
                  "warning_action", "drift_action", "data_drift_action",
@@ -133,11 +143,32 @@ class OnlineService:
         policy: TriggerPolicy | None = None,
         serving: ServingPolicy | None = None,
         data_monitor: FeatureDriftMonitor | None = None,
+        emit_predictions: bool = True,
+        per_key: str = "",
+        max_keys: int = 10_000,
+        reaction: str = "none",
+        reaction_window: int = 200,
     ) -> None:
         self.learner = learner
         self.serving = serving or ServingPolicy("online", learner.task)
         self.monitor = monitor or ConceptDriftMonitor()
         self.data_monitor = data_monitor
+        self.emit_predictions = emit_predictions  # False: predictor replicas answer events
+        # Per-key models: one learner per value of the feature ``per_key`` (events without it,
+        # and keys beyond ``max_keys``, use the shared model ``self.learner``).
+        self.per_key = per_key
+        self.max_keys = max_keys
+        self.learners: dict[str, OnlineLearner] = {}
+        self.overflow_keys = 0
+        # The online model's own reaction to a concept drift: ``fresh`` races a new model
+        # trained on the recent window against it and switches when the new one is better.
+        if reaction not in ("none", "fresh"):
+            raise ModelSpecError(f"drift reaction must be none or fresh, not {reaction!r}")
+        self.reaction = reaction
+        self.reaction_window = reaction_window
+        self.recent: deque[tuple[dict[str, Any], Any]] = deque(maxlen=reaction_window)
+        self.challenger: Challenger | None = None
+        self.reactions: list[str] = []
         self.policy = policy or TriggerPolicy(learner.name, "events")
         self.joiner = LabelJoiner(label_ttl_seconds)
         self.checkpoint_path = checkpoint_path
@@ -152,6 +183,10 @@ class OnlineService:
             state = load_checkpoint(checkpoint_path)
             if state is not None:
                 self.learner = OnlineLearner.restore(state["learner"])
+                self.learners = {k: OnlineLearner.restore(v)
+                                 for k, v in state.get("learners", {}).items()}  # fmt: skip
+                self.challenger = state.get("challenger")
+                self.recent = state.get("recent", self.recent)
                 self.joiner = state["joiner"]
                 self._offsets = dict(state["offsets"])
                 self.orphan_labels = state.get("orphan_labels", 0)
@@ -200,36 +235,46 @@ class OnlineService:
                         outputs.extend(self.on_signal(shift, rec, data=True))
                 batch = next(batch_preds, None)
                 source = self.serving.choose()  # before this label is scored
+                key = self._key(event)
+                learner = self._learner(key)
+                if key is not None:  # constant within its model: no information
+                    x.pop(self.per_key, None)
                 if label is None:
-                    pred = self.learner.predict(x)
-                    self.joiner.put(event["id"], (x, _model_input(event)), now)
+                    pred = learner.predict(x)
+                    self.joiner.put(event["id"], (x, _model_input(event), key), now)
                 else:
-                    pred = self.learner.predict_then_learn(x, label)
+                    pred = learner.predict_then_learn(x, label)
                     if batch is not None:
                         self.serving.score(label, pred.prediction, batch[0])
-                    outputs.extend(self._watch(pred.prediction, label, rec))
-                value = self._prediction(event, pred, started, now)
+                    self._react(x, label, pred.prediction, key)
+                    outputs.extend(self._watch(pred.prediction, label, rec, key))
+                value = self._prediction(event, pred, started, now, learner)
+                if key is not None:
+                    value["model_key"] = key
                 if source == "batch" and batch is not None:
                     value.update(prediction=batch[0], model_version=str(self.serving.version))
                     value.pop("proba", None)
                     if batch[1] is not None:
                         value["proba"] = batch[1]
                 value["source"] = source
-                outputs.append(("predictions", event["id"], value))
+                if self.emit_predictions:
+                    outputs.append(("predictions", event["id"], value))
             else:
                 waiting = self.joiner.pop(event["id"])
                 if waiting is None:
                     self.orphan_labels += 1
                 else:
-                    x_waiting, raw = waiting if isinstance(waiting, tuple) else (waiting, None)
-                    before = self.learner.predict(x_waiting).prediction
-                    self.learner.rolling.update(label, before)
+                    x_waiting, raw, key = _unpack(waiting)
+                    learner = self._learner(key)
+                    before = learner.predict(x_waiting).prediction
+                    learner.rolling.update(label, before)
                     if raw is not None and self.serving.uses_batch:
                         batch_late = self.serving.batch_predictions([raw])
                         if batch_late:
                             self.serving.score(label, before, batch_late[0][0])
-                    self.learner.learn(x_waiting, label)
-                    outputs.extend(self._watch(before, label, rec))
+                    learner.learn(x_waiting, label)
+                    self._react(x_waiting, label, before, key)
+                    outputs.extend(self._watch(before, label, rec, key))
             self._offsets[rec.partition] = rec.offset + 1
             self._since_checkpoint += 1
         self.joiner.expire(now)
@@ -238,8 +283,43 @@ class OnlineService:
             outputs.append(("training-jobs", job.job_id, job.to_record(self.learner.name)))
         return outputs
 
+    def _key(self, event: dict[str, Any]) -> str | None:
+        if not self.per_key:
+            return None
+        value = (event.get("features") or {}).get(self.per_key)
+        return None if value is None else str(value)
+
+    def _learner(self, key: str | None) -> OnlineLearner:
+        """The model of ``key`` (created on first sight), or the shared one."""
+        if key is None:
+            return self.learner
+        learner = self.learners.get(key)
+        if learner is None:
+            if len(self.learners) >= self.max_keys:
+                self.overflow_keys += 1
+                return self.learner
+            learner = self.learners[key] = self.learner.clone_fresh()
+        return learner
+
+    def _react(self, x: dict[str, Any], label: Any, prediction: Any, key: str | None) -> None:
+        """Keep the recent window; race the challenger, if one runs, on this label."""
+        if self.reaction == "none" or key is not None:
+            return
+        self.recent.append((x, label))
+        if self.challenger is None:
+            return
+        verdict = self.challenger.race(x, label, prediction)
+        if verdict == "switch":
+            old, self.learner = self.learner, self.challenger.learner
+            self.reactions.append(f"switched to a fresh model after a drift (was {old.version})")
+            log.warning("online model %s: %s", self.learner.name, self.reactions[-1])
+            self.challenger = None
+        elif verdict == "drop":
+            self.reactions.append("the fresh model never beat the current one: dropped")
+            self.challenger = None
+
     def _watch(
-        self, prediction: Any, label: Any, rec: Any
+        self, prediction: Any, label: Any, rec: Any, key: str | None = None
     ) -> list[tuple[str, str, dict[str, Any]]]:
         """Feed the prediction's error to the drift monitor; alert and ask for a job."""
         if self.learner.task == "classification":
@@ -264,6 +344,11 @@ class OnlineService:
             f"{signal.detector} {signal.severity}: {what} at offset {rec.offset} of partition "
             f"{rec.partition}"
         )
+        if not data and signal.severity == "drift" and self.reaction == "fresh" \
+                and self.challenger is None:  # fmt: skip
+            warmup = list(self.recent)[-(self.reaction_window // 2) :]  # mostly the new concept
+            race = max(20, self.reaction_window // 2)
+            self.challenger = Challenger(self.learner.clone_fresh(), warmup, min_samples=race)
         job = self.policy.on_drift(signal.severity, detail, data=data)
         # The action asked for (the job may start later, once enough new data arrived).
         action = self.policy.action_for(signal.severity, data)
@@ -302,13 +387,14 @@ class OnlineService:
         }  # fmt: skip
 
     def _prediction(
-        self, event: dict[str, Any], pred: Any, started: float, now: float
-    ) -> dict[str, Any]:
+        self, event: dict[str, Any], pred: Any, started: float, now: float,
+        learner: OnlineLearner,
+    ) -> dict[str, Any]:  # fmt: skip
         value: dict[str, Any] = {
             "id": event["id"],
             "prediction": pred.prediction,
             "model": self.learner.name,
-            "model_version": self.learner.version,
+            "model_version": learner.version,
             "ts": now,
             "latency_ms": (time.perf_counter() - started) * 1000,
         }
@@ -330,11 +416,18 @@ class OnlineService:
             self.checkpoint_path,
             {
                 "learner": self.learner.snapshot(),
+                "learners": {k: v.snapshot() for k, v in self.learners.items()},
+                "per_key": self.per_key,
+                "challenger": self.challenger,
+                "recent": self.recent,
                 "joiner": self.joiner,
                 "offsets": dict(self._offsets),
                 "orphan_labels": self.orphan_labels,
                 "monitor": self.monitor,
                 "data_monitor": self.data_monitor,
+                # What serves, for predictor replicas that answer from this snapshot.
+                "serving_choice": self.serving.choose(),
+                "batch_version": self.serving.version,
                 "policy": self.policy,
                 "saved": time.time(),
             },
@@ -342,3 +435,114 @@ class OnlineService:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         return True
+
+
+class SnapshotPredictor:
+    """Predict-only replica: answers events with the learner's latest published snapshot.
+
+    Learning stays single-writer (the learner holding the lease); prediction scales out over
+    as many replicas as ``events`` has partitions. The snapshot is the learner's checkpoint
+    (written every N records or T seconds, atomically): a replica reloads it when the file
+    changes, so its online model is at most one checkpoint interval behind the learner. The
+    replica serves what the learner's serving policy chose (``serving_choice`` in the
+    snapshot): the online model, or the batch version the learner serves, loaded here too.
+
+    >>> import tempfile
+    >>> from types import SimpleNamespace as R
+    >>> path = Path(tempfile.mkdtemp()) / "m.ckpt"
+    >>> learner = OnlineService(OnlineLearner("logreg"), path, every_records=1)
+    >>> for i in range(50):
+    ...     _ = learner.process([R(partition=0, offset=i, timestamp=0.0,
+    ...                            value={"id": f"e{i}", "features": {"x": float(i % 2)},
+    ...                                   "label": i % 2 == 1})])
+    ...     _ = learner.maybe_checkpoint()
+    >>> replica = SnapshotPredictor(path, ServingPolicy("online", "classification"))
+    >>> out = replica.process([R(partition=0, offset=0, timestamp=0.0,
+    ...                          value={"id": "q", "features": {"x": 1.0}})])
+    >>> [(c, v["prediction"], v["model_version"], v["source"]) for c, _k, v in out]
+    [('predictions', True, 'online-50', 'online')]
+    """
+
+    def __init__(
+        self,
+        checkpoint_path: Path,
+        serving: ServingPolicy,
+        reload_every_s: float = 1.0,
+        model_name: str = "default",
+    ) -> None:
+        self.checkpoint_path = checkpoint_path
+        self.model_name = model_name
+        self.serving = serving
+        self.reload_every_s = reload_every_s
+        self.learner: OnlineLearner | None = None
+        self.learners: dict[str, OnlineLearner] = {}
+        self.per_key = ""
+        self.choice = "online"
+        self.reloads = 0
+        self._mtime: float | None = None
+        self._checked = 0.0
+
+    def refresh(self, force: bool = False) -> bool:
+        """Reload the snapshot if it changed (checked at most every ``reload_every_s``)."""
+        now = time.monotonic()
+        if not force and now - self._checked < self.reload_every_s:
+            return False
+        self._checked = now
+        try:
+            mtime = self.checkpoint_path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if mtime == self._mtime:
+            return False
+        state = load_checkpoint(self.checkpoint_path)
+        if state is None:
+            return False
+        self.learner = OnlineLearner.restore(state["learner"])
+        self.learners = {k: OnlineLearner.restore(v) for k, v in state.get("learners", {}).items()}
+        self.per_key = state.get("per_key", "")
+        self.choice = state.get("serving_choice", "online")
+        if state.get("batch_version") and state["batch_version"] != self.serving.version:
+            self.serving.request_reload()
+        self._mtime = mtime
+        self.reloads += 1
+        return True
+
+    def process(self, records: Sequence[Any]) -> list[tuple[str, str, dict[str, Any]]]:
+        """Predictions for the events with an input (label-only records need none)."""
+        self.refresh(force=self.learner is None)
+        self.serving.apply_pending()
+        inputs = [r for r in records if _has_input(r.value)]
+        use_batch = self.choice == "batch" and self.serving.predictor is not None
+        batch = self.serving.batch_predictions([_model_input(r.value) for r in inputs]) \
+            if use_batch else None  # fmt: skip
+        now = time.time()
+        outputs: list[tuple[str, str, dict[str, Any]]] = []
+        for i, rec in enumerate(inputs):
+            started = time.perf_counter()
+            event = rec.value
+            value: dict[str, Any] = {"id": event["id"], "ts": now}
+            if batch is not None:
+                value.update(prediction=batch[i][0], model_version=str(self.serving.version),
+                             source="batch")  # fmt: skip
+                if batch[i][1] is not None:
+                    value["proba"] = batch[i][1]
+            elif self.learner is not None:
+                key = (event.get("features") or {}).get(self.per_key) if self.per_key else None
+                learner = self.learners.get(str(key), self.learner) if key is not None \
+                    else self.learner  # fmt: skip
+                x = to_features(event)
+                if key is not None:
+                    x.pop(self.per_key, None)
+                pred = learner.predict(x)
+                value.update(prediction=pred.prediction, model_version=learner.version,
+                             source="online")  # fmt: skip
+                if key is not None:
+                    value["model_key"] = str(key)
+                if pred.proba is not None:
+                    value["proba"] = pred.proba
+            else:  # no snapshot yet: the learner has not checkpointed anything
+                value.update(prediction=None, model_version="none", source="online")
+            value["model"] = self.model_name
+            value["latency_ms"] = (time.perf_counter() - started) * 1000
+            outputs.append(("predictions", event["id"], value))
+        return outputs

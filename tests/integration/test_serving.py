@@ -183,3 +183,54 @@ def test_a_second_worker_takes_over_learning(
         uninterrupted.predict_then_learn(x, y)
     probe = [x for x, _ in ROWS[::25]]
     assert [resumed.predict(x) for x in probe] == [uninterrupted.predict(x) for x in probe]
+
+
+def test_predict_only_replicas_share_events_and_answer_from_snapshots(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    s = make_settings(
+        tmp_path, kafka_bootstrap, partitions=2, trigger=QUIET,
+        models=ModelSettings(predict="replicas", checkpoint_every_records=100,
+                             checkpoint_every_s=1),
+    )  # fmt: skip
+    ensure_topics(admin_client(s, kafka_bootstrap), topic_specs(s.topics))
+    client = LiveLearnClient(s)
+    workers = [
+        WorkerProcess(s, tmp_path / f"worker{i}.log",
+                      {"LIVELEARN_MILVUS__URI": str(tmp_path / f"milvus{i}.db")}).start()
+        for i in range(2)
+    ]  # fmt: skip
+    path = s.data_dir / "online" / f"{s.models.name}.ckpt"
+    try:
+        for i, (x, y) in enumerate(ROWS[:600]):
+            client.send_event(f"p{i}", features=x, label=y)
+        client.flush()
+        deadline = time.monotonic() + 120
+        state = None
+        while time.monotonic() < deadline:  # the learner learned all 600 and published it
+            state = load_checkpoint(path) if path.exists() else None
+            if state is not None and sum(state["offsets"].values()) == 600:
+                break
+            time.sleep(0.5)
+        assert state is not None and OnlineLearner.restore(state["learner"]).n_learned == 600
+        time.sleep(2)  # the replicas look for a new snapshot every second
+        for i, (x, _y) in enumerate(ROWS[600:800]):
+            client.send_event(f"q{i}", features=x)
+        client.flush()
+        seen: dict[str, list[dict[str, Any]]] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(seen) < 800:
+            seen = {}
+            for p in _predictions(client, timeout_s=2):
+                seen.setdefault(p["id"], []).append(p)
+    finally:
+        for w in workers:
+            w.stop()
+    assert len(seen) == 800  # every event answered (at least once: a rebalance may repeat)
+    # The unlabelled events were answered from the learner's snapshot of all 600 labels.
+    assert {p["model_version"] for i in range(200) for p in seen[f"q{i}"]} == {"online-600"}
+    # Both replicas answered: the group gave each worker a partition of `events`.
+    for w in workers:
+        assigned = [line for line in w.log_path.read_text().splitlines()
+                    if "predicting partitions" in line]  # fmt: skip
+        assert assigned and "[]" not in assigned[-1], assigned
