@@ -159,6 +159,7 @@ class LearnerLoop(threading.Thread):
         prod = producer(s, self.bootstrap)
         updates = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-updates")
         processor: OnlineProcessor | None = None
+        last_run = 0.0
         try:
             while not self.stop_event.is_set():
                 if not lease.poll():
@@ -191,10 +192,13 @@ class LearnerLoop(threading.Thread):
                               m.timestamp()[1] / 1000.0)
                     for m in msgs if m.error() is None
                 ]  # fmt: skip
-                if batch:
+                # Idle, the processor still runs once a second: schedules and swaps are due
+                # whether records flow or not.
+                if batch or time.monotonic() - last_run >= 1.0:
+                    last_run = time.monotonic()
                     good, bad = decode_batch(
                         "events", batch, s.topics.dlq(topic), self.limits, s.limits.dlq_raw_bytes
-                    )
+                    ) if batch else ([], [])  # fmt: skip
                     outputs = processor.process(good)
                     for rec in bad:
                         prod.produce(rec.topic, rec.encoded(), key=_key(rec.key))
