@@ -209,11 +209,25 @@ def _steady_docs(client: LiveLearnClient, console: Console, web: int, n: int = 4
     console.print(f"[green]✓[/] {n} documents indexed live at 4 per second")
 
 
+def _indexing_progress(client: LiveLearnClient, total: int, elapsed: float) -> str:
+    """``indexed n/total, rate, lag`` from the indexer group's committed offsets."""
+    from streams.status import group_lag
+
+    s = client.settings
+    lag = group_lag(s, client.bootstrap, f"{s.kafka.group_prefix}-worker", s.topics.docs)
+    done = total - (lag.lag if lag.lag is not None else total)
+    return (
+        f"indexing: {done}/{total} documents committed, {done / max(elapsed, 1e-9):.1f} "
+        f"docs/s, lag {lag.lag if lag.lag is not None else '?'} on {s.topics.docs} ..."
+    )
+
+
 def _rag(client: LiveLearnClient, console: Console, result: DemoResult, web: int, n: int) -> None:
     from retrieval.corpus import stdlib_corpus
 
     docs = stdlib_corpus(n, min_chars=150)
-    with console.status(f"indexing {len(docs)} standard-library docstrings live ..."):
+    with console.status(f"indexing {len(docs)} standard-library docstrings live ...") as shown:
+        started = time.monotonic()
         for doc in docs:
             client.upsert_doc(doc["id"], doc["text"], title=doc["title"], source=doc["source"],
                               meta=doc["meta"])  # fmt: skip
@@ -224,6 +238,7 @@ def _rag(client: LiveLearnClient, console: Console, result: DemoResult, web: int
             hits = _get(f"http://127.0.0.1:{web}/search?q={quote(last['text'][:200])}&k=1")
             if hits["hits"] and hits["hits"][0]["doc_id"] == last["id"]:
                 break
+            shown.update(_indexing_progress(client, len(docs), time.monotonic() - started))
             time.sleep(0.5)
     result.docs_indexed = len(docs)
     console.print(f"[green]✓[/] {len(docs)} documents searchable")
