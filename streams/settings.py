@@ -186,7 +186,7 @@ class ModelSettings(_Frozen):
 class TriggerSettings(_Frozen):
     """Drift detection and the policy that turns signals, volume and time into jobs."""
 
-    detector: Literal["adwin", "page-hinkley", "kswin"] = Field(
+    detector: Literal["adwin", "page-hinkley", "kswin", "ddm", "hddm-a", "hddm-w"] = Field(
         "adwin", description="concept drift detector on the online model's errors"
     )
     warning_sensitivity: float = Field(0.05, gt=0, description="detector parameter, warning")

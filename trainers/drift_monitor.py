@@ -22,11 +22,12 @@ import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Literal
 
 from trainers.exceptions import ModelSpecError
 
-__all__ = ["ConceptDriftMonitor", "DriftSignal"]
+__all__ = ["DETECTORS", "ConceptDriftMonitor", "DriftSignal"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class DriftSignal:
         }  # fmt: skip
 
 
+#: Detectors from ``river.drift``; the last three take 0/1 errors (classification).
+DETECTORS = ("adwin", "page-hinkley", "kswin", "ddm", "hddm-a", "hddm-w")
+
+
 def _detector(name: str, sensitivity: float) -> Any:
     from river import drift
 
@@ -68,7 +73,16 @@ def _detector(name: str, sensitivity: float) -> Any:
         return drift.PageHinkley(threshold=50.0 * sensitivity / 0.002)
     if name == "kswin":
         return drift.KSWIN(alpha=sensitivity, seed=42)
-    raise ModelSpecError(f"unknown drift detector {name!r}; use adwin, page-hinkley or kswin")
+    # Binary detectors (0/1 errors: classification only). The sensitivity is read as the
+    # false-alarm probability of one test, i.e. DDM's threshold in standard deviations.
+    if name == "ddm":
+        z = NormalDist().inv_cdf(1.0 - sensitivity)
+        return drift.binary.DDM(warning_threshold=z, drift_threshold=z)
+    if name == "hddm-a":
+        return drift.binary.HDDMA(drift_confidence=sensitivity, warning_confidence=sensitivity)
+    if name == "hddm-w":
+        return drift.binary.HDDMW(drift_confidence=sensitivity, warning_confidence=sensitivity)
+    raise ModelSpecError(f"unknown drift detector {name!r}; use {', '.join(DETECTORS)}")
 
 
 class ConceptDriftMonitor:
@@ -77,7 +91,8 @@ class ConceptDriftMonitor:
     Parameters
     ----------
     detector
-        ``adwin`` (default), ``page-hinkley`` or ``kswin``.
+        ``adwin`` (default), ``page-hinkley``, ``kswin``; for classification also ``ddm``,
+        ``hddm-a``, ``hddm-w`` (river.drift.binary).
     warning_sensitivity, drift_sensitivity
         The detectors' parameter (ADWIN's delta, KSWIN's alpha) for each level.
     min_samples

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
+import pytest
 from river.datasets import synth
 
-from trainers.drift_monitor import ConceptDriftMonitor
+from trainers.drift_monitor import DETECTORS, ConceptDriftMonitor
 from trainers.learner import OnlineLearner
 from trainers.trigger import TriggerPolicy
 
@@ -120,3 +122,21 @@ def test_a_drift_job_waits_for_enough_new_data() -> None:
     assert job is not None and (job.kind, job.reason) == ("retrain", "drift")
     assert job.data["offsets"] == {"0": [0, 900], "1": [0, 500]}
     assert policy.pending_drift is None and policy.tick(now=4.0) is None
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_every_detector_sees_an_abrupt_rise_of_the_error_and_not_a_flat_one(detector: str) -> None:
+    rng = random.Random(7)
+    flat = ConceptDriftMonitor(detector)
+    assert [s for _ in range(6000) if (s := flat.update(float(rng.random() < 0.1)))] == []
+    monitor = ConceptDriftMonitor(detector)
+    signals = [
+        (s.severity, i) for i in range(6000)
+        if (s := monitor.update(float(rng.random() < (0.1 if i < 3000 else 0.5))))
+    ]  # fmt: skip
+    # Noticed soon after the change (KSWIN at the default drift sensitivity only warns here),
+    # nothing before it; after a drift, quiet_records (2000) of silence.
+    assert signals and 3000 < signals[0][1] < 3400, signals
+    drifts = [i for severity, i in signals if severity == "drift"]
+    assert all(b - a >= monitor.quiet_records for a, b in itertools.pairwise(drifts)), signals
+    assert detector == "kswin" or (drifts and 3000 < drifts[0] < 3400), signals
