@@ -41,7 +41,7 @@ demo: install
 	$(VENV)/bin/livelearn demo
 
 bench: install
-	$(PY) bench/bench_training.py
+	$(PY) -m bench train --quick
 
 clean:
 	rm -rf $(VENV) .livelearn .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 Run (starts its own embedded Kafka in a temporary folder, or uses --bootstrap)::
 
-    python bench/bench_indexing.py --docs 400
+    python -m bench index --docs 400        # or: python bench/bench_indexing.py --docs 400
 
 1. **bare**: the encoder alone on exactly the chunks the pipeline will embed (same batch
    size, same threads): docs/s.
@@ -66,12 +66,14 @@ def get(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench index", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--docs", type=int, default=400)
     parser.add_argument("--fresh", type=int, default=60, help="docs for the freshness run")
     parser.add_argument("--bootstrap", default="")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-idx-"))
     broker = None

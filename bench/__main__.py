@@ -1,0 +1,46 @@
+"""``python -m bench {train,index,soak} [args]``: run one benchmark.
+
+* ``train``: job runner vs a bare torch/peft loop, plus a retrain and a LoRA fine-tune
+  through ``run_job`` (``bench/bench_training.py``; writes ``bench/results/train.json``).
+* ``index``: docs → Milvus throughput and freshness (``bench/bench_indexing.py``).
+* ``soak``: the soak run (``bench/bench_soak.py``).
+
+``python -m bench train --help`` shows a benchmark's own options. Each benchmark is imported
+only when asked for, so one with missing extras (Kafka, Milvus) does not stop the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+BENCHMARKS = {
+    "train": "bench.bench_training",
+    "index": "bench.bench_indexing",
+    "soak": "bench.bench_soak",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if not args or args[0] not in BENCHMARKS:
+        got = f"unknown benchmark {args[0]!r}" if args else "no benchmark given"
+        print(f"{__doc__.strip()}\n\n{got}; choose one of {sorted(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    name = BENCHMARKS[args[0]]
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:  # a dependency of the benchmark is missing: show it as it is
+            raise
+        print(f"{name} is not in this checkout", file=sys.stderr)
+        return 2
+    return int(module.main(args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
