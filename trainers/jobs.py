@@ -696,6 +696,9 @@ def _train_and_register(
         base_lr = config.lr or (5e-5 if isinstance(model, TextClassifier) else 1e-3)
 
     torch.manual_seed(config.seed)  # dropout
+    params = list(model.module.parameters())  # counted as trained (LoRA applied, not merged)
+    n_trainable = sum(p.numel() for p in params if p.requires_grad)
+    n_total = sum(p.numel() for p in params)
     state = train(model, train_set, config, device, base_lr, on_progress)
     elapsed = time.perf_counter() - state.started
     artifacts: dict[str, str] = {"model": "model"}
@@ -734,6 +737,8 @@ def _train_and_register(
             "step_p50_s": steps[len(steps) // 2] if steps else None,
             "step_p99_s": steps[min(len(steps) - 1, int(len(steps) * 0.99))] if steps else None,
             "device": str(device),
+            "trainable_params": n_trainable,
+            "total_params": n_total,
         },
         "artifacts": artifacts,
         "status": "candidate",

@@ -219,6 +219,9 @@ def test_text_retrain_then_lora_finetune(tiny_bert: str, tmp_path: Path) -> None
     cfg = text_config(tiny_bert, epochs=2, replay_ratio=0.5, lr=5e-3, min_eval_samples=10)
     ft = run_job(j, new, old, reg, "txt", cfg)
     assert ft.status == "promoted", ft
+    # LoRA trains a small part of the model; a retrain trains all of it.
+    assert 0 < ft.train_stats["trainable_params"] < ft.train_stats["total_params"] / 10
+    assert first.train_stats["trainable_params"] == first.train_stats["total_params"]
     v = reg.get("txt", ft.version or "")
     assert v.manifest["kind"] == "finetune" and v.manifest["base_version"] == first.version
     assert v.manifest["data"] == j["data"]
