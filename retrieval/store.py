@@ -40,6 +40,7 @@ UPSERT_BATCH = 500  # milvus-lite is ~6x faster in batches of 100-1000 than row 
 PAGE_SIZE = 1000
 QUERY_LIMIT = 16384  # Milvus caps offset + limit of one query at 16384
 METRICS = ("COSINE", "IP", "L2")
+COLLECTION_NOT_LOADED = 101  # Milvus's error code, which milvus-lite uses too
 FIELDS = ("chunk_id", "doc_id", "n", "text", "title", "source", "meta", "ts")
 
 _T = TypeVar("_T")
@@ -175,10 +176,20 @@ class Hit:
 
 
 def _is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the server could not be reached (worth retrying)."""
+    """Whether ``exc`` means the server could not be reached (worth retrying).
+
+    >>> from pymilvus.client.types import Status
+    >>> from pymilvus.exceptions import MilvusException
+    >>> _is_unavailable(MilvusException(Status.CONNECT_FAILED, "Fail connecting to server"))
+    True
+    >>> _is_unavailable(MilvusException(Status.ILLEGAL_ARGUMENT, "bad filter"))
+    False
+    """
+    from pymilvus.client.types import Status
     from pymilvus.exceptions import (
         ConnectError,
         ConnectionNotExistException,
+        MilvusException,
         MilvusUnavailableException,
     )
 
@@ -191,9 +202,25 @@ def _is_unavailable(exc: BaseException) -> bool:
         | TimeoutError,
     ):
         return True
+    # A server that went away mid-session: pymilvus tries to reconnect once, then raises a
+    # plain MilvusException with this code (the client reconnects by itself once it is back).
+    if isinstance(exc, MilvusException) and exc.code == Status.CONNECT_FAILED:
+        return True
     code = getattr(exc, "code", None)
     name = getattr(code() if callable(code) else code, "name", "")
     return name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # grpc.RpcError
+
+
+def _is_not_loaded(exc: BaseException) -> bool:
+    """Whether ``exc`` says the collection is not loaded (Milvus's ErrCollectionNotLoaded).
+
+    >>> from pymilvus.exceptions import MilvusException
+    >>> _is_not_loaded(MilvusException(101, "collection is in state 'released'"))
+    True
+    """
+    from pymilvus.exceptions import MilvusException
+
+    return isinstance(exc, MilvusException) and exc.code == COLLECTION_NOT_LOADED
 
 
 class VectorStore:
@@ -283,9 +310,20 @@ class VectorStore:
     # -- plumbing -------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Run a client call, turning its errors into retrieval errors."""
+        """Run a client call, turning its errors into retrieval errors.
+
+        A collection found released is loaded again and the call retried once: a restarted
+        milvus-lite server forgets which collections were loaded (and on a Milvus server an
+        operator may release one), which is no reason to fail the records at hand.
+        """
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not _is_not_loaded(exc):
+                    raise
+                self._client.load_collection(self.collection)
+                return fn(*args, **kwargs)
         except Exception as exc:
             if _is_unavailable(exc):
                 raise VectorStoreUnavailableError(

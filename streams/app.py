@@ -38,6 +38,29 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RetrievalServices", "create_app"]
 
+#: Longest wait between two tries of a dependency that is down (Milvus): once it is back, the
+#: backlog starts moving within this many seconds, and a try against a down server is cheap.
+MAX_BACKOFF_S = 5.0
+
+
+def _exit_if_stuck(timeout_s: float) -> None:
+    """Arm a timer that ends the process if the shutdown is not over after ``timeout_s``.
+
+    faust's shutdown can hang for ever when the broker has gone away (it waits on its consumer
+    thread). Nothing acknowledged depends on a clean exit (offsets are committed only after
+    the effects are durable), so the process then exits hard (status 70).
+    """
+    import os
+
+    def bail() -> None:
+        log.error("shutdown still running after %.0f s (broker unreachable?): exiting", timeout_s)
+        logging.shutdown()
+        os._exit(70)
+
+    timer = threading.Timer(timeout_s, bail)
+    timer.daemon = True
+    timer.start()
+
 
 class RetrievalServices:
     """Embedder, vector store, indexer and answerer, built once on first use.
@@ -309,7 +332,7 @@ class BatchRunner:
                 metrics.RETRIES.labels(type(exc).__name__).inc()
                 log.warning("%s: %s; retrying in %.1f s", self.contract, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, MAX_BACKOFF_S)
 
     async def _one_by_one(
         self, good: list[Any], raw: list[RawRecord], bad: list[OutRecord]
@@ -383,6 +406,7 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
 
     topics = settings.topics
     credentials = faust_credentials(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only its own folder
     app = faust.App(
         f"{settings.kafka.group_prefix}-worker",
         broker=f"kafka://{bootstrap}",
@@ -433,7 +457,14 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
     async def close_services(app: Any, **kwargs: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, services.close)
 
-    learner_box: list[Any] = []
+    # [factory, running thread] for the learner loop (and the predictor replica): a thread
+    # that dies is started again by `watch_learner`.
+    learner_box: list[list[Any]] = []
+
+    def spawn(make: Callable[[], threading.Thread]) -> threading.Thread:
+        thread = make()
+        thread.start()
+        return thread
 
     @app.task
     async def start_learner() -> None:
@@ -443,19 +474,35 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
             return
         from streams.learner import LearnerLoop
 
-        loop = LearnerLoop(settings, bootstrap, lambda: make_online_service(settings))
-        loop.start()
-        learner_box.append(loop)
+        def learner() -> threading.Thread:
+            return LearnerLoop(settings, bootstrap, lambda: make_online_service(settings))
+
+        makers: list[Callable[[], threading.Thread]] = [learner]
         if settings.models.predict == "replicas":
             from streams.learner import PredictorLoop
 
-            replica = PredictorLoop(settings, bootstrap, lambda: make_snapshot_predictor(settings))
-            replica.start()
-            learner_box.append(replica)
+            def replica() -> threading.Thread:
+                return PredictorLoop(settings, bootstrap, lambda: make_snapshot_predictor(settings))
+
+            makers.append(replica)
+        learner_box.extend([make, spawn(make)] for make in makers)
+
+    @app.timer(interval=5.0)
+    async def watch_learner() -> None:
+        # A Kafka error the loop did not expect (the broker restarting under it, say) ends its
+        # thread; a new one resumes from the checkpoint, as another worker taking over would.
+        for entry in learner_box:
+            make, thread = entry
+            if thread.is_alive() or thread.stop_event.is_set():
+                continue
+            metrics.RETRIES.labels(thread.name).inc()
+            log.error("the %s thread died (%r); starting it again", thread.name, thread.error)
+            entry[1] = spawn(make)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_learner(app: Any, **kwargs: Any) -> None:
-        for loop in learner_box:
+        _exit_if_stuck(settings.shutdown_timeout_s)
+        for _make, loop in learner_box:
             loop.stop()
             await asyncio.get_running_loop().run_in_executor(None, loop.join, 60)
 
@@ -473,7 +520,7 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
                 metrics.RETRIES.labels("milvus").inc()
                 log.warning("vector store unavailable (%s); retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(2 * delay, 30.0)
+                delay = min(2 * delay, MAX_BACKOFF_S)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

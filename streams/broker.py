@@ -38,6 +38,7 @@ import orjson
 
 from streams.exceptions import BrokerError
 from streams.settings import BrokerSettings
+from streams.topics import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.cleaner.backoff.ms=5000
-message.max.bytes=16777216
-replica.fetch.max.bytes=16777216
+message.max.bytes={max_bytes}
+replica.fetch.max.bytes={max_bytes}
 """
 
 
@@ -289,7 +290,12 @@ class LocalBroker:
         log_dir = self.root / "kafka"
         props = self.root / "server.properties"
         props.write_text(
-            _SERVER_PROPERTIES.format(port=port, controller_port=controller_port, log_dir=log_dir)
+            _SERVER_PROPERTIES.format(
+                port=port,
+                controller_port=controller_port,
+                log_dir=log_dir,
+                max_bytes=MAX_MESSAGE_BYTES,
+            )
         )
         log_file = self.root / "kafka.log"
         log4j = self.root / "log4j.properties"

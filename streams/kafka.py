@@ -8,6 +8,7 @@ from typing import Any
 from streams.broker import LocalBroker
 from streams.exceptions import BrokerError, DeliveryError
 from streams.settings import Settings
+from streams.topics import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def producer(settings: Settings, bootstrap: str, **extra: Any) -> Any:
             "enable.idempotence": True,
             "linger.ms": 5,
             "compression.type": "lz4",
-            "message.max.bytes": 16_000_000,
+            "message.max.bytes": MAX_MESSAGE_BYTES,
         }
     )
     conf.update(extra)

@@ -250,6 +250,9 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
     web_port: int = Field(6066, ge=0, description="worker HTTP port: /search, /ask, /healthz")
+    shutdown_timeout_s: float = Field(
+        45.0, gt=0, description="a worker still shutting down after this long exits hard"
+    )
     log_level: str = Field("INFO", description="Python log level")
 
     @property

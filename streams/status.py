@@ -6,6 +6,7 @@ registry, so it works from any machine that can reach them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,32 +36,47 @@ class GroupLag:
     topic: str
     lag: int | None  # None: the group has committed nothing yet
     end: int  # records in the topic (sum of high watermarks)
+    committed: dict[int, int] = field(default_factory=dict)  # partition → next offset
 
 
 def group_lag(settings: Settings, bootstrap: str, group: str, topic: str) -> GroupLag:
     """Records of ``topic`` that ``group`` has not committed yet."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    admin = admin_client(settings, bootstrap)
-    n = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
-    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, i) for i in range(n)])]
-    result = admin.list_consumer_group_offsets(request)[group].result(timeout=10)
-    committed = {tp.partition: tp.offset for tp in result.topic_partitions}
-    c = consumer(settings, bootstrap, None)
+    # A consumer with the group's id reads its commits without joining it. The admin API's
+    # ListConsumerGroupOffsets is not used: librdkafka 2.16 crashes the process (SIGSEGV in
+    # rd_kafka_cgrp_op) or times out when the group coordinator is still loading, as it is
+    # right after a broker starts or restarts.
+    c = consumer(settings, bootstrap, group)
     try:
-        lag, end, any_commit = 0, 0, False
+        n = len(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        parts = _committed(c, [TopicPartition(topic, i) for i in range(n)])
+        committed = {tp.partition: tp.offset for tp in parts if tp.offset >= 0}
+        lag, end = 0, 0
         for i in range(n):
             _low, high = c.get_watermark_offsets(TopicPartition(topic, i), timeout=10)
             end += high
-            done = committed.get(i, -1001)
-            if done >= 0:
-                any_commit = True
-                lag += max(0, high - done)
-            elif high > 0:
-                lag += high
-        return GroupLag(group, topic, lag if any_commit or end == 0 else None, end)
+            lag += max(0, high - committed.get(i, 0))
+        return GroupLag(group, topic, lag if committed or end == 0 else None, end, committed)
     finally:
         c.close()
+
+
+def _committed(c: Any, parts: list[Any], timeout_s: float = 30.0) -> list[Any]:
+    """``c.committed(parts)``, retried while the group's coordinator moves or loads."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                 KafkaError.COORDINATOR_NOT_AVAILABLE}  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result: list[Any] = c.committed(parts, timeout=max(1.0, deadline - time.monotonic()))
+            return result
+        except KafkaException as exc:
+            if exc.args[0].code() not in transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _last(settings: Settings, bootstrap: str, topic: str, n: int) -> list[dict[str, Any]]:

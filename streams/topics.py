@@ -12,6 +12,8 @@ as configured (forever by default) because a full retrain replays the whole hist
 '-1'
 >>> specs["events.dlq"].partitions
 3
+>>> specs["events"].config["max.message.bytes"]  # 16 MiB: a 10 MB record reaches the DLQ
+'16777216'
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from streams.exceptions import TopicError
 from streams.settings import TopicSettings
 
-__all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
+__all__ = ["MAX_MESSAGE_BYTES", "TopicSpec", "ensure_topics", "topic_specs"]
 
 
 @dataclass(frozen=True)
@@ -35,14 +37,24 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+#: The largest record an input topic, a livelearn producer and the embedded broker accept
+#: (Kafka's own default is 1 MB). Records up to this size reach the worker, which dead-letters
+#: the ones over ``LIVELEARN_LIMITS__MAX_RECORD_BYTES`` with the reason; larger ones are refused
+#: to their producer by Kafka.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
     """Every topic of the design, with its DLQ for each input topic."""
     p, r = topics.partitions, topics.replication
     keep = str(topics.output_retention_ms)
+    big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
     specs = [
-        TopicSpec(topics.docs, p, r, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}),
-        TopicSpec(topics.events, p, r, {"retention.ms": str(topics.events_retention_ms)}),
-        TopicSpec(topics.queries, p, r, {"retention.ms": keep}),
+        TopicSpec(
+            topics.docs, p, r, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", **big}
+        ),
+        TopicSpec(topics.events, p, r, {"retention.ms": str(topics.events_retention_ms), **big}),
+        TopicSpec(topics.queries, p, r, {"retention.ms": keep, **big}),
         TopicSpec(topics.predictions, p, r, {"retention.ms": keep}),
         TopicSpec(topics.answers, p, r, {"retention.ms": keep}),
         TopicSpec(topics.drift_alerts, 1, r, {"retention.ms": "-1"}),

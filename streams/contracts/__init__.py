@@ -40,6 +40,7 @@ from streams.exceptions import ContractError
 
 __all__ = [
     "CONTRACTS",
+    "DOC_ID_MAX_BYTES",
     "INPUT_CONTRACTS",
     "SCHEMA_VERSION",
     "ContractError",
@@ -65,6 +66,9 @@ CONTRACTS = (
 )
 #: Contracts whose records come from users; their Kafka key must be the record id when set.
 INPUT_CONTRACTS = ("docs", "events", "queries")
+#: A docs id becomes a Milvus primary key (``<id>#<n>``, at most 512 bytes), but the schema's
+#: ``maxLength`` counts characters, and a character takes up to 4 bytes of UTF-8.
+DOC_ID_MAX_BYTES = 256
 
 
 class Limits:
@@ -173,13 +177,20 @@ def decode(
     """Bytes from Kafka → a validated dict. Anything wrong raises :class:`ContractError`."""
     if raw is None:
         raise ContractError(f"{contract}: empty record (null value)")
-    limits.check_raw(raw)
     try:
+        limits.check_raw(raw)
         value = orjson.loads(raw)
+        limits.check_value(value)
     except orjson.JSONDecodeError as exc:
         raise ContractError(f"{contract}: not valid JSON: {exc}") from None
-    limits.check_value(value)
+    except ContractError as exc:  # every reason names its contract, as the others do
+        raise ContractError(f"{contract}: {exc}") from None
     validate(contract, value)
+    if contract == "docs" and len(value["id"].encode("utf-8")) > DOC_ID_MAX_BYTES:
+        raise ContractError(
+            f"docs: id is {len(value['id'].encode('utf-8'))} bytes of UTF-8, over the "
+            f"{DOC_ID_MAX_BYTES}-byte limit (at $.id)"
+        )
     if key is not None and contract in INPUT_CONTRACTS:
         try:
             key_text = key.decode("utf-8")

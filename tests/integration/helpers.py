@@ -1,14 +1,27 @@
-"""Helpers for integration tests: consumer-group progress and a real text corpus."""
+"""Helpers for integration tests: consumer-group progress, a real text corpus, and what a
+Milvus collection holds compared with what the docs should have produced."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
 
 from retrieval.corpus import stdlib_corpus
 from streams import status
 from streams.settings import Settings
 
-__all__ = ["group_lag", "stdlib_corpus", "wait_caught_up"]
+__all__ = [
+    "collection_state",
+    "expected_chunks",
+    "group_lag",
+    "stdlib_corpus",
+    "wait_caught_up",
+]
 
 
 def group_lag(settings: Settings, group: str, topic: str) -> int:
@@ -26,3 +39,39 @@ def wait_caught_up(settings: Settings, group: str, topic: str, timeout_s: float 
             return
         time.sleep(0.5)
     raise AssertionError(f"group {group} still {lag} behind on {topic} after {timeout_s} s")
+
+
+def expected_chunks(
+    docs: Iterable[Mapping[str, Any]], chunk_tokens: int, overlap: int
+) -> dict[str, str]:
+    """chunk id → text, by running the worker's chunker over the final version of each doc."""
+    from retrieval.chunking import TokenChunker
+    from retrieval.embedding import TextEmbedder
+
+    chunker = TokenChunker(TextEmbedder().tokenizer, chunk_tokens, overlap)
+    out = {}
+    for doc in docs:
+        for chunk in chunker.chunk(doc["id"], doc["text"]):
+            out[chunk.chunk_id] = chunk.text
+    return out
+
+
+_READ_STATE = """
+import sys, orjson
+from retrieval.store import VectorStore
+store = VectorStore(sys.argv[1], collection=sys.argv[2], dim=384)
+rows = store.get(sorted(store.all_chunk_ids()))
+sys.stdout.buffer.write(orjson.dumps({r["chunk_id"]: r["text"] for r in rows}))
+"""
+
+
+def collection_state(uri: str, collection: str) -> dict[str, str]:
+    """chunk id → text of every row, read in a child process: a milvus-lite file is one
+    process's (its lock is held until that process exits), so the worker must be stopped;
+    a Milvus server URI can be read at any time."""
+    out = subprocess.run(
+        [sys.executable, "-c", _READ_STATE, uri, collection],
+        capture_output=True, check=True, timeout=300,
+    )  # fmt: skip
+    state: dict[str, str] = orjson.loads(out.stdout)
+    return state

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 import pytest
 
 from streams.sdk import LiveLearnClient
 from streams.settings import ModelSettings, Settings
 from tests.conftest import make_settings
-from tests.integration.helpers import stdlib_corpus, wait_caught_up
+from tests.integration.helpers import (
+    collection_state,
+    expected_chunks,
+    stdlib_corpus,
+    wait_caught_up,
+)
 from tests.integration.worker import WorkerProcess
 
 CHUNK_TOKENS, OVERLAP = 64, 16
@@ -42,36 +44,11 @@ def _with_group(settings: Settings, prefix: str) -> Settings:
 
 
 def _expected(final: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """chunk id → text, by running the same chunker over the final version of each doc."""
-    from retrieval.chunking import TokenChunker
-    from retrieval.embedding import TextEmbedder
-
-    chunker = TokenChunker(TextEmbedder().tokenizer, CHUNK_TOKENS, OVERLAP)
-    out = {}
-    for doc in final.values():
-        for chunk in chunker.chunk(doc["id"], doc["text"]):
-            out[chunk.chunk_id] = chunk.text
-    return out
-
-
-_READ_STATE = """
-import sys, orjson
-from retrieval.store import VectorStore
-store = VectorStore(sys.argv[1], collection=sys.argv[2], dim=384)
-rows = store.get(sorted(store.all_chunk_ids()))
-sys.stdout.buffer.write(orjson.dumps({r["chunk_id"]: r["text"] for r in rows}))
-"""
+    return expected_chunks(final.values(), CHUNK_TOKENS, OVERLAP)
 
 
 def _collection_state(settings: Settings) -> dict[str, str]:
-    """Read the milvus-lite file in a child process (one process per file, and the lock is
-    held until that process exits); the worker must be stopped."""
-    out = subprocess.run(
-        [sys.executable, "-c", _READ_STATE, settings.milvus_uri, settings.milvus.collection],
-        capture_output=True, check=True, timeout=300,
-    )  # fmt: skip
-    state: dict[str, str] = orjson.loads(out.stdout)
-    return state
+    return collection_state(settings.milvus_uri, settings.milvus.collection)
 
 
 def _produce_story(client: LiveLearnClient, seed: int = 7) -> dict[str, dict[str, Any]]:

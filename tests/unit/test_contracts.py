@@ -67,8 +67,17 @@ def test_limits() -> None:
     nested = {"id": "d", "op": "delete", "meta": {"a": {"b": {"c": 1}}}}
     with pytest.raises(ContractError, match="deeper than 3"):
         contracts.decode("docs", orjson.dumps(nested), limits=limits)
-    with pytest.raises(ContractError, match="over the 100000-byte limit"):
+    with pytest.raises(ContractError, match="^docs: record is 100001 bytes, over the 100000"):
         contracts.decode("docs", b" " * 100_001, limits=limits)
+
+
+def test_a_docs_id_must_fit_a_milvus_key_in_bytes_too() -> None:
+    wide = "\U0001f642" * 200  # within maxLength (characters), 800 bytes of UTF-8
+    with pytest.raises(ContractError, match="^docs: id is 800 bytes of UTF-8, over the 256"):
+        contracts.decode("docs", orjson.dumps({"id": wide, "op": "delete"}))
+    accented = "é" * 128  # 256 bytes: still fine
+    assert contracts.decode("docs", orjson.dumps({"id": accented, "op": "delete"}))["id"]
+    assert contracts.decode("events", orjson.dumps({"id": wide, "label": 1}))["id"] == wide
 
 
 def test_json_bomb_depth_is_cheap() -> None:
