@@ -26,6 +26,7 @@ __all__ = [
     "LabelEncoder",
     "examples_from_records",
     "replay_sample",
+    "split_at_change",
     "split_by_time",
 ]
 
@@ -166,6 +167,48 @@ def split_by_time(
         n_val = max(1, n_val)
     n_train = len(ordered) - n_val
     return ordered[:n_train], ordered[n_train:]
+
+
+def split_at_change(
+    examples: Sequence[Example],
+    since: Mapping[int, int],
+    val_fraction: float = 0.2,
+    weight: float = 3.0,
+    max_repeats: int = 20,
+) -> tuple[list[Example], list[Example]]:
+    """The split of a retrain decided on a drift noticed at offsets ``since``.
+
+    The history before the change outnumbers what came after it, and the newest slice of the
+    whole history (:func:`split_by_time`) would hold most of the new concept out of training.
+    Here the newest ``val_fraction`` of the examples *after* the change is held out, and the
+    rest of them is repeated (at most ``max_repeats`` times) so that the new concept weighs
+    ``weight`` times as much as the history: where the two disagree, the new one wins, and
+    the history still shapes what the change left alone.
+
+    Returns
+    -------
+    tuple[list[Example], list[Example]]
+        ``(train, val)``, each sorted by time (``train`` with the repeats).
+
+    Examples
+    --------
+    >>> ex = [Example((0, i), float(i), None, {"x": i}, i % 2) for i in range(10)]
+    >>> train, val = split_at_change(ex, {0: 6}, 0.5)
+    >>> [e.offset_key[1] for e in val], len(train), sum(e.offset_key[1] >= 6 for e in train)
+    ([8, 9], 24, 18)
+    """
+
+    def after(e: Example) -> bool:
+        partition, offset = e.offset_key
+        return partition in since and offset >= since[partition]
+
+    recent = [e for e in examples if after(e)]
+    if not recent:
+        return split_by_time(examples, val_fraction)
+    history = [e for e in examples if not after(e)]
+    recent_train, val = split_by_time(recent, val_fraction)
+    repeats = min(max_repeats, max(1, round(weight * len(history) / max(1, len(recent_train)))))
+    return sorted(history + recent_train * repeats, key=_time_key), val
 
 
 def replay_sample(old: Sequence[Example], n: int, seed: int) -> list[Example]:

@@ -65,6 +65,7 @@ from trainers.datasets import (
     LabelEncoder,
     examples_from_records,
     replay_sample,
+    split_at_change,
     split_by_time,
 )
 from trainers.evaluation import LOWER_IS_BETTER, GateDecision, gate, score
@@ -648,7 +649,11 @@ def _train_and_register(
             f"no labelled examples in the job's records ({len(train_records)} records): "
             "check the offsets, or wait for labels before triggering a job"
         )
-    train_set, val = split_by_time(new, config.val_fraction)
+    since = {int(p): int(o) for p, o in (data.get("since") or {}).items()}
+    if kind == "retrain" and since:  # decided on a drift: the new concept must be learned
+        train_set, val = split_at_change(new, since, config.val_fraction)
+    else:
+        train_set, val = split_by_time(new, config.val_fraction)
     serving_version = registry.serving(model_name)
     n_replay = 0
     base_version: str | None

@@ -3,8 +3,10 @@
 Reasons: *drift* (by default a warning → fine-tune, a drift → retrain), *volume* (N new
 labelled records since the last job), *schedule* (an interval), *manual*. Debounced: a
 cooldown between jobs, at most one job in flight per model, and a retrain supersedes a
-fine-tune that was asked for but has not started. Every decision is logged with its reason
-and kept in :attr:`TriggerPolicy.decisions`.
+fine-tune that was asked for but has not started. A drift's job that cannot start yet (a
+job in flight, the cooldown) waits and starts when it can: the detector signals a change
+once, so a dropped signal would leave the model on the old concept. Every decision is
+logged with its reason and kept in :attr:`TriggerPolicy.decisions`.
 
 Offsets: a retrain covers the whole history ``[0, next)`` of every partition; a fine-tune
 covers ``[last trained, next)``. A job id is derived from (model, kind, offsets), so the same
@@ -32,7 +34,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,9 @@ class TriggerPolicy:
     labelled_since_job: int = 0
     labelled_total: int = 0
     pending_drift: tuple[str, str, int] | None = None  # (kind, detail, labelled_total then)
+    _drift_blocked_noted: bool = field(default=False, init=False, repr=False)
+    # Where the stream stood when the pending drift was signalled (per partition).
+    drift_since: dict[int, int] | None = field(default=None, init=False, repr=False)
     in_flight: JobRequest | None = None
     in_flight_started: bool = False
     last_job_at: float | None = None
@@ -120,18 +125,24 @@ class TriggerPolicy:
         start = {} if kind == "retrain" else self.trained_offsets
         return {str(p): [start.get(p, 0), n] for p, n in sorted(self.next_offsets.items())}
 
-    def _job(self, kind: str, reason: str, detail: str, now: float) -> JobRequest | None:
+    def _blocked(self, kind: str, now: float) -> str | None:
+        """Why a ``kind`` job cannot start now (one in flight, the cooldown), or None."""
         if self.in_flight is not None:
-            pending = self.in_flight
-            if kind == "retrain" and pending.kind == "finetune" and not self.in_flight_started:
-                self._decide(f"{reason}: retrain supersedes pending fine-tune {pending.job_id}")
-            else:
-                self._decide(f"{reason}: {kind} suppressed, job {pending.job_id} in flight")
-                return None
-        elif self.last_job_at is not None and now - self.last_job_at < self.cooldown_seconds:
-            left = self.cooldown_seconds - (now - self.last_job_at)
-            self._decide(f"{reason}: {kind} suppressed by cooldown ({left:.0f} s left)")
+            running = self.in_flight
+            if kind == "retrain" and running.kind == "finetune" and not self.in_flight_started:
+                return None  # superseded, see _job
+            return f"job {running.job_id} in flight"
+        if self.last_job_at is not None and now - self.last_job_at < self.cooldown_seconds:
+            return f"cooldown ({self.cooldown_seconds - (now - self.last_job_at):.0f} s left)"
+        return None
+
+    def _job(self, kind: str, reason: str, detail: str, now: float) -> JobRequest | None:
+        blocked = self._blocked(kind, now)
+        if blocked is not None:
+            self._decide(f"{reason}: {kind} suppressed, {blocked}")
             return None
+        if self.in_flight is not None:
+            self._decide(f"{reason}: retrain supersedes pending fine-tune {self.in_flight.job_id}")
         if kind == "finetune" and self.serving_version is None:
             # Nothing serves yet, so there is nothing to continue from: the first version
             # is trained from the base weights on everything.
@@ -161,14 +172,43 @@ class TriggerPolicy:
         if action == "none":
             self._decide(f"drift: {severity} needs no job ({detail})")
             return None
-        if self.drift_min_records:
-            pending = self.pending_drift
-            if pending is None or (action == "retrain" and pending[0] != "retrain"):
-                self.pending_drift = (action, detail, self.labelled_total)
+        now = time.time() if now is None else now
+        pending = self.pending_drift
+        if pending is None or (action == "retrain" and pending[0] != "retrain"):
+            self.pending_drift = (action, detail, self.labelled_total)
+            self.drift_since = dict(self.next_offsets)
+            self._drift_blocked_noted = False
+            if self.drift_min_records:
                 self._decide(f"drift: {action} starts after {self.drift_min_records} more "
                              f"labelled records ({detail})")  # fmt: skip
+        elif self.drift_min_records:
+            self._decide(f"drift: {pending[0]} already asked for ({detail})")
+        if self.drift_min_records:
             return None
-        return self._job(action, "drift", detail, time.time() if now is None else now)
+        blocked = self._blocked(self.pending_drift[0], now)  # type: ignore[index]
+        if blocked is not None:
+            self._decide(f"drift: {action} deferred, {blocked} ({detail})")
+            self._drift_blocked_noted = True
+            return None
+        return self._start_pending_drift(now)
+
+    def _start_pending_drift(self, now: float) -> JobRequest | None:
+        """Start the drift job that waited (for data, a running job or the cooldown)."""
+        assert self.pending_drift is not None
+        kind, detail, at = self.pending_drift
+        self.pending_drift = None
+        waited = self.labelled_total - at
+        if self.drift_min_records:
+            detail = f"{detail}; {waited} labelled records since"
+        job = self._job(kind, "drift", detail, now)
+        if job is not None and kind == "retrain" and self.drift_since:
+            # A retrain covers the whole history, most of it from before the change: the
+            # trainer is told where the change was noticed, to validate on what came after
+            # and to weigh it as much as the history (see trainers.jobs).
+            since = {str(p): o for p, o in sorted(self.drift_since.items())}
+            job = replace(job, data={**job.data, "since": since})
+            self.in_flight = job
+        return job
 
     def action_for(self, severity: str, data: bool = False) -> str:
         """The job kind a signal asks for (``none``, ``finetune`` or ``retrain``)."""
@@ -180,13 +220,18 @@ class TriggerPolicy:
         """Volume and schedule checks; call it after each batch."""
         now = time.time() if now is None else now
         if self.pending_drift is not None:
-            kind, detail, at = self.pending_drift
-            waited = self.labelled_total - at
-            if waited >= self.drift_min_records:
-                self.pending_drift = None
-                job = self._job(kind, "drift", f"{detail}; {waited} labelled records since", now)
-                if job is not None:
-                    return job
+            kind, _detail, at = self.pending_drift
+            if self.labelled_total - at >= self.drift_min_records:
+                # A drift is a one-off signal (the online model adapts, its error falls
+                # back): a job that cannot start yet waits for its turn, it is not dropped.
+                blocked = self._blocked(kind, now)
+                if blocked is None:
+                    job = self._start_pending_drift(now)
+                    if job is not None:
+                        return job
+                elif not self._drift_blocked_noted:
+                    self._decide(f"drift: {kind} waits, {blocked}")
+                    self._drift_blocked_noted = True
         if self.volume_threshold and self.labelled_since_job >= self.volume_threshold:
             if self.in_flight is None:
                 return self._job(

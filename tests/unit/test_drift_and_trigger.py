@@ -121,7 +121,28 @@ def test_a_drift_job_waits_for_enough_new_data() -> None:
     job = policy.tick(now=3.0)  # ... and waits its own 200 records
     assert job is not None and (job.kind, job.reason) == ("retrain", "drift")
     assert job.data["offsets"] == {"0": [0, 900], "1": [0, 500]}
+    # Where the drift was signalled, so that the retrain learns what came after it.
+    assert job.data["since"] == {"0": 650, "1": 500}
     assert policy.pending_drift is None and policy.tick(now=4.0) is None
+
+
+def test_a_drift_during_a_job_or_the_cooldown_waits_for_its_turn() -> None:
+    # The detector signals a change once; dropping it would leave the model on the old
+    # concept, so its job starts as soon as the running job is done and the cooldown is over.
+    policy = _policy(volume_threshold=500, cooldown_seconds=60, drift_action="finetune")
+    volume = policy.tick(now=0.0)
+    assert volume is not None and volume.reason == "volume"
+    assert policy.on_drift("drift", "d", now=5.0) is None  # the volume job is in flight
+    assert policy.tick(now=6.0) is None and policy.tick(now=7.0) is None
+    assert sum("waits" in d or "deferred" in d for d in policy.decisions) == 1  # said once
+    policy.job_update(volume.job_id, "promoted", "v1")
+    for off in range(500, 600):
+        policy.observe(0, off, labelled=True)
+    assert policy.tick(now=30.0) is None  # cooldown: 60 s since the volume job started
+    job = policy.tick(now=61.0)
+    assert job is not None and (job.kind, job.reason) == ("finetune", "drift")
+    assert job.data["offsets"] == {"0": [500, 600], "1": [500, 500]}
+    assert policy.pending_drift is None
 
 
 @pytest.mark.parametrize("detector", DETECTORS)

@@ -132,6 +132,34 @@ def test_tabular_retrain_promoted_with_lineage_and_progress(tmp_path: Path) -> N
     assert predictor.version == res.version
 
 
+def test_a_drift_retrain_learns_what_came_after_the_change(tmp_path: Path) -> None:
+    # 600 records of one concept, then 200 with the labels flipped; the drift was noticed at
+    # offset 640. Told where, the retrain validates on the new concept and learns it; a plain
+    # retrain over the same offsets trains on the old one (its validation slice holds most of
+    # the new records).
+    recs = tabular_records(800, seed=3)
+    flip = {"hi": "lo", "lo": "hi"}
+    recs = [(p, o, v | {"label": flip[v["label"]]}) if o >= 600 else (p, o, v)
+            for p, o, v in recs]  # fmt: skip
+    probe = [v for _p, o, v in tabular_records(200, start=5000, seed=4)]
+    truth = [flip[v["label"]] for v in probe]
+
+    def new_concept_accuracy(since: dict[str, int] | None, name: str) -> float:
+        reg = ModelRegistry(tmp_path / name)
+        j = job(name, "retrain", recs) | {"reason": "drift"}
+        if since is not None:
+            j["data"]["since"] = since
+        res = run_job(j, recs, [], reg, "m", JobConfig.from_dict(TAB))
+        assert res.status == "promoted", res
+        predictor = load_serving_predictor(reg, "m", device="cpu")
+        answers = [predictor.predict_one(v["features"])[0] for v in probe]
+        return sum(a == y for a, y in zip(answers, truth, strict=True)) / len(truth)
+
+    told = new_concept_accuracy({"0": 640}, "told")
+    plain = new_concept_accuracy(None, "plain")
+    assert told >= 0.8 and plain <= 0.5, (told, plain)
+
+
 def test_worse_candidate_rejected_with_both_metrics(tmp_path: Path) -> None:
     reg = ModelRegistry(tmp_path / "reg")
     recs = tabular_records(240)
