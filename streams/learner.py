@@ -108,7 +108,62 @@ class Lease:
         self.held = False
 
 
-class LearnerLoop(threading.Thread):
+class _EventsLoop(threading.Thread):
+    """A worker thread over ``events``: a stop flag, and the error it died of (the worker
+    surfaces it and exits non-zero)."""
+
+    def __init__(self, name: str, settings: Settings, bootstrap: str, batch_size: int) -> None:
+        super().__init__(name=name, daemon=True)
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.batch_size = batch_size
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        lim = settings.limits
+        self.limits = Limits(lim.max_record_bytes, lim.max_text_chars, lim.max_depth)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # surfaced by the worker, which then exits non-zero
+            log.exception("%s loop crashed", self.name)
+            self.error = exc
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _take(self, events: Any, timeout_s: float) -> list[RawRecord]:
+        """Up to ``batch_size`` records: those already fetched, else the first to arrive
+        within ``timeout_s`` and whatever came with it. (librdkafka's ``consume(n, t)`` waits
+        the whole ``t`` unless ``n`` records are there: 100 ms added to every record's
+        latency at a steady rate.)"""
+        msgs = events.consume(self.batch_size, 0)
+        if not msgs:
+            first = events.poll(timeout_s)
+            if first is None:
+                return []
+            msgs = [first, *events.consume(self.batch_size - 1, 0)]
+        return self._raw(msgs)
+
+    def _raw(self, msgs: list[Any]) -> list[RawRecord]:
+        topic = self.settings.topics.events
+        return [
+            RawRecord(topic, m.partition(), m.offset(), m.key(), m.value(),
+                      m.timestamp()[1] / 1000.0)
+            for m in msgs if m.error() is None
+        ]  # fmt: skip
+
+    def _decode(self, batch: list[RawRecord]) -> tuple[list[Any], list[Any]]:
+        s = self.settings
+        return decode_batch(
+            "events", batch, s.topics.dlq(s.topics.events), self.limits, s.limits.dlq_raw_bytes
+        )
+
+
+class LearnerLoop(_EventsLoop):
     """Consume ``events`` while holding the lease; produce predictions and friends.
 
     Parameters
@@ -128,25 +183,8 @@ class LearnerLoop(threading.Thread):
         make_processor: Callable[[], OnlineProcessor],
         batch_size: int = 500,
     ) -> None:
-        super().__init__(name="learner", daemon=True)
-        self.settings = settings
-        self.bootstrap = bootstrap
+        super().__init__("learner", settings, bootstrap, batch_size)
         self.make_processor = make_processor
-        self.batch_size = batch_size
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        lim = settings.limits
-        self.limits = Limits(lim.max_record_bytes, lim.max_text_chars, lim.max_depth)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:  # surfaced by the worker, which then exits non-zero
-            log.exception("learner loop crashed")
-            self.error = exc
 
     def _run(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -186,19 +224,12 @@ class LearnerLoop(threading.Thread):
                             processor.on_model_update(orjson.loads(m.value()))
                         except (orjson.JSONDecodeError, TypeError, AttributeError):
                             log.warning("ignoring a malformed model update at %s", m.offset())
-                msgs = events.consume(self.batch_size, 0.1)
-                batch = [
-                    RawRecord(topic, m.partition(), m.offset(), m.key(), m.value(),
-                              m.timestamp()[1] / 1000.0)
-                    for m in msgs if m.error() is None
-                ]  # fmt: skip
+                batch = self._take(events, 0.1)
                 # Idle, the processor still runs once a second: schedules and swaps are due
                 # whether records flow or not.
                 if batch or time.monotonic() - last_run >= 1.0:
                     last_run = time.monotonic()
-                    good, bad = decode_batch(
-                        "events", batch, s.topics.dlq(topic), self.limits, s.limits.dlq_raw_bytes
-                    ) if batch else ([], [])  # fmt: skip
+                    good, bad = self._decode(batch) if batch else ([], [])
                     outputs = processor.process(good)
                     for rec in bad:
                         prod.produce(rec.topic, rec.encoded(), key=_key(rec.key))
@@ -253,7 +284,7 @@ class LearnerLoop(threading.Thread):
             log.debug("lag commit failed: %s", exc)
 
 
-class PredictorLoop(threading.Thread):
+class PredictorLoop(_EventsLoop):
     """A predict-only replica: ``events`` in a consumer group → ``predictions``.
 
     With ``LIVELEARN_MODELS__PREDICT=replicas`` every worker runs one beside its learner loop
@@ -267,25 +298,8 @@ class PredictorLoop(threading.Thread):
 
     def __init__(self, settings: Settings, bootstrap: str, make_predictor: Callable[[], Any],
                  batch_size: int = 500) -> None:  # fmt: skip
-        super().__init__(name="predictor", daemon=True)
-        self.settings = settings
-        self.bootstrap = bootstrap
+        super().__init__("predictor", settings, bootstrap, batch_size)
         self.make_predictor = make_predictor
-        self.batch_size = batch_size
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        lim = settings.limits
-        self.limits = Limits(lim.max_record_bytes, lim.max_text_chars, lim.max_depth)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:
-            log.exception("predictor loop crashed")
-            self.error = exc
 
     def _run(self) -> None:
         s = self.settings
@@ -301,17 +315,10 @@ class PredictorLoop(threading.Thread):
         prod = producer(s, self.bootstrap)
         try:
             while not self.stop_event.is_set():
-                msgs = events.consume(self.batch_size, 0.2)
-                batch = [
-                    RawRecord(topic, m.partition(), m.offset(), m.key(), m.value(),
-                              m.timestamp()[1] / 1000.0)
-                    for m in msgs if m.error() is None
-                ]  # fmt: skip
+                batch = self._take(events, 0.2)
                 if not batch:
                     continue
-                good, _bad = decode_batch(
-                    "events", batch, s.topics.dlq(topic), self.limits, s.limits.dlq_raw_bytes
-                )
+                good, _bad = self._decode(batch)
                 for _contract, key, value in predictor.process(good):
                     prod.produce(out_topic, encode(value), key=key.encode())
                     metrics.RECORDS_OUT.labels(out_topic).inc()
