@@ -33,23 +33,41 @@ from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from trainers.drift_monitor import DriftSignal
 
 __all__ = ["EmbeddingDriftMonitor", "FeatureDriftMonitor", "ks_test", "psi"]
 
 
-def ks_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Two-sample Kolmogorov-Smirnov ``(statistic, p-value)``.
+def ks_test(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray
+) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov ``(statistic, p-value)``; the p-value is Kolmogorov's
+    limiting distribution with Stephens' small-sample correction (what scipy's
+    ``method="asymp"`` approximates, at a fraction of the cost: the monitor runs a test per
+    feature every ``check_every`` records on the learner's path).
 
     >>> ks_test([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])[0]
     0.0
     >>> round(ks_test(list(range(100)), [x + 50.0 for x in range(100)])[0], 2)
     0.5
+    >>> ks_test(list(range(100)), [x + 50.0 for x in range(100)])[1] < 1e-9
+    True
     """
-    from scipy.stats import ks_2samp
+    from scipy.special import kolmogorov
 
-    result = ks_2samp(a, b)
-    return float(result.statistic), float(result.pvalue)
+    x = np.sort(np.asarray(a, dtype=float))
+    y = np.sort(np.asarray(b, dtype=float))
+    if not len(x) or not len(y):
+        return 0.0, 1.0
+    grid = np.concatenate([x, y])
+    cdf_x = np.searchsorted(x, grid, side="right") / len(x)
+    cdf_y = np.searchsorted(y, grid, side="right") / len(y)
+    d = float(np.max(np.abs(cdf_x - cdf_y)))
+    en = math.sqrt(len(x) * len(y) / (len(x) + len(y)))
+    p = float(kolmogorov((en + 0.12 + 0.11 / en) * d))
+    return d, min(1.0, max(0.0, p))
 
 
 def psi(reference: Mapping[Any, int], recent: Mapping[Any, int], eps: float = 1e-4) -> float:
@@ -111,10 +129,13 @@ class FeatureDriftMonitor:
         self.n = 0
         self.in_episode = False
         self.alerts = 0
+        self._ref_cache: dict[str, tuple[Any, list[Any]]] = {}
+        self._num_cache: dict[str, tuple[list[Any], np.ndarray]] = {}
 
     def reset_reference(self) -> None:
         """Start a new reference from the next records (after a promotion)."""
         self.reference = []
+        self._ref_cache, self._num_cache = {}, {}
         self.recent.clear()
         self.in_episode = False
 
@@ -143,13 +164,30 @@ class FeatureDriftMonitor:
     def _values(self, rows: Any, name: str) -> list[Any]:
         return [r[name] for r in rows if name in r]
 
+    def _reference_numbers(self, name: str, ref: list[Any]) -> np.ndarray:
+        cached = self._num_cache.get(name)
+        if cached is None or cached[0] is not ref:
+            nums = np.array([float(v) for v in ref if not isinstance(v, str)], dtype=float)
+            cached = (ref, nums)
+            self._num_cache[name] = cached
+        return cached[1]
+
+    def _reference_values(self, name: str) -> list[Any]:
+        """A feature's reference values (fixed until the reference is reset: cached)."""
+        key = (id(self.reference), len(self.reference), name)
+        cached = self._ref_cache.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, self._values(self.reference, name))
+            self._ref_cache[name] = cached
+        return cached[1]
+
     def check(self) -> DriftSignal | None:
         """Test every feature now; the most drifted one, or None when none has drifted."""
         worst: DriftSignal | None = None
         worst_score = 0.0
         alpha = self.alpha / max(len(self.features), 1)
         for name in self.features:
-            ref, rec = self._values(self.reference, name), self._values(self.recent, name)
+            ref, rec = self._reference_values(name), self._values(self.recent, name)
             if len(ref) < 30 or len(rec) < 30:
                 continue
             if all(isinstance(v, str) for v in ref[:10] + rec[:10]):
@@ -157,7 +195,7 @@ class FeatureDriftMonitor:
                 drifted, threshold = value >= self.psi_threshold, self.psi_threshold
                 detector, score = "psi", value / self.psi_threshold
             else:
-                nums_ref = [float(v) for v in ref if not isinstance(v, str)]
+                nums_ref = self._reference_numbers(name, ref)
                 nums_rec = [float(v) for v in rec if not isinstance(v, str)]
                 value, p = ks_test(nums_ref, nums_rec)
                 drifted = p < alpha and value >= self.min_effect

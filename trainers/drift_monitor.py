@@ -131,6 +131,10 @@ class ConceptDriftMonitor:
         self._quiet_until = 0
         self._warned = False
 
+    # Where the drift level last fired (held open for half a window); a class default so
+    # that monitors restored from older checkpoints have it.
+    _drift_seen_at: int | None = None
+
     def update(self, error: float) -> DriftSignal | None:
         """Feed one error; return a signal when a level is crossed by a degradation."""
         self.n += 1
@@ -140,14 +144,24 @@ class ConceptDriftMonitor:
         baseline = self._reference_sum / self._reference_n if self._reference_n else error
         recent = sum(self._recent) / len(self._recent)
         degraded = recent - baseline >= self.min_increase
+        # A detector fires after a few dozen bad records, often before they weigh enough in
+        # the recent mean to show as a degradation; it then resets itself. A drift detection
+        # is held open for half a window: the alert comes when the rise shows, not one
+        # episode later (or never). Warnings are not held (they would fire on noise).
+        if self._drift.drift_detected:
+            self._drift_seen_at = self.n
+        seen = self._drift_seen_at
+        drift = seen is not None and self.n - seen <= self.window // 2
+        warn = self._warn.drift_detected
         signal: DriftSignal | None = None
         if self.n >= self.min_samples and self.n >= self._quiet_until and degraded:
-            if self._drift.drift_detected:
+            if drift:
                 signal = self._signal("drift", recent, baseline, self.drift_sensitivity)
                 self._quiet_until = self.n + self.quiet_records
                 self._warned = False
                 self._reference_sum, self._reference_n = 0.0, 0  # the new normal starts here
-            elif self._warn.drift_detected and not self._warned:
+                self._drift_seen_at = None
+            elif warn and not self._warned:
                 signal = self._signal("warning", recent, baseline, self.warning_sensitivity)
                 self._warned = True
         if signal is None or signal.severity == "warning":
