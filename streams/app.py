@@ -420,6 +420,10 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
         producer_acks=-1,
         broker_commit_every=500,
         broker_commit_interval=1.0,
+        # A worker that dies (kill -9, a lost node) holds its partitions until its session
+        # times out: the same timeout as the learner's lease, not faust's 60 s.
+        broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_ms / 3000),
         web_port=web_port,
         web_host="127.0.0.1",
         datadir=str(settings.data_dir / "faust"),

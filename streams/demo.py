@@ -154,6 +154,7 @@ def run_demo(data_dir: Path = Path(".livelearn/demo"), n_docs: int = 300,
                    LIVELEARN_TRIGGER__DRIFT_ACTION="finetune",
                    LIVELEARN_TRIGGER__VOLUME_THRESHOLD="700",
                    LIVELEARN_TRIGGER__COOLDOWN_S="10",
+                   LIVELEARN_TRIGGER__DRIFT_MIN_RECORDS=str(DRIFT_MIN_RECORDS),
                    # Serve the batch model once one is promoted, so that each swap shows in
                    # the predictions (the default, 'best', may keep the online model).
                    LIVELEARN_MODELS__SERVING="batch")  # fmt: skip
@@ -271,6 +272,8 @@ def _rag(client: LiveLearnClient, console: Console, result: DemoResult, web: int
 
 
 FINAL = ("promoted", "rejected", "failed")
+# Labelled records after a drift alert before its job starts (the job needs the new concept).
+DRIFT_MIN_RECORDS = 200
 
 
 def _first(client: LiveLearnClient, stream: str, match: Any, timeout_s: float) -> Any:
@@ -331,11 +334,17 @@ def _training(client: LiveLearnClient, console: Console, result: DemoResult) -> 
                 f"{alert.get('baseline', 0):.2f} after {alert['window']['records']} records "
                 f"learned; the policy asks for: {alert['action']}"
             )
+            # Its fine-tune starts after DRIFT_MIN_RECORDS more labelled records; when the
+            # alert came late (the learner reads the partitions in arrival order, so the
+            # detector sees a slightly different sequence each run), send them now.
+            needed = alert["window"]["records"] + DRIFT_MIN_RECORDS + 25
+            if needed > result.events_sent:
+                send(result.events_sent, min(needed, len(stream)))
         done = {first["job_id"]} if first else set()
         second = final_update(done, 300) if alert is not None else None
     _print_update(console, second)
     with console.status("more events after the change, answered by the serving policy ..."):
-        send(change + 400, len(stream), pace=0.2)
+        send(result.events_sent, len(stream), pace=0.2)
     result.stream_labels = [y for _x, y in stream]
     with console.status("collecting the predictions ..."):
         seen: dict[str, dict[str, Any]] = {}

@@ -55,6 +55,10 @@ def producer(settings: Settings, bootstrap: str, **extra: Any) -> Any:
             "linger.ms": 5,
             "compression.type": "lz4",
             "message.max.bytes": MAX_MESSAGE_BYTES,
+            # A broker that stops hands its partitions to leader -1; librdkafka 2.16 sometimes
+            # never looks for the leader again until its periodic metadata refresh (5 min by
+            # default), and the records wait in its queue that long after the broker is back.
+            "topic.metadata.refresh.interval.ms": 10_000,
         }
     )
     conf.update(extra)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +17,7 @@ from tests.conftest import make_settings
 from tests.integration.helpers import (
     collection_state,
     expected_chunks,
+    group_lag,
     stdlib_corpus,
     wait_caught_up,
 )
@@ -51,21 +53,32 @@ def _collection_state(settings: Settings) -> dict[str, str]:
     return collection_state(settings.milvus_uri, settings.milvus.collection)
 
 
-def _produce_story(client: LiveLearnClient, seed: int = 7) -> dict[str, dict[str, Any]]:
-    """200 docs, then 20 updates (half of them much shorter), then 10 deletes."""
+def _produce_story(
+    client: LiveLearnClient,
+    seed: int = 7,
+    n: int = 200,
+    updates: int = 20,
+    deletes: int = 10,
+    pause: Callable[[], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``n`` docs, then ``updates`` updates (half of them much shorter), then ``deletes``
+    deletes; ``pause`` is called after the first third of the docs."""
     rng = random.Random(seed)
-    docs = stdlib_corpus(200, min_chars=150)
-    assert len(docs) == 200
+    docs = stdlib_corpus(n, min_chars=150)
+    assert len(docs) == n
     final = {d["id"]: d for d in docs}
-    for d in docs:
+    for i, d in enumerate(docs):
+        if pause is not None and i == n // 3:
+            client.flush()
+            pause()
         client.produce("docs", d)
-    updated = rng.sample(docs, 20)
+    updated = rng.sample(docs, updates)
     for i, d in enumerate(updated):
         text = d["text"][: len(d["text"]) // 4] if i % 2 else d["text"] + " Revised edition."
         new = dict(d, text=f"UPDATED {i}: {text}")
         final[d["id"]] = new
         client.produce("docs", new)
-    for d in rng.sample([d for d in docs if d not in updated], 10):
+    for d in rng.sample([d for d in docs if d not in updated], deletes):
         client.produce("docs", {"id": d["id"], "op": "delete"})
         del final[d["id"]]
     client.flush()
@@ -111,8 +124,13 @@ def test_killed_indexer_restarts_to_the_same_state(rag_settings: Settings, tmp_p
     s = rag_settings
     client = LiveLearnClient(s)
     worker = WorkerProcess(s, tmp_path / "worker.log").start()
-    final = _produce_story(client, seed=11)
-    time.sleep(3)  # let it index part of the stream, then pull the plug mid-batch
+    group = f"{s.kafka.group_prefix}-worker"
+    # The first third is indexed and committed; the rest arrives, and the plug is pulled
+    # while the worker is in the middle of it (embedding takes seconds here).
+    final = _produce_story(client, seed=11, n=90, updates=10, deletes=5,
+                           pause=lambda: wait_caught_up(s, group, s.topics.docs))  # fmt: skip
+    time.sleep(1.5)
+    assert group_lag(s, group, s.topics.docs) > 0  # mid-stream
     worker.kill()
     worker = WorkerProcess(s, tmp_path / "worker2.log").start()
     try:

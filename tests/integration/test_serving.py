@@ -125,6 +125,16 @@ def test_promotion_and_rollback_hot_swap_what_serves(tmp_path: Path, kafka_boots
     assert all(f"p{i}" in counts for i in range(1000))
 
 
+def _two_workers(s: Settings, tmp_path: Path) -> list[WorkerProcess]:
+    """Two worker processes on one Kafka; each has its own milvus-lite file (a file is one
+    process's)."""
+    return [
+        WorkerProcess(s, tmp_path / f"worker{i}.log",
+                      {"LIVELEARN_MILVUS__URI": str(tmp_path / f"milvus{i}.db")}).start()
+        for i in range(2)
+    ]  # fmt: skip
+
+
 def _leader(workers: list[WorkerProcess]) -> WorkerProcess:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -141,12 +151,7 @@ def test_a_second_worker_takes_over_learning(
 ) -> None:
     s = _settings(tmp_path, kafka_bootstrap, checkpoint_every_records=100)
     client = LiveLearnClient(s)
-    # Each worker has its own milvus-lite file (a file is one process's); Kafka is shared.
-    workers = [
-        WorkerProcess(s, tmp_path / f"worker{i}.log",
-                      {"LIVELEARN_MILVUS__URI": str(tmp_path / f"milvus{i}.db")}).start()
-        for i in range(2)
-    ]  # fmt: skip
+    workers = _two_workers(s, tmp_path)
     try:
         leader = _leader(workers)
         for i, (x, y) in enumerate(ROWS):
@@ -195,11 +200,7 @@ def test_predict_only_replicas_share_events_and_answer_from_snapshots(
     )  # fmt: skip
     ensure_topics(admin_client(s, kafka_bootstrap), topic_specs(s.topics))
     client = LiveLearnClient(s)
-    workers = [
-        WorkerProcess(s, tmp_path / f"worker{i}.log",
-                      {"LIVELEARN_MILVUS__URI": str(tmp_path / f"milvus{i}.db")}).start()
-        for i in range(2)
-    ]  # fmt: skip
+    workers = _two_workers(s, tmp_path)
     path = s.data_dir / "online" / f"{s.models.name}.ckpt"
     try:
         for i, (x, y) in enumerate(ROWS[:600]):
