@@ -1,9 +1,18 @@
-"""``python -m bench {train,index,soak} [args]``: run one benchmark.
+"""``python -m bench {ingest,online,drift,train,soak} [args]``: run one benchmark.
 
+* ``ingest``: docs → Milvus throughput against the bare encoder, and freshness at half
+  capacity (``bench/bench_ingest.py``; writes ``bench/results/ingest.json``).
+* ``online``: events → predictions through Kafka against a bare river loop, and latency at
+  a fixed rate (``bench/bench_online.py``; writes ``bench/results/online.json``).
+* ``drift``: detection delay, false alarms and misses against river's bare detector, and
+  accuracy recovery with and without the triggered reaction (``bench/bench_drift.py``;
+  writes ``bench/results/drift.json``).
 * ``train``: job runner vs a bare torch/peft loop, plus a retrain and a LoRA fine-tune
   through ``run_job`` (``bench/bench_training.py``; writes ``bench/results/train.json``).
-* ``index``: docs → Milvus throughput and freshness (``bench/bench_indexing.py``).
-* ``soak``: the soak run (``bench/bench_soak.py``).
+* ``soak``: a steady load for a while; memory and lag over time (``bench/bench_soak.py``;
+  writes ``bench/results/soak.json``).
+
+Each takes ``--quick`` (a short run: under two minutes on 2 CPU cores; three for ``train``).
 
 ``python -m bench train --help`` shows a benchmark's own options. Each benchmark is imported
 only when asked for, so one with missing extras (Kafka, Milvus) does not stop the others.
@@ -16,8 +25,10 @@ import sys
 from collections.abc import Sequence
 
 BENCHMARKS = {
+    "ingest": "bench.bench_ingest",
+    "online": "bench.bench_online",
+    "drift": "bench.bench_drift",
     "train": "bench.bench_training",
-    "index": "bench.bench_indexing",
     "soak": "bench.bench_soak",
 }
 

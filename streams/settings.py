@@ -58,7 +58,9 @@ class KafkaSettings(_Frozen):
     ssl_ca_location: str = Field("", description="CA certificate file for SSL")
     client_id: str = Field("livelearn", description="client.id prefix for producers/consumers")
     group_prefix: str = Field("livelearn", description="prefix of consumer group ids")
-    session_timeout_ms: int = Field(10_000, ge=1000, description="consumer session timeout")
+    session_timeout_ms: int = Field(
+        10_000, ge=1000, description="consumer session timeout (a dead worker's partitions move)"
+    )
 
     def client_config(self, bootstrap: str | None = None) -> dict[str, Any]:
         """librdkafka settings shared by every client (secrets included, never log this)."""
