@@ -109,14 +109,26 @@ DEFAULT_LIMITS = Limits()
 
 
 def _depth(value: Any, cap: int) -> int:
-    """Nesting depth of a JSON value, counting stops at ``cap`` (so it is cheap on bombs)."""
-    if cap <= 0:
-        return 0
-    if isinstance(value, dict):
-        return 1 + max((_depth(v, cap - 1) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v, cap - 1) for v in value), default=0)
-    return 0
+    """Nesting depth of a JSON value, counting stops at ``cap`` (so it is cheap on bombs).
+
+    Level by level over the containers only: on every record's path, so no call per scalar.
+
+    >>> _depth({"id": "e1", "features": {"x": 1, "tags": ["a", {"b": []}]}}, 10), _depth(3, 10)
+    (5, 0)
+    >>> _depth([[[[[]]]]], 3)
+    3
+    """
+    depth = 0
+    level = [value] if isinstance(value, (dict, list)) else []
+    while level and depth < cap:
+        depth += 1
+        inner = []
+        for container in level:
+            for v in container.values() if isinstance(container, dict) else container:
+                if isinstance(v, (dict, list)):
+                    inner.append(v)
+        level = inner
+    return depth
 
 
 @functools.cache
