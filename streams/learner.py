@@ -12,8 +12,10 @@ yet every worker should be able to take over when the learner's process dies. So
   exactly where the last checkpoint left off and replays the rest. Records before the
   checkpoint's offsets are never learned twice (their predictions may be produced again:
   at-least-once, keyed by event id).
-* The loop decodes, dead-letters bad records, calls :class:`trainers.service.OnlineService`,
-  produces its outputs, waits for Kafka's acknowledgement, then checkpoints when due.
+* The loop decodes, dead-letters bad records, calls :class:`trainers.service.OnlineService`
+  and produces its outputs without waiting for them. When a checkpoint is due it first waits
+  for Kafka's acknowledgement of everything produced, then checkpoints: a checkpoint never
+  moves the replay point past a record whose outputs Kafka does not hold.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["LearnerLoop", "Lease", "OnlineProcessor", "PredictorLoop"]
 
+#: librdkafka's ``linger.ms`` for predictions (5 ms elsewhere): a batch's outputs are produced
+#: in one go, so waiting for more would only add to every prediction's latency.
+OUTPUT_LINGER_MS = 1
+
 
 class OnlineProcessor(Protocol):
     """What the loop needs from the domain side (``trainers.service.OnlineService``)."""
@@ -47,6 +53,10 @@ class OnlineProcessor(Protocol):
 
     def process(self, records: list[Any]) -> list[tuple[str, str, dict[str, Any]]]:
         """Learn from decoded records; return ``(contract, key, value)`` outputs."""
+        ...
+
+    def checkpoint_due(self) -> bool:
+        """Whether a checkpoint is due (the loop first waits for its outputs' delivery)."""
         ...
 
     def maybe_checkpoint(self, force: bool = False) -> bool:
@@ -194,7 +204,7 @@ class LearnerLoop(_EventsLoop):
         by_contract = s.topics.by_contract()
         lease = Lease(s, self.bootstrap, s.models.name)
         events = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-{s.models.name}")
-        prod = producer(s, self.bootstrap)
+        prod = producer(s, self.bootstrap, **{"linger.ms": OUTPUT_LINGER_MS})
         updates = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-updates")
         processor: OnlineProcessor | None = None
         last_run = 0.0
@@ -232,25 +242,36 @@ class LearnerLoop(_EventsLoop):
                     good, bad = self._decode(batch) if batch else ([], [])
                     outputs = processor.process(good)
                     for rec in bad:
-                        prod.produce(rec.topic, rec.encoded(), key=_key(rec.key))
+                        _produce(prod, rec.topic, rec.encoded(), _key(rec.key))
                         metrics.DEAD_LETTERS.labels(topic).inc()
+                    sent: dict[str, int] = {}
                     for contract, key, value in outputs:
-                        prod.produce(by_contract[contract], encode(value), key=key.encode())
-                        metrics.RECORDS_OUT.labels(by_contract[contract]).inc()
+                        out_topic = by_contract[contract]
+                        _produce(prod, out_topic, encode(value), key.encode())
+                        sent[out_topic] = sent.get(out_topic, 0) + 1
                         if contract == "drift-alerts":
                             metrics.DRIFT_ALERTS.labels(
                                 s.models.name, value["detector"], value["severity"]
                             ).inc()
-                    flush_or_raise(prod, 60)
+                    for out_topic, n_out in sent.items():
+                        metrics.RECORDS_OUT.labels(out_topic).inc(n_out)
+                    prod.poll(0)  # delivery reports; the records go out in the background
                     _export_latency_and_lag(events, topic, batch)
                     metrics.RECORDS_IN.labels(topic, "ok").inc(len(good))
                     metrics.RECORDS_IN.labels(topic, "dead").inc(len(bad))
                     _export_status(s.models.name, processor.status())
-                if processor.maybe_checkpoint():
-                    self._commit_for_lag(events, processor.offsets(), topic)
+                # The next batch does not wait for Kafka's acknowledgement of this one's
+                # outputs; a checkpoint does: it moves the replay point past their records,
+                # so it is written only once every output before it is acknowledged.
+                if processor.checkpoint_due():
+                    flush_or_raise(prod, 60)
+                    if processor.maybe_checkpoint():
+                        self._commit_for_lag(events, processor.offsets(), topic)
             if processor is not None and lease.held:
+                flush_or_raise(prod, 60)
                 processor.maybe_checkpoint(force=True)
         finally:
+            prod.flush(10)
             events.close()
             updates.close()
             lease.close()
@@ -312,7 +333,7 @@ class PredictorLoop(_EventsLoop):
             [topic], on_assign=lambda _c, parts: log.info(
                 "predicting partitions %s of %s", sorted(p.partition for p in parts), topic),
         )  # fmt: skip
-        prod = producer(s, self.bootstrap)
+        prod = producer(s, self.bootstrap, **{"linger.ms": OUTPUT_LINGER_MS})
         try:
             while not self.stop_event.is_set():
                 batch = self._take(events, 0.2)
@@ -367,6 +388,16 @@ def _export_status(model: str, status: dict[str, Any]) -> None:
             metrics.SERVING_VERSION.remove(model, *old.split(":", 1))
         metrics.SERVING_VERSION.labels(model, source, str(version)).set(1)
         _served[model] = label
+
+
+def _produce(prod: Any, topic: str, value: bytes, key: bytes | None) -> None:
+    """Produce, waiting for room when the producer's queue is full (back-pressure, not loss)."""
+    while True:
+        try:
+            prod.produce(topic, value, key=key)
+            return
+        except BufferError:
+            prod.poll(0.1)
 
 
 def _key(key: str | None) -> bytes | None:

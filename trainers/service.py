@@ -402,15 +402,19 @@ class OnlineService:
             value["proba"] = pred.proba
         return value
 
-    def maybe_checkpoint(self, force: bool = False) -> bool:
-        """Checkpoint when due (or forced); True when one was written."""
-        if self.checkpoint_path is None or (not force and self._since_checkpoint == 0):
+    def checkpoint_due(self) -> bool:
+        """Whether :meth:`maybe_checkpoint` would write one now (N records or T seconds since
+        the last, and something new learned)."""
+        if self.checkpoint_path is None or self._since_checkpoint == 0:
             return False
-        due = (
+        return (
             self._since_checkpoint >= self.every_records
             or time.monotonic() - self._last_checkpoint >= self.every_seconds
         )
-        if not (due or force):
+
+    def maybe_checkpoint(self, force: bool = False) -> bool:
+        """Checkpoint when due (or forced); True when one was written."""
+        if self.checkpoint_path is None or not (force or self.checkpoint_due()):
             return False
         save_checkpoint(
             self.checkpoint_path,
