@@ -219,7 +219,8 @@ def make_online_service(settings: Settings) -> Any:
         label_ttl_seconds=m.label_ttl_s,
         monitor=ConceptDriftMonitor(
             t.detector, t.warning_sensitivity, t.drift_sensitivity, t.min_samples,
-            quiet_records=t.quiet_records,
+            min_increase=t.min_increase, quiet_records=t.quiet_records,
+            warning_min_increase=t.warning_min_increase,
         ),
         policy=TriggerPolicy(
             m.name, settings.topics.events, volume_threshold=t.volume_threshold,

@@ -195,6 +195,12 @@ class TriggerSettings(_Frozen):
     drift_sensitivity: float = Field(0.002, gt=0, description="detector parameter, drift")
     min_samples: int = Field(300, ge=0, description="records before any drift alert")
     quiet_records: int = Field(2000, ge=0, description="records of silence after a drift")
+    min_increase: float = Field(
+        0.03, ge=0, description="rise of the recent error mean over the long-run one: a drift"
+    )
+    warning_min_increase: float = Field(
+        0.05, ge=0, description="... and for a warning (its detector also fires on noise)"
+    )
     warning_action: Literal["none", "finetune", "retrain"] = Field(
         "finetune", description="job a drift warning asks for"
     )

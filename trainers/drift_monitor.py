@@ -98,7 +98,11 @@ class ConceptDriftMonitor:
     min_samples
         Records before any alert (the model is still warming up).
     min_increase
-        How much the recent error mean must exceed the long-run mean to count.
+        How much the recent error mean must exceed the long-run mean for a drift (0.03: three
+        points of accuracy for a classifier).
+    warning_min_increase
+        The same for a warning: larger, as the sensitive warning detector also fires on noise
+        that the recent mean of one window can show as a rise of a few points.
     quiet_records
         Records after a drift during which nothing more is reported.
     window
@@ -111,15 +115,17 @@ class ConceptDriftMonitor:
         warning_sensitivity: float = 0.05,
         drift_sensitivity: float = 0.002,
         min_samples: int = 300,
-        min_increase: float = 0.05,
+        min_increase: float = 0.03,
         quiet_records: int = 2000,
         window: int = 200,
+        warning_min_increase: float = 0.05,
     ) -> None:
         self.detector = detector
         self.warning_sensitivity = warning_sensitivity
         self.drift_sensitivity = drift_sensitivity
         self.min_samples = min_samples
         self.min_increase = min_increase
+        self.warning_min_increase = warning_min_increase
         self.quiet_records = quiet_records
         self.window = window
         self._warn = _detector(detector, warning_sensitivity)
@@ -131,9 +137,10 @@ class ConceptDriftMonitor:
         self._quiet_until = 0
         self._warned = False
 
-    # Where the drift level last fired (held open for half a window); a class default so
+    # Where the drift level last fired (held open for a window); a class default so
     # that monitors restored from older checkpoints have it.
     _drift_seen_at: int | None = None
+    warning_min_increase = 0.05  # likewise (older checkpoints had one margin for both levels)
 
     def update(self, error: float) -> DriftSignal | None:
         """Feed one error; return a signal when a level is crossed by a degradation."""
@@ -146,12 +153,12 @@ class ConceptDriftMonitor:
         degraded = recent - baseline >= self.min_increase
         # A detector fires after a few dozen bad records, often before they weigh enough in
         # the recent mean to show as a degradation; it then resets itself. A drift detection
-        # is held open for half a window: the alert comes when the rise shows, not one
+        # is held open for a window: the alert comes when the rise shows, not one
         # episode later (or never). Warnings are not held (they would fire on noise).
         if self._drift.drift_detected:
             self._drift_seen_at = self.n
         seen = self._drift_seen_at
-        drift = seen is not None and self.n - seen <= self.window // 2
+        drift = seen is not None and self.n - seen <= self.window
         warn = self._warn.drift_detected
         signal: DriftSignal | None = None
         if self.n >= self.min_samples and self.n >= self._quiet_until and degraded:
@@ -161,7 +168,7 @@ class ConceptDriftMonitor:
                 self._warned = False
                 self._reference_sum, self._reference_n = 0.0, 0  # the new normal starts here
                 self._drift_seen_at = None
-            elif warn and not self._warned:
+            elif warn and not self._warned and recent - baseline >= self.warning_min_increase:
                 signal = self._signal("warning", recent, baseline, self.warning_sensitivity)
                 self._warned = True
         if signal is None or signal.severity == "warning":
