@@ -78,6 +78,7 @@ from trainers.models import (
     Task,
     TextClassifier,
     apply_lora,
+    bf16_autocast,
     load_model,
 )
 from trainers.registry import ModelRegistry, Version
@@ -378,7 +379,6 @@ def train_epoch(
     module = model.module
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
-    use_bf16 = config.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
     t_prev = time.perf_counter()
     for batch in loader:
         if state.step >= state.total:
@@ -388,7 +388,7 @@ def train_epoch(
             group["lr"] = lr
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         targets = batch.pop("targets")
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with bf16_autocast(device, config.bf16):
             out = model.forward(batch)
         loss = model.loss(out, targets)
         loss.backward()

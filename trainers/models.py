@@ -40,6 +40,8 @@ __all__ = [
     "TabularMLP",
     "TextClassifier",
     "apply_lora",
+    "bf16_autocast",
+    "bf16_supported",
     "load_model",
     "resolve_model_path",
 ]
@@ -286,7 +288,7 @@ class BatchModel(ABC):
                 items = self.encode(list(batch[start : start + batch_size]))
                 cpu = self.collate(items)
                 tensors = {k: v.to(device, non_blocking=True) for k, v in cpu.items()}
-                with _autocast(device):
+                with bf16_autocast(device):
                     out = self.forward(tensors).float()
                 if self.task == "classification":
                     assert self.labels is not None
@@ -355,9 +357,24 @@ class BatchModel(ABC):
         """Read a model written by :meth:`save`."""
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def bf16_supported(device: torch.device) -> bool:
+    """Whether training and inference on ``device`` run under bf16 autocast (CUDA with bf16)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def bf16_autocast(
+    device: torch.device, enabled: bool = True
+) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where :func:`bf16_supported` (weights stay fp32; matmuls run in bf16),
+    else nothing.
+
+    >>> import torch
+    >>> with bf16_autocast(torch.device("cpu")):
+    ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    torch.float32
+    """
+    if enabled and bf16_supported(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -294,3 +294,47 @@ def test_tabular_regression_gates_on_mae(tmp_path: Path) -> None:
     assert worse.status == "rejected" and worse.reason is not None and "mae" in worse.reason
     prediction, proba = load_serving_predictor(reg, "r", "cpu").predict_one({"x": 0.5})
     assert proba is None and abs(prediction - 115) < 10
+
+
+def test_the_bf16_path_trains_fine_tunes_and_predicts(
+    tiny_bert: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a bf16 GPU runs, under the CPU's bf16 autocast: a retrain, a LoRA fine-tune, a
+    regression, and the serving predictions of each (bf16 activations must not reach numpy,
+    a loss or a metric unconverted)."""
+    import torch
+
+    from trainers import models
+
+    entered: list[tuple[str, Any]] = []
+
+    class Recording(torch.autocast):
+        def __enter__(self) -> Any:
+            entered.append((self.device, self.fast_dtype))
+            return super().__enter__()
+
+    monkeypatch.setattr(models, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(torch, "autocast", Recording)
+    reg = ModelRegistry(tmp_path / "reg")
+    old = text_records(160, seed=1)
+    first = run_job(job("b-re", "retrain", old), old, [], reg, "txt", text_config(tiny_bert))
+    assert first.status == "promoted" and first.metrics["accuracy"] >= 0.8, first
+    assert ("cpu", torch.bfloat16) in entered
+    new = text_records(80, start=1000, seed=2)
+    cfg = text_config(tiny_bert, epochs=2, replay_ratio=0.5, lr=5e-3, min_eval_samples=10)
+    ft = run_job(job("b-ft", "finetune", new), new, old, reg, "txt", cfg)
+    assert ft.status == "promoted", ft
+    label, proba = load_serving_predictor(reg, "txt", device="cpu").predict_one("goal team ball")
+    assert label == "sport" and proba is not None and abs(sum(proba.values()) - 1) < 1e-3
+
+    rng = random.Random(5)
+    recs: list[Record] = []
+    for i in range(200):
+        x = rng.uniform(-1, 1)
+        recs.append((0, i, {"id": f"y{i}", "ts": float(i), "features": {"x": x},
+                            "label": 30 * x + 100}))  # fmt: skip
+    reg_cfg = JobConfig.from_dict(TAB | {"task": "regression", "epochs": 20})
+    res = run_job(job("b-reg", "retrain", recs), recs, [], reg, "r", reg_cfg)
+    assert res.status == "promoted" and res.metrics["mae"] < 6.0, res
+    prediction, _ = load_serving_predictor(reg, "r", "cpu").predict_one({"x": 0.5})
+    assert isinstance(prediction, float) and abs(prediction - 115) < 12
