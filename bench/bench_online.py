@@ -98,10 +98,6 @@ STAGES = {
 }
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    return common.percentile(values, q) if values else float("nan")
-
-
 def make_records(n: int) -> list[Record]:
     """Phishing rows, cycled, with fresh ids: the same list for both sides."""
     from river import datasets
@@ -280,15 +276,15 @@ def latency_stats(seen: list[tuple[float, float, float, dict[str, Any]]]) -> dic
     starts = sorted({v["ts"] for *_, v in seen})
     gaps = [(b - a) * 1000 for a, b in zip(starts, starts[1:], strict=False)]
     return {
-        "p50": percentile(total, 0.5), "p99": percentile(total, 0.99),
+        "p50": common.percentile(total, 0.5), "p99": common.percentile(total, 0.99),
         "max": max(total, default=float("nan")),
-        "stages": {k: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)}
+        "stages": {k: {"p50": common.percentile(v, 0.5), "p99": common.percentile(v, 0.99)}
                    for k, v in stages.items()},
-        "worker_latency_ms_p50": percentile(worker, 0.5),
-        "worker_latency_ms_p99": percentile(worker, 0.99),
+        "worker_latency_ms_p50": common.percentile(worker, 0.5),
+        "worker_latency_ms_p99": common.percentile(worker, 0.99),
         "learner_batches": len(starts),
         "learner_batch_events_mean": len(seen) / max(1, len(starts)),
-        "learner_batch_interval_ms_p50": percentile(gaps, 0.5),
+        "learner_batch_interval_ms_p50": common.percentile(gaps, 0.5),
     }  # fmt: skip
 
 

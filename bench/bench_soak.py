@@ -21,7 +21,7 @@ milvus-lite)::
 4. Prints p50/p99 of the prediction latency (produce → prediction produced, from the
    predictions' Kafka timestamps) and of the freshness (produce → searchable, from the
    worker's ``livelearn_freshness_seconds`` histogram, interpolated in its buckets), the
-   memory slope, and writes ``bench/results/soak.json``.
+   memory slope, and writes ``bench/results/soak.json`` (``--out``).
 
 Exit status 1 when the memory grows: the mean RSS of the last third of the samples more than
 20% above that of the middle third (the first third is left out: caches fill and milvus-lite
@@ -34,8 +34,8 @@ tens of minutes. Also 1 when the worker dies or leaves events unpredicted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -44,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # ``python bench/bench_soak.py`` from a plain checkout
+    sys.path.insert(0, str(ROOT))
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+from bench import common  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -190,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-growth", type=float, default=0.20, help="allowed RSS rise, last vs middle third"
     )
+    parser.add_argument("--out", type=Path, help="result file (default bench/results/soak.json)")
     args = parser.parse_args(argv)
     if args.quick:
         args.minutes, args.sample_s = 1.0, 2.0
@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "minutes": args.minutes, "events_per_s": args.rate, "docs_per_s": args.docs_rate,
         "events_sent": sent_events, "docs_sent": sent_docs, "cpus": os.cpu_count(),
-        "prediction_latency_p50_s": percentile(lat, 0.5),
-        "prediction_latency_p99_s": percentile(lat, 0.99),
+        "prediction_latency_p50_s": common.percentile(lat, 0.5),
+        "prediction_latency_p99_s": common.percentile(lat, 0.99),
         "freshness_p50_s": histogram_quantile(final, "livelearn_freshness_seconds", 0.5),
         "freshness_p99_s": histogram_quantile(final, "livelearn_freshness_seconds", 0.99),
         "rss_mb_first": samples[0]["rss_mb"] if samples else None,
@@ -308,9 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "retries": metric_sum(final, "livelearn_retries_total"),
         "failures": failures, "samples": samples,
     }  # fmt: skip
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps(result, indent=2))
+    path = common.write_result(result, args.out, "soak")
     print(
         f"prediction latency p50 {result['prediction_latency_p50_s'] * 1000:.1f} ms  "
         f"p99 {result['prediction_latency_p99_s'] * 1000:.1f} ms ({len(lat)} events)\n"
@@ -319,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         f"memory {result['rss_mb_first']} → {result['rss_mb_last']} MB, slope {slope:+.1f} MB/min, "
         f"last third vs middle third {growth:+.1%} (bound {args.max_growth:.0%})\n"
         f"max lag: docs {result['max_docs_lag']}, events {result['max_events_lag']}\n"
-        f"wrote {out / 'soak.json'}"
+        f"wrote {path}"
     )
     for failure in failures:
         print(f"FAILED: {failure}")

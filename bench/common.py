@@ -16,12 +16,16 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (nearest rank, no interpolation) of ``values``.
+    """The ``q`` quantile (nearest rank, no interpolation) of ``values``; NaN when empty.
 
     >>> percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5), percentile(range(100), 0.99)
     (3.0, 99)
+    >>> percentile([], 0.5)
+    nan
     """
     ordered = sorted(values)
+    if not ordered:
+        return float("nan")
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
