@@ -31,7 +31,7 @@ import faust
 
 from streams import metrics
 from streams.contracts import Limits
-from streams.kafka import flush_or_raise, producer
+from streams.kafka import flush_or_raise, produce_or_wait, producer
 from streams.processing import OutRecord, RawRecord, dead, decode_batch
 from streams.settings import Settings
 
@@ -371,12 +371,7 @@ class BatchRunner:
             return
         for rec in records:
             key = rec.key.encode() if rec.key is not None else None
-            while True:
-                try:
-                    self.producer.produce(rec.topic, rec.encoded(), key=key)
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
+            produce_or_wait(self.producer, rec.topic, rec.encoded(), key)
             metrics.RECORDS_OUT.labels(rec.topic).inc()
             if rec.topic == self.dlq:
                 metrics.DEAD_LETTERS.labels(self.topic).inc()

@@ -28,7 +28,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from streams import contracts
 from streams.broker import LocalBroker
 from streams.exceptions import ContractError, LiveLearnError
-from streams.kafka import admin_client, flush_or_raise, producer, resolve_bootstrap
+from streams.kafka import (
+    admin_client,
+    flush_or_raise,
+    produce_or_wait,
+    producer,
+    resolve_bootstrap,
+)
 from streams.settings import Settings, load_settings, settings_table
 from streams.topics import ensure_topics, topic_specs
 
@@ -157,13 +163,8 @@ def produce(
                     console.print(f"[yellow]line {lineno} rejected:[/] {exc}")
                 continue
             key = value.get(key_field) if isinstance(value, dict) else None
-            while True:
-                try:
-                    prod.produce(topic, line, key=None if key is None else str(key).encode(),
-                                 on_delivery=on_delivery)  # fmt: skip
-                    break
-                except BufferError:
-                    prod.poll(0.05)
+            key_bytes = None if key is None else str(key).encode()
+            produce_or_wait(prod, topic, line, key_bytes, on_delivery=on_delivery)
             sent += 1
             if sent % 2000 == 0:
                 prod.poll(0)

@@ -16,6 +16,7 @@ __all__ = [
     "admin_client",
     "consumer",
     "flush_or_raise",
+    "produce_or_wait",
     "producer",
     "resolve_bootstrap",
 ]
@@ -81,6 +82,20 @@ def consumer(settings: Settings, bootstrap: str, group: str | None, **extra: Any
     )
     conf.update(extra)
     return Consumer(conf)
+
+
+def produce_or_wait(
+    prod: Any, topic: str, value: bytes, key: bytes | None = None, **kwargs: Any
+) -> None:
+    """``prod.produce``, waiting while the producer's local queue is full: librdkafka raises
+    ``BufferError`` rather than queue more, and the caller must neither drop the record nor
+    spin (back-pressure, not loss)."""
+    while True:
+        try:
+            prod.produce(topic, value, key=key, **kwargs)
+            return
+        except BufferError:
+            prod.poll(0.05)
 
 
 def flush_or_raise(prod: Any, timeout_s: float = 30.0) -> None:

@@ -30,7 +30,7 @@ import orjson
 
 from streams import metrics
 from streams.contracts import Limits, encode
-from streams.kafka import admin_client, consumer, flush_or_raise, producer
+from streams.kafka import admin_client, consumer, flush_or_raise, produce_or_wait, producer
 from streams.processing import RawRecord, decode_batch
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
@@ -242,12 +242,12 @@ class LearnerLoop(_EventsLoop):
                     good, bad = self._decode(batch) if batch else ([], [])
                     outputs = processor.process(good)
                     for rec in bad:
-                        _produce(prod, rec.topic, rec.encoded(), _key(rec.key))
+                        produce_or_wait(prod, rec.topic, rec.encoded(), _key(rec.key))
                         metrics.DEAD_LETTERS.labels(topic).inc()
                     sent: dict[str, int] = {}
                     for contract, key, value in outputs:
                         out_topic = by_contract[contract]
-                        _produce(prod, out_topic, encode(value), key.encode())
+                        produce_or_wait(prod, out_topic, encode(value), key.encode())
                         sent[out_topic] = sent.get(out_topic, 0) + 1
                         if contract == "drift-alerts":
                             metrics.DRIFT_ALERTS.labels(
@@ -388,16 +388,6 @@ def _export_status(model: str, status: dict[str, Any]) -> None:
             metrics.SERVING_VERSION.remove(model, *old.split(":", 1))
         metrics.SERVING_VERSION.labels(model, source, str(version)).set(1)
         _served[model] = label
-
-
-def _produce(prod: Any, topic: str, value: bytes, key: bytes | None) -> None:
-    """Produce, waiting for room when the producer's queue is full (back-pressure, not loss)."""
-    while True:
-        try:
-            prod.produce(topic, value, key=key)
-            return
-        except BufferError:
-            prod.poll(0.1)
 
 
 def _key(key: str | None) -> bytes | None:
