@@ -129,13 +129,12 @@ class FeatureDriftMonitor:
         self.n = 0
         self.in_episode = False
         self.alerts = 0
-        self._ref_cache: dict[str, tuple[Any, list[Any]]] = {}
-        self._num_cache: dict[str, tuple[list[Any], np.ndarray]] = {}
+        self._columns: dict[str, tuple[int, list[Any], np.ndarray]] = {}
 
     def reset_reference(self) -> None:
         """Start a new reference from the next records (after a promotion)."""
         self.reference = []
-        self._ref_cache, self._num_cache = {}, {}
+        self._columns = {}
         self.recent.clear()
         self.in_episode = False
 
@@ -164,22 +163,21 @@ class FeatureDriftMonitor:
     def _values(self, rows: Any, name: str) -> list[Any]:
         return [r[name] for r in rows if name in r]
 
-    def _reference_numbers(self, name: str, ref: list[Any]) -> np.ndarray:
-        cached = self._num_cache.get(name)
-        if cached is None or cached[0] is not ref:
-            nums = np.array([float(v) for v in ref if not isinstance(v, str)], dtype=float)
-            cached = (ref, nums)
-            self._num_cache[name] = cached
-        return cached[1]
+    def _reference_column(self, name: str) -> tuple[list[Any], np.ndarray]:
+        """A feature's reference values and their numbers. The reference is fixed once full
+        (until :meth:`reset_reference`), so they are computed once per reference; derived,
+        they stay out of checkpoints (see ``__getstate__``) and a restored monitor, one from
+        a checkpoint older than them included, computes them again."""
+        columns = self.__dict__.setdefault("_columns", {})
+        cached = columns.get(name)
+        if cached is None or cached[0] != len(self.reference):
+            values = self._values(self.reference, name)
+            numbers = np.array([float(v) for v in values if not isinstance(v, str)], dtype=float)
+            cached = columns[name] = (len(self.reference), values, numbers)
+        return cached[1], cached[2]
 
-    def _reference_values(self, name: str) -> list[Any]:
-        """A feature's reference values (fixed until the reference is reset: cached)."""
-        key = (id(self.reference), len(self.reference), name)
-        cached = self._ref_cache.get(name)
-        if cached is None or cached[0] != key:
-            cached = (key, self._values(self.reference, name))
-            self._ref_cache[name] = cached
-        return cached[1]
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_columns"}
 
     def check(self) -> DriftSignal | None:
         """Test every feature now; the most drifted one, or None when none has drifted."""
@@ -187,7 +185,7 @@ class FeatureDriftMonitor:
         worst_score = 0.0
         alpha = self.alpha / max(len(self.features), 1)
         for name in self.features:
-            ref, rec = self._reference_values(name), self._values(self.recent, name)
+            (ref, nums_ref), rec = self._reference_column(name), self._values(self.recent, name)
             if len(ref) < 30 or len(rec) < 30:
                 continue
             if all(isinstance(v, str) for v in ref[:10] + rec[:10]):
@@ -195,7 +193,6 @@ class FeatureDriftMonitor:
                 drifted, threshold = value >= self.psi_threshold, self.psi_threshold
                 detector, score = "psi", value / self.psi_threshold
             else:
-                nums_ref = self._reference_numbers(name, ref)
                 nums_rec = [float(v) for v in rec if not isinstance(v, str)]
                 value, p = ks_test(nums_ref, nums_rec)
                 drifted = p < alpha and value >= self.min_effect

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import pickle
 import random
 from types import SimpleNamespace
 from typing import Any
@@ -36,6 +37,21 @@ def test_a_shifted_numeric_feature_raises_one_alert_naming_it() -> None:
     assert [(s.detector, s.signal) for s in signals] == [("ks", "feature:1")]
     assert 5000 < signals[0].index <= 5000 + monitor.window_size
     assert signals[0].value >= monitor.min_effect
+
+
+def test_a_restored_monitor_checks_as_the_original_and_checkpoints_hold_no_derived_columns() -> (
+    None
+):
+    original = FeatureDriftMonitor()
+    stream = _sea(12_000, 3)
+    for x in stream[:5000]:
+        original.update(x)
+    restored = pickle.loads(pickle.dumps(original))
+    assert "_columns" in original.__dict__ and "_columns" not in restored.__dict__
+    shifted = [{**x, 1: x[1] * 0.5 + 5.0} for x in stream[5000:]]
+    ours = [(s.signal, s.index) for x in shifted if (s := original.update(x))]
+    theirs = [(s.signal, s.index) for x in shifted if (s := restored.update(x))]
+    assert ours == theirs and ours[0][0] == "feature:1"
 
 
 def test_a_shifted_category_raises_a_psi_alert_and_the_episode_ends_when_it_comes_back() -> None:
