@@ -69,7 +69,13 @@ if str(ROOT) not in sys.path:  # ``python bench/bench_training.py`` from a plain
 from trainers import jobs  # noqa: E402
 from trainers.datasets import Example, examples_from_records, split_by_time  # noqa: E402
 from trainers.jobs import JobConfig, JobResult, get_lr, make_batches, pick_device  # noqa: E402
-from trainers.models import MINILM_ID, resolve_model_path, save_tiny_encoder  # noqa: E402
+from trainers.models import (  # noqa: E402
+    MINILM_ID,
+    bf16_autocast,
+    bf16_supported,
+    resolve_model_path,
+    save_tiny_encoder,
+)
 from trainers.registry import ModelRegistry  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "train.json"
@@ -308,7 +314,6 @@ def bare_loop(
     batches = batches[: cfg.max_steps]
     total = len(batches)
     pad = int(tok.pad_token_id or 0)
-    use_bf16 = cfg.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
     params = [p for p in model.parameters() if p.requires_grad]
     start = time.perf_counter()
     opt = torch.optim.AdamW(
@@ -328,7 +333,7 @@ def bare_loop(
         inputs = input_ids.to(device, non_blocking=True)
         attn = mask.to(device, non_blocking=True)
         labels = ys[batch].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with bf16_autocast(device, cfg.bf16):
             logits = model(input_ids=inputs, attention_mask=attn).logits
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         loss.backward()
@@ -497,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = args.model
     if model == "auto":
         model = "minilm" if device.type == "cuda" and not args.quick else "tiny"
-    bf16 = JobConfig.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = JobConfig.bf16 and bf16_supported(device)
     before, after, data_info = make_stream(300 if args.smoke else None, args.seed)
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
