@@ -41,7 +41,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info, percentile, write_result  # noqa: E402
+from bench.common import machine_info, percentile, wait_ready, write_result  # noqa: E402
 from retrieval.chunking import TokenChunker  # noqa: E402
 from retrieval.corpus import stdlib_corpus  # noqa: E402
 from retrieval.embedding import TextEmbedder  # noqa: E402
@@ -164,14 +164,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, tmp: Path, bo
     )
     metrics_url = f"http://127.0.0.1:{prom}/metrics"
     try:
-        while True:
-            if worker.poll() is not None:
-                raise SystemExit(f"the worker exited; see {tmp / 'worker.log'}")
-            try:
-                get(f"http://127.0.0.1:{web}/search?q=warm&k=1")  # models loaded, store open
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_ready(web, lambda: worker.poll() is None, tmp / "worker.log")
         client = LiveLearnClient(settings)
         started = time.perf_counter()
         for d in bulk:

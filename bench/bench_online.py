@@ -69,9 +69,7 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -206,64 +204,7 @@ def batch_profile(preds: list[tuple[dict[str, Any], float]], wall_s: float) -> d
             "process_share": busy / wall_s}  # fmt: skip
 
 
-class PredictionClock:
-    """Follows ``predictions`` from its current end; times each prediction against the moment
-    its event was sent, and keeps its fields for the stage split.
-
-    It takes what has arrived without waiting for a full batch (``poll`` blocks only while
-    nothing is there), so it adds no wait of its own to the latency it measures.
-    """
-
-    def __init__(self, settings: Any, bootstrap: str) -> None:
-        from confluent_kafka import TopicPartition
-
-        from streams.kafka import consumer
-
-        self.sent: dict[str, float] = {}
-        self.seen: list[tuple[float, float, float, dict[str, Any]]] = []
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-        topic = settings.topics.predictions
-        self._consumer = consumer(settings, bootstrap, None)
-        start = end_offset(self._consumer, topic)
-        self._consumer.assign([TopicPartition(topic, 0, start)])
-        self._thread = threading.Thread(target=self._run, name="prediction-clock", daemon=True)
-        self._thread.start()
-
-    def mark(self, event_id: str, at: float) -> None:
-        with self._lock:
-            self.sent[event_id] = at
-
-    def _run(self) -> None:
-        import orjson
-
-        while not self.stop.is_set():
-            first = self._consumer.poll(0.05)
-            if first is None:
-                continue
-            msgs = [first, *self._consumer.consume(1000, 0)]
-            now = time.time()
-            for m in msgs:
-                if m.error() is not None:
-                    continue
-                value = orjson.loads(m.value())
-                with self._lock:
-                    sent = self.sent.pop(value.get("id"), None)
-                if sent is not None:  # the first prediction of an event
-                    self.seen.append((sent, m.timestamp()[1] / 1000.0, now, value))
-        self._consumer.close()
-
-    def close(self, drain_s: float) -> int:
-        """Wait up to ``drain_s`` for the last predictions; return the events never predicted."""
-        deadline = time.monotonic() + drain_s
-        while self.sent and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.stop.set()
-        self._thread.join(30)
-        return len(self.sent)
-
-
-def latency_stats(seen: list[tuple[float, float, float, dict[str, Any]]]) -> dict[str, Any]:
+def latency_stats(seen: list[tuple[float, float, float, Any]]) -> dict[str, Any]:
     """End-to-end p50/p99/max, the three stages, the worker's own ``latency_ms`` and how the
     learner batched the events (from each prediction's ``ts``: when its batch started)."""
     total = [(got - sent) * 1000 for sent, _ts, got, _v in seen]
@@ -315,21 +256,6 @@ def environ(overrides: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def wait_ready(web: int, child: Any, timeout_s: float = 180) -> None:
-    """Until the worker answers a search: its web server is up and its embedder is loaded (it
-    loads it at start, for the docs path; a load in progress would share the CPU)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise SystemExit(f"the worker exited; see {child.log_path}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web}/search?q=warm&k=1", timeout=60):
-                return
-        except OSError:
-            time.sleep(0.25)
-    raise SystemExit(f"the worker was not ready after {timeout_s:.0f} s; see {child.log_path}")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench online", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -369,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     from streams.broker import LocalBroker, free_port
-    from streams.kafka import admin_client, consumer, producer
+    from streams.kafka import admin_client, consumer, produce_or_wait, producer
     from streams.sdk import LiveLearnClient
     from streams.settings import KafkaSettings, Settings, TopicSettings
     from streams.supervisor import Child
@@ -431,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
         watch = consumer(settings, bootstrap, None)
         out_topic = topics.predictions
 
-        def produce(batch: list[Record]) -> None:
+        def produce_all(batch: list[Record]) -> None:
             """Encode and validate as the SDK does, then produce flat out and flush."""
             from streams.contracts import encode_checked
 
@@ -439,18 +365,13 @@ def run(args: argparse.Namespace) -> int:
                 "id": rid, "ts": time.time(), "features": x, "label": y}))
                 for rid, x, y in batch]  # fmt: skip
             for key, payload in payloads:
-                while True:
-                    try:
-                        prod.produce(topics.events, payload, key=key)
-                        break
-                    except BufferError:  # local queue full: let librdkafka drain it
-                        prod.poll(0.05)
+                produce_or_wait(prod, topics.events, payload, key)
             prod.flush(60)
 
-        produce(records[: args.warmup])
+        produce_all(records[: args.warmup])
         client = LiveLearnClient(settings, bootstrap)  # for the latency run, connected by then
         client._producer.list_topics(topics.events, timeout=10)
-        wait_ready(web, worker)
+        common.wait_ready(web, worker.alive, worker.log_path, 180)
         wait_for_end(watch, out_topic, args.warmup, 180, worker)
         warm_s = time.perf_counter() - started
         print(f"worker ready and warm in {warm_s:.1f} s (log {worker.log_path})", flush=True)
@@ -458,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
         # 2. throughput: the measured slice flat out, until all of its predictions are there
         base = end_offset(watch, out_topic)
         began = time.time()
-        produce(records[timed])
+        produce_all(records[timed])
         produced_s = time.time() - began
         done = wait_for_end(watch, out_topic, base + args.events, 300, worker)
         rate = args.events / (done - began)
@@ -473,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
         # send after its timestamp was taken and count as the system's latency.
         gc.collect()
         gc.freeze()
-        clock = PredictionClock(settings, bootstrap)
+        clock = common.PredictionClock(settings, bootstrap)
         time.sleep(1.0)  # its first fetch is out: the clock adds no connection time to the first
         paced = records[timed.stop :]
         began_mono = time.monotonic()
@@ -501,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
             broker.stop()
 
     lat = latency_stats(clock.seen)
-    predicted = [v for v, _ in preds] + [v for *_, v in clock.seen]
+    predicted = [v for v, _ in preds] + [v for *_, v in clock.seen if v is not None]
     ids = [p["id"] for p in predicted]
     if len(set(ids)) != len(ids) or len(preds) != args.events:
         failures.append(f"{len(preds)} predictions read for {args.events} events, "

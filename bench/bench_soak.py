@@ -37,11 +37,9 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/bench_soak.py`` from a plain checkout
@@ -118,65 +116,6 @@ def memory_trend(samples: list[dict[str, float]]) -> tuple[float, float]:
     return round(growth, 4), round(slope, 2)
 
 
-def wait_ready(web: int, metrics: int, child: Any, timeout_s: float = 300) -> None:
-    """Until the worker answers a search (embedder loaded, store open) and serves metrics."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise SystemExit(f"the worker exited; see {child.log_path}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{web}/search?q=warm&k=1", timeout=30)
-            scrape(metrics)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"the worker was not ready after {timeout_s:.0f} s; see {child.log_path}")
-
-
-class PredictionClock:
-    """Follows ``predictions`` and times each one against the moment its event was sent."""
-
-    def __init__(self, settings: Any, bootstrap: str) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-        from streams.kafka import consumer
-
-        self.sent: dict[str, float] = {}
-        self.latencies: list[float] = []
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-        topic = settings.topics.predictions
-        self._consumer = consumer(settings, bootstrap, None)
-        n = len(self._consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(n)])
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def mark(self, event_id: str) -> None:
-        with self._lock:
-            self.sent[event_id] = time.time()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            for m in self._consumer.consume(1000, 0.5):
-                if m.error() is not None or m.key() is None:
-                    continue
-                with self._lock:
-                    sent = self.sent.pop(m.key().decode(), None)
-                if sent is not None:  # the first prediction of an event (replays: later ones)
-                    self.latencies.append(m.timestamp()[1] / 1000.0 - sent)
-        self._consumer.close()
-
-    def close(self, drain_s: float) -> int:
-        """Wait up to ``drain_s`` for the last predictions; return the events never predicted."""
-        deadline = time.monotonic() + drain_s
-        while self.sent and time.monotonic() < deadline:
-            time.sleep(0.5)
-        self.stop.set()
-        self._thread.join(30)
-        return len(self.sent)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench soak", description=__doc__.splitlines()[0]
@@ -232,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     sent_events = sent_docs = 0
     failures: list[str] = []
     try:
-        wait_ready(web, prom, worker)
+        common.wait_ready(web, worker.alive, worker.log_path, 300, metrics_port=prom)
         client = LiveLearnClient(settings)
-        clock = PredictionClock(settings, bootstrap)
+        clock = common.PredictionClock(settings, bootstrap, keep_values=False)
         print(
             f"worker ready (pid {worker.proc.pid}, log {worker.log_path}); load: "
             f"{args.rate:g} events/s, {args.docs_rate:g} docs/s for {args.minutes:g} min"
@@ -291,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     growth, slope = memory_trend(samples)
     if growth > args.max_growth:
         failures.append(f"memory grew {growth:.0%} (last third vs middle third)")
-    lat = clock.latencies
+    lat = clock.latencies()
     result = {
         "minutes": args.minutes, "events_per_s": args.rate, "docs_per_s": args.docs_rate,
         "events_sent": sent_events, "docs_sent": sent_docs, "cpus": os.cpu_count(),
