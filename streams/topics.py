@@ -62,7 +62,9 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
         TopicSpec(topics.training_jobs, p, r, {"retention.ms": "-1"}),
         TopicSpec(topics.model_updates, 1, r, {"retention.ms": "-1"}),
     ]
-    for source in (topics.docs, topics.events, topics.queries):
+    # training-jobs too: a job the trainer refuses (bad contract, a base_version that is not a
+    # version name) is dead-lettered with the reason, like any input.
+    for source in (topics.docs, topics.events, topics.queries, topics.training_jobs):
         specs.append(TopicSpec(topics.dlq(source), p, r, {"retention.ms": keep}))
     return specs
 
