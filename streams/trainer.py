@@ -166,6 +166,7 @@ class TrainerWorker:
         self.retry_backoff_s = retry_backoff_s
         self.retry_backoff_max_s = retry_backoff_max_s
         self.stop_event = threading.Event()
+        self._job_config()  # a bad override (--set) is the operator's mistake: say so now
         # Consumer state, touched by the rebalance callbacks (run in the polling thread).
         self._assigned: set[tuple[str, int]] = set()
         self._pending: deque[Any] = deque()  # jobs a poll returned while a job ran
@@ -175,6 +176,12 @@ class TrainerWorker:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _job_config(self) -> Any:
+        from trainers.jobs import JobConfig
+
+        s = self.settings
+        return JobConfig.from_dict({"progress": False, "task": s.models.task, **self.config})
 
     def backoff_s(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1, 2, ...) of a failed job."""
@@ -280,8 +287,6 @@ class TrainerWorker:
 
     def _run_one(self, c: Any, prod: Any, msg: Any) -> bool:
         """Run the job in ``msg``; ``True`` when it is finished here (commit it)."""
-        from trainers.jobs import JobConfig
-
         s = self.settings
         try:
             job = check_job(s, contracts.decode("training-jobs", msg.value()))
@@ -295,7 +300,7 @@ class TrainerWorker:
         }  # fmt: skip
         self._announce(prod, {**base, "status": "started", "ts": time.time()})
         started = time.monotonic()
-        config = JobConfig.from_dict({"progress": False, "task": s.models.task, **self.config})
+        config = self._job_config()
         # Keep the group membership alive while a long job runs: pause, and poll meanwhile.
         self._current = (msg.topic(), msg.partition())
         self.running = job["job_id"]
