@@ -260,7 +260,10 @@ def status() -> None:
 
 @app.command()
 def trainer(
-    retries: Annotated[int, typer.Option(help="retries of a failed job")] = 2,
+    retries: Annotated[int, typer.Option(help="retries of a job that failed transiently")] = 2,
+    backoff: Annotated[
+        float, typer.Option(help="seconds before the first retry (doubling, at most 300)")
+    ] = 5.0,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="job config override, e.g. epochs=2")
     ] = None,
@@ -280,7 +283,9 @@ def trainer(
             overrides[key] = orjson.loads(raw)
         except orjson.JSONDecodeError:
             overrides[key] = raw
-    worker = TrainerWorker(settings, bootstrap, overrides, max_retries=retries)
+    worker = TrainerWorker(
+        settings, bootstrap, overrides, max_retries=retries, retry_backoff_s=backoff
+    )
     try:
         worker.run()
     except KeyboardInterrupt:
