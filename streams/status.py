@@ -237,7 +237,7 @@ def describe_error(exc: BaseException, bootstrap: str) -> KafkaProblem:
     >>> describe_error(ValueError("odd"), "b:9092").detail
     'ValueError: odd'
     """
-    err = exc.args[0] if exc.args else None
+    err: Any = exc.args[0] if exc.args else None
     name = getattr(err, "name", None)
     if callable(name):
         code = str(name())

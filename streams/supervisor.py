@@ -43,6 +43,7 @@ from typing import Any, Literal
 import orjson
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 import streams
@@ -404,9 +405,9 @@ class Supervisor:
         a child waiting for its restart is not started again."""
         for slot in reversed(list(self.slots.values())):
             if slot.state == "running" and slot.child is not None:
-                alive = slot.child.alive()
-                code = slot.child.stop(timeout_s)
-                slot.last_exit = "stopped by livelearn up" if alive else f"exit code {code}"
+                died = slot.child.exit_reason()  # '' while it runs
+                slot.child.stop(timeout_s)
+                slot.last_exit = died or "stopped by livelearn up"
             slot.state = "stopped" if slot.state != "failed" else "failed"
             slot.restart_mono = slot.restart_wall = None
 
@@ -612,7 +613,8 @@ def run_up(settings: Settings, trainer: bool = True, refresh_s: float = 5.0,
                     break
                 lost_s = poller.unreachable_s()
                 if policy.on_broker_loss == "exit" and lost_s >= policy.broker_loss_s:
-                    console.print(f"[red]Kafka lost[/]: {poller.latest} for {lost_s:.0f} s")
+                    console.print(f"[red]Kafka lost[/]: {escape(str(poller.latest))} for "
+                                  f"{lost_s:.0f} s; stopping everything")  # fmt: skip
                     code = EXIT_BROKER_LOST
                     break
                 save()

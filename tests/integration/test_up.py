@@ -14,11 +14,13 @@ from pathlib import Path
 
 from river import datasets
 
-from streams.broker import free_port
+from streams.broker import LocalBroker, free_port
+from streams.kafka import admin_client
 from streams.sdk import LiveLearnClient
-from streams.settings import Settings
+from streams.settings import BrokerSettings, Settings
 from streams.supervisor import ChildStatus, SupervisorState, read_state, state_path
-from tests.conftest import settings_env
+from streams.topics import ensure_topics, topic_specs
+from tests.conftest import make_settings, settings_env
 from tests.integration.helpers import (
     collection_state,
     expected_chunks,
@@ -260,3 +262,36 @@ def test_sigterm_while_the_worker_waits_for_its_restart(settings: Settings, tmp_
     assert [(c.state, c.restarts) for c in state.children] == [("stopped", 0)]
     log = (settings.data_dir / "logs" / "worker.log").read_text(errors="replace")
     assert log.count("--- livelearn up: worker") == 1  # started once, never again
+
+
+def test_kafka_lost_exits_3_when_so_set(tmp_path: Path) -> None:
+    """`LIVELEARN_SUPERVISOR__ON_BROKER_LOSS=exit`: the cluster `up` uses stops answering for
+    longer than `..._BROKER_LOSS_S`; `up` says so, stops its children and exits 3."""
+    broker = LocalBroker(tmp_path / "cluster", BrokerSettings())
+    bootstrap = broker.start()
+    try:
+        s = make_settings(tmp_path / "data", bootstrap)
+        ensure_topics(admin_client(s, bootstrap), topic_specs(s.topics))
+        loss = {
+            "LIVELEARN_SUPERVISOR__ON_BROKER_LOSS": "exit",
+            "LIVELEARN_SUPERVISOR__BROKER_LOSS_S": "5",
+            "LIVELEARN_SHUTDOWN_TIMEOUT_S": "10",
+        }
+        up = Up(s, tmp_path, **loss)
+        try:
+            up.healthy()
+            assert "process worker" in up.status()
+            broker.stop()
+            lost_at = time.monotonic()
+            code = up.proc.wait(180)
+            took = time.monotonic() - lost_at
+        finally:
+            up.stop(signal.SIGKILL)
+    finally:
+        broker.stop()
+    output = up.output()
+    assert code == 3, output[-3000:]
+    assert "Kafka lost" in output and "is unreachable" in output and "KafkaError{" not in output
+    state = up.state()
+    assert state is not None and state.stopped and state.children[0].state == "stopped"
+    print(f"\nup, Kafka lost: exited 3 after {took:.1f} s (children stopped)")
