@@ -564,6 +564,21 @@ def _child_specs(settings: Settings, bootstrap: str, trainer: bool) -> list[Chil
     return specs
 
 
+def _exit_code(
+    supervisor: Supervisor, poller: KafkaPoller, policy: SupervisorSettings, console: Console
+) -> int:
+    """Why ``up`` must stop now (a child failed, Kafka lost), said on ``console``; 0: it goes on."""
+    if supervisor.failed():
+        console.print("[red]a child keeps crashing[/]: stopping everything")
+        return EXIT_CHILD_FAILED
+    lost_s = poller.unreachable_s()
+    if policy.on_broker_loss == "exit" and lost_s >= policy.broker_loss_s:
+        console.print(f"[red]Kafka lost[/]: {escape(str(poller.latest))} for {lost_s:.0f} s; "
+                      "stopping everything")  # fmt: skip
+        return EXIT_BROKER_LOST
+    return 0
+
+
 def run_up(settings: Settings, trainer: bool = True, refresh_s: float = 5.0,
            console: Console | None = None) -> int:  # fmt: skip
     """Run until Ctrl-C/SIGTERM (0), a child failed (1) or Kafka was lost (3, if so set)."""
@@ -607,24 +622,17 @@ def run_up(settings: Settings, trainer: bool = True, refresh_s: float = 5.0,
             while not stopping:
                 for event in supervisor.tick():
                     console.print(event, markup=False, highlight=False)
-                if supervisor.failed():
-                    console.print("[red]a child keeps crashing[/]: stopping everything")
-                    code = EXIT_CHILD_FAILED
-                    break
-                lost_s = poller.unreachable_s()
-                if policy.on_broker_loss == "exit" and lost_s >= policy.broker_loss_s:
-                    console.print(f"[red]Kafka lost[/]: {escape(str(poller.latest))} for "
-                                  f"{lost_s:.0f} s; stopping everything")  # fmt: skip
-                    code = EXIT_BROKER_LOST
-                    break
                 save()
                 live.update(status_table(poller.latest, bootstrap, supervisor.statuses()))
+                code = _exit_code(supervisor, poller, policy, console)
+                if code:
+                    break
                 deadline = time.monotonic() + 0.5
                 while time.monotonic() < deadline and not stopping:
                     time.sleep(0.1)
     finally:
         with console.status("stopping: the services finish their batches and commit ..."):
-            poller._stop.set()  # no new snapshot while the children stop
+            poller.stop(timeout_s=0)  # no new snapshot while the children stop
             supervisor.stop()
             poller.stop()
             save(stopped=True)
