@@ -10,6 +10,8 @@ children and shows a live status table. It behaves like a process supervisor:
   restarts are counted; its log (``<data dir>/logs/<child>.log``) marks each restart.
 * A child that crashes more than ``..._MAX_RESTARTS`` times within ``..._CRASH_WINDOW_S`` is
   *failed*: ``up`` prints the last lines of its log, stops everything and exits 1.
+* The embedded broker, when ``up`` started it, is supervised the same way (``kafka``): started
+  again on the same port with its data on disk, so the children reconnect by themselves.
 * Kafka unreachable for ``..._BROKER_LOSS_S``: ``..._ON_BROKER_LOSS=wait`` (the default) keeps
   the children, which reconnect by themselves; ``exit`` stops everything and exits 3.
 * Ctrl-C (or SIGTERM), also while a child waits for its restart, stops the children with
@@ -38,7 +40,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 from rich.console import Console
@@ -48,6 +50,7 @@ from rich.table import Table
 
 import streams
 from streams.broker import LocalBroker
+from streams.exceptions import BrokerError
 from streams.kafka import admin_client
 from streams.settings import Settings, SupervisorSettings
 from streams.status import KafkaProblem, Snapshot, try_snapshot
@@ -56,17 +59,20 @@ from streams.topics import ensure_topics, topic_specs
 __all__ = [
     "EXIT_BROKER_LOST",
     "EXIT_CHILD_FAILED",
+    "BrokerProcess",
     "Child",
     "ChildSpec",
     "ChildStatus",
     "GiveUp",
     "KafkaPoller",
+    "Process",
     "Restart",
     "RestartPolicy",
     "Supervisor",
     "SupervisorState",
     "child_command",
     "child_env",
+    "exit_reason",
     "read_state",
     "run_up",
     "state_path",
@@ -195,15 +201,7 @@ class Child:
 
     def exit_reason(self) -> str:
         """``exit code N`` or ``killed by SIGNAME`` (empty while it runs)."""
-        code = self.proc.poll()
-        if code is None:
-            return ""
-        if code < 0:
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
+        return exit_reason(self.proc.poll())
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM (clean shutdown), then SIGKILL after ``timeout_s``; the exit code."""
@@ -218,6 +216,59 @@ class Child:
                 self.proc.wait(10)
         self.log.close()
         return self.proc.returncode
+
+
+def exit_reason(code: int | None) -> str:
+    """How a process ended, from its return code ('' while it runs).
+
+    >>> exit_reason(None), exit_reason(1), exit_reason(-9)
+    ('', 'exit code 1', 'killed by SIGKILL')
+    """
+    if code is None:
+        return ""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Process(Protocol):
+    """What the supervisor needs of a running thing (:class:`Child`, :class:`BrokerProcess`)."""
+
+    proc: subprocess.Popen[bytes]
+
+    def alive(self) -> bool: ...
+
+    def exit_reason(self) -> str: ...
+
+    def stop(self, timeout_s: float = 60.0) -> int | None: ...
+
+
+class BrokerProcess:
+    """The embedded broker that ``up`` started, supervised like a child: starting it again
+    keeps its port and its data on disk, so the children reconnect by themselves."""
+
+    def __init__(self, broker: LocalBroker) -> None:
+        self.broker = broker
+        broker.start()  # waits until it answers (reuses it when it already runs)
+        if broker.proc is None:
+            raise BrokerError("the embedded broker runs, but not as a process of this one")
+        self.proc = broker.proc
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def exit_reason(self) -> str:
+        return exit_reason(self.proc.poll())
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM (a clean shutdown), then SIGKILL; the exit code."""
+        if self.proc.poll() is None:
+            self.broker.stop(min(timeout_s, 30.0))
+        self.broker.proc = None
+        return self.proc.poll()
 
 
 def tail(path: Path, lines: int = 20, max_bytes: int = 64_000) -> str:
@@ -239,13 +290,16 @@ ChildState = Literal["running", "restarting", "failed", "stopped"]
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """What to run: ``livelearn <args>`` (or ``argv``) with ``env``, logging to ``log``."""
+    """What to run: ``livelearn <args>`` (or ``argv``, or ``start()``) with ``env``, logging to
+    ``log`` (where each run's first line is marked, unless ``mark_log`` is false)."""
 
     name: str
     args: list[str]
     env: Mapping[str, str]
     log: Path
     argv: list[str] | None = None
+    start: Callable[[], Process] | None = None
+    mark_log: bool = True
 
 
 @dataclass(frozen=True)
@@ -294,7 +348,7 @@ class _Slot:
     """A child's process and history (monotonic times, for the decisions)."""
 
     spec: ChildSpec
-    child: Child | None = None
+    child: Process | None = None
     state: ChildState = "stopped"
     restarts: int = 0
     crashes: list[float] = field(default_factory=list)
@@ -314,7 +368,8 @@ class Supervisor:
     >>> log = Path(tempfile.mkdtemp()) / "crash.log"
     >>> spec = ChildSpec("crash", [], {}, log, argv=[sys.executable, "-c", "raise SystemExit(3)"])
     >>> sup = Supervisor([spec], RestartPolicy(base_s=0.1, jitter=0, max_restarts=1))
-    >>> sup.start()
+    >>> sup.start()  # what went wrong starting them: nothing
+    []
     >>> while not sup.failed():
     ...     events = sup.tick()
     ...     time.sleep(0.05)
@@ -334,47 +389,66 @@ class Supervisor:
         self.rand = rand or random.random
         self.slots = {spec.name: _Slot(spec) for spec in specs}
 
-    def start(self) -> None:
-        """Start every child."""
+    def start(self) -> list[str]:
+        """Start every child, in order; what went wrong, in words (those are restarting)."""
+        events = []
         for slot in self.slots.values():
-            self._spawn(slot, "start")
+            failed = self._spawn(slot, "start")
+            if failed:
+                events.append(self._on_exit(slot, failed, time.monotonic()))
+        return events
 
-    def _spawn(self, slot: _Slot, why: str) -> None:
+    def _spawn(self, slot: _Slot, why: str) -> str:
+        """Start ``slot``'s process; '' or, if it could not start, why (a crash, then)."""
         spec = slot.spec
         spec.log.parent.mkdir(parents=True, exist_ok=True)
-        with spec.log.open("ab") as log:  # marks where each run's lines begin
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log.write(f"--- livelearn up: {spec.name} {why} at {stamp} ---\n".encode())
-        slot.child = Child(spec.args, spec.env, spec.log, argv=spec.argv)
-        slot.state, slot.started_wall = "running", time.time()
+        if spec.mark_log:
+            with spec.log.open("ab") as log:  # marks where each run's lines begin
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                log.write(f"--- livelearn up: {spec.name} {why} at {stamp} ---\n".encode())
         slot.restart_mono = slot.restart_wall = None
+        slot.state, slot.started_wall = "running", time.time()
+        try:
+            if spec.start is not None:
+                slot.child = spec.start()
+            else:
+                slot.child = Child(spec.args, spec.env, spec.log, argv=spec.argv)
+        except Exception as exc:  # e.g. a broker that does not come up: counted as a crash
+            slot.child = None
+            return f"could not start: {exc}"
+        return ""
+
+    def _on_exit(self, slot: _Slot, reason: str, now: float) -> str:
+        """Record a crash and decide: restarting (when) or failed; what happened, in words."""
+        slot.last_exit = reason
+        decision = self.policy.decide(slot.crashes, now, self.rand())
+        slot.crashes = [t for t in slot.crashes if now - t <= self.policy.window_s] + [now]
+        if isinstance(decision, GiveUp):
+            slot.state = "failed"
+            return self.failure_message(slot.spec.name)
+        slot.state = "restarting"
+        slot.restart_mono = now + decision.delay_s
+        slot.restart_wall = time.time() + decision.delay_s
+        return (f"{slot.spec.name} exited ({reason}); restart {slot.restarts + 1} in "
+                f"{decision.delay_s:.1f} s")  # fmt: skip
 
     def tick(self) -> list[str]:
         """Notice exits, decide, start the children whose wait is over; what happened."""
         events: list[str] = []
-        now = time.monotonic()
         for slot in self.slots.values():
-            name = slot.spec.name
+            now = time.monotonic()
             if slot.state == "running" and slot.child is not None and not slot.child.alive():
-                slot.last_exit = slot.child.exit_reason()
+                reason = slot.child.exit_reason()
                 slot.child.stop()  # closes its log
-                decision = self.policy.decide(slot.crashes, now, self.rand())
-                slot.crashes = [t for t in slot.crashes if now - t <= self.policy.window_s]
-                slot.crashes.append(now)
-                if isinstance(decision, GiveUp):
-                    slot.state = "failed"
-                    events.append(self.failure_message(name))
-                    continue
-                slot.state = "restarting"
-                slot.restart_mono = now + decision.delay_s
-                slot.restart_wall = time.time() + decision.delay_s
-                events.append(f"{name} exited ({slot.last_exit}); restart {slot.restarts + 1} "
-                              f"in {decision.delay_s:.1f} s")  # fmt: skip
+                events.append(self._on_exit(slot, reason, now))
             elif slot.state == "restarting" and now >= (slot.restart_mono or now):
                 slot.restarts += 1
-                self._spawn(slot, f"restart {slot.restarts} (after {slot.last_exit})")
+                failed = self._spawn(slot, f"restart {slot.restarts} (after {slot.last_exit})")
+                if failed:
+                    events.append(self._on_exit(slot, failed, time.monotonic()))
+                    continue
                 pid = slot.child.proc.pid if slot.child else None
-                events.append(f"{name} restarted (pid {pid}, restart {slot.restarts})")
+                events.append(f"{slot.spec.name} restarted (pid {pid}, restart {slot.restarts})")
         return events
 
     def failed(self) -> list[str]:
@@ -594,8 +668,13 @@ def run_up(settings: Settings, trainer: bool = True, refresh_s: float = 5.0,
             broker = None  # someone else's broker (`livelearn broker up`): leave it running
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
     policy = settings.supervisor
-    supervisor = Supervisor(_child_specs(settings, bootstrap, trainer),
-                            RestartPolicy.from_settings(policy))  # fmt: skip
+    specs = _child_specs(settings, bootstrap, trainer)
+    if broker is not None:  # ours: supervised too, started first and stopped last
+        own, state = broker, broker.state()
+        log = Path(state.log_file) if state is not None else own.root / "kafka.log"
+        specs.insert(0, ChildSpec("kafka", [], {}, log, start=lambda: BrokerProcess(own),
+                                  mark_log=False))  # fmt: skip
+    supervisor = Supervisor(specs, RestartPolicy.from_settings(policy))
     poller = KafkaPoller(settings, bootstrap, refresh_s)
     state_file, started = state_path(settings), time.time()
     stopping: list[int] = []
@@ -613,7 +692,8 @@ def run_up(settings: Settings, trainer: bool = True, refresh_s: float = 5.0,
 
     code = 0
     try:
-        supervisor.start()
+        for event in supervisor.start():
+            console.print(event, markup=False, highlight=False)
         poller.start()
         logs = settings.data_dir / "logs"
         console.print(f"[green]✓[/] Kafka at {bootstrap}; worker HTTP :{settings.web_port}; "

@@ -101,19 +101,22 @@ class Up:
     def state(self) -> SupervisorState | None:
         return read_state(state_path(self.settings))
 
-    def worker(self, timeout_s: float = 60, **want: object) -> ChildStatus:
-        """The worker's status once every field in ``want`` has the wanted value."""
+    def child(self, name: str, timeout_s: float = 60, **want: object) -> ChildStatus:
+        """The status of child ``name`` once every field in ``want`` has the wanted value."""
         deadline = time.monotonic() + timeout_s
         last = None
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.output()[-3000:]
             state = self.state()
             if state is not None:
-                last = next(c for c in state.children if c.name == "worker")
-                if all(getattr(last, k) == v for k, v in want.items()):
+                last = next((c for c in state.children if c.name == name), None)
+                if last is not None and all(getattr(last, k) == v for k, v in want.items()):
                     return last
             time.sleep(0.1)
-        raise AssertionError(f"worker never {want}: {last}")
+        raise AssertionError(f"{name} never {want}: {last}")
+
+    def worker(self, timeout_s: float = 60, **want: object) -> ChildStatus:
+        return self.child("worker", timeout_s, **want)
 
     def healthy(self, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
@@ -295,3 +298,46 @@ def test_kafka_lost_exits_3_when_so_set(tmp_path: Path) -> None:
     state = up.state()
     assert state is not None and state.stopped and state.children[0].state == "stopped"
     print(f"\nup, Kafka lost: exited 3 after {took:.1f} s (children stopped)")
+
+
+def test_the_embedded_broker_killed_under_up_comes_back(tmp_path: Path) -> None:
+    """With no Kafka configured `up` starts the embedded broker and supervises it like its
+    children: killed (-9), it is started again on the same port with its data, the worker
+    reconnects, every event is predicted and every label learned once."""
+    s = make_settings(tmp_path / "data", "")  # no bootstrap servers: the embedded broker
+    up = Up(s, tmp_path, LIVELEARN_SUPERVISOR__RESTART_BACKOFF_S="1",
+            LIVELEARN_MODELS__CHECKPOINT_EVERY_RECORDS="100")  # fmt: skip
+    rows = list(datasets.Phishing())[:600]
+    try:
+        up.healthy()
+        kafka = up.child("kafka", state="running")
+        assert kafka.pid is not None
+        client = LiveLearnClient(s)  # finds the broker `up` started (its state file)
+        for i, (x, y) in enumerate(rows[:300]):
+            client.send_event(f"p{i}", features=x, label=y)
+        client.flush()
+        wait_predicted(s, {f"p{i}" for i in range(300)})
+        os.kill(kafka.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        again = up.child("kafka", timeout_s=180, state="running", restarts=1)
+        assert again.pid != kafka.pid and again.last_exit == "killed by SIGKILL"
+        back_s = time.monotonic() - killed_at
+        for i, (x, y) in enumerate(rows[300:], 300):
+            client.send_event(f"p{i}", features=x, label=y)
+        client.flush(120)
+        predicted = wait_predicted(s, {f"p{i}" for i in range(len(rows))}, timeout_s=180)
+        wait_checkpoint(s, len(rows), timeout_s=120)
+        out = up.status()
+        kafka_row = next(line for line in out.splitlines() if "process kafka" in line)
+        assert "running" in kafka_row and "restarts 1" in kafka_row, out
+        worker_restarts = up.child("worker").restarts
+    finally:
+        code = up.stop()
+    assert code == 0, up.output()[-3000:]
+    assert "kafka exited (killed by SIGKILL); restart 1 in" in up.output()
+    state = load_checkpoint(s.data_dir / "online" / f"{s.models.name}.ckpt")
+    assert state is not None and sum(state["offsets"].values()) == len(rows)
+    assert OnlineLearner.restore(state["learner"]).n_learned == len(rows)  # each label once
+    assert LocalBroker(s.data_dir).running() is None  # `up` stopped the broker it started
+    print(f"\nup, kill -9 of the embedded broker: back {back_s:.1f} s after the kill; "
+          f"{len(predicted)} events predicted; worker restarts {worker_restarts}")  # fmt: skip

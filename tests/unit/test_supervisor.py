@@ -251,3 +251,22 @@ def test_children_are_not_shadowed_by_the_working_directory(tmp_path: Path) -> N
         os.chdir(cwd)
     out = (tmp_path / "config.log").read_text()
     assert "LIVELEARN_SUPERVISOR__MAX_RESTARTS" in out and "wrong streams" not in out
+
+
+def test_a_child_that_cannot_start_counts_as_a_crash(tmp_path: Path) -> None:
+    """E.g. an embedded broker that does not come up: restarted with backoff, then failed."""
+    tries: list[float] = []
+
+    def start() -> Child:
+        tries.append(time.monotonic())
+        raise RuntimeError("the broker did not start; see its log")
+
+    spec = ChildSpec("kafka", [], {}, tmp_path / "kafka.log", start=start, mark_log=False)
+    sup = Supervisor([spec], RestartPolicy(base_s=0.1, jitter=0.0, max_restarts=2))
+    events = sup.start()
+    assert events == ["kafka exited (could not start: the broker did not start; see its log); "
+                      "restart 1 in 0.1 s"]  # fmt: skip
+    events += _tick_until(sup, sup.failed)
+    assert len(tries) == 3 and tries[2] - tries[1] >= 0.2  # 0.1 s, then 0.2 s
+    assert "kafka failed: it crashed 3 times" in events[-1]
+    assert not spec.log.exists()  # mark_log=False: a log that is not ours stays untouched
