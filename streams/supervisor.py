@@ -30,6 +30,7 @@ delays a restart or a Ctrl-C) and :func:`run_up`, the loop that ties them togeth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -214,6 +215,9 @@ class Child:
                 self.proc.wait(10)
             except ProcessLookupError:  # it exited between poll() and killpg()
                 self.proc.wait(10)
+        else:  # it died by itself: what it started in its session must not outlive it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
         return self.proc.returncode
 

@@ -270,3 +270,27 @@ def test_a_child_that_cannot_start_counts_as_a_crash(tmp_path: Path) -> None:
     assert len(tries) == 3 and tries[2] - tries[1] >= 0.2  # 0.1 s, then 0.2 s
     assert "kafka failed: it crashed 3 times" in events[-1]
     assert not spec.log.exists()  # mark_log=False: a log that is not ours stays untouched
+
+
+def test_what_a_dead_child_started_does_not_outlive_it(tmp_path: Path) -> None:
+    code = "import subprocess; print(subprocess.Popen(['sleep', '600']).pid, flush=True)"
+    child = Child([], {}, tmp_path / "c.log", argv=[sys.executable, "-c", code])
+    assert child.proc.wait(60) == 0
+    grandchild = int((tmp_path / "c.log").read_text().split()[0])
+    os.kill(grandchild, 0)  # still there, in the child's session
+    child.stop()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            return
+        # Reaped by init once killed; until then it is a zombie (or not yet signalled).
+        try:
+            stat = Path(f"/proc/{grandchild}/stat").read_text()
+        except FileNotFoundError:
+            return
+        if stat.split(")")[-1].split()[0] == "Z":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the grandchild still runs")
