@@ -366,7 +366,8 @@ class Supervisor:
     """Runs children and restarts those that exit, as :class:`RestartPolicy` says.
 
     The loop calls :meth:`tick` a few times a second; it returns what happened, in words.
-    Nothing here blocks longer than starting a process, so signals are seen at once.
+    Nothing here blocks longer than starting a process (the embedded broker's: until it
+    answers), so a signal is acted on at the next tick.
 
     >>> import sys, tempfile
     >>> log = Path(tempfile.mkdtemp()) / "crash.log"
