@@ -36,6 +36,7 @@ __all__ = [
     "ModelSettings",
     "Settings",
     "SecretStr",
+    "SupervisorSettings",
     "TopicSettings",
     "TriggerSettings",
     "WebSettings",
@@ -289,6 +290,32 @@ class WebSettings(_Frozen):
     )
 
 
+class SupervisorSettings(_Frozen):
+    """How ``livelearn up`` keeps its children running (a crashed one is started again)."""
+
+    restart_backoff_s: float = Field(
+        1.0, gt=0, description="wait before restarting a crashed child; doubles per crash"
+    )
+    restart_backoff_max_s: float = Field(
+        60.0, gt=0, description="longest wait before a restart (the doubling stops here)"
+    )
+    restart_jitter: float = Field(
+        0.2, ge=0, le=1, description="each wait is up to this fraction shorter, at random"
+    )
+    crash_window_s: float = Field(
+        300.0, gt=0, description="crashes older than this are forgotten (the wait starts over)"
+    )
+    max_restarts: int = Field(
+        5, ge=0, description="restarts within the window; one more crash: failed, `up` exits 1"
+    )
+    on_broker_loss: Literal["wait", "exit"] = Field(
+        "wait", description="Kafka unreachable: wait for it (children reconnect) or exit 3"
+    )
+    broker_loss_s: float = Field(
+        60.0, gt=0, description="Kafka unreachable this long counts as lost (see on_broker_loss)"
+    )
+
+
 class Settings(BaseSettings):
     """All of livelearn's configuration. Build it once with :func:`load_settings`."""
 
@@ -307,6 +334,7 @@ class Settings(BaseSettings):
     trigger: TriggerSettings = Field(default_factory=TriggerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
     web_port: int = Field(6066, ge=0, description="worker HTTP port: /search, /ask, /healthz")
     shutdown_timeout_s: float = Field(
