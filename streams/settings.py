@@ -273,6 +273,12 @@ class LimitSettings(_Frozen):
         1e15, gt=0, description="largest accepted magnitude of a number in a record"
     )
     max_features: int = Field(256, ge=1, description="most feature keys accepted in one event")
+    max_train_records: int = Field(
+        500_000,
+        ge=1,
+        description="most events one training job reads (a longer history: "
+        "its newest ones, named in the version's lineage)",
+    )
     max_chunks_per_doc: int = Field(
         500, ge=1, description="most chunks one document may become (more: dead-lettered)"
     )

@@ -89,6 +89,27 @@ def read_ranges(
     return out
 
 
+def bounded_ranges(
+    ranges: Mapping[int, tuple[int, int]], max_records: int
+) -> dict[int, tuple[int, int]]:
+    """The most recent ``max_records`` of ``ranges`` at most, shared by partition in
+    proportion to each one's length: what a job reads, so that a retrain over a long history
+    holds a bounded set in memory (its lineage then names the ranges it really read).
+
+    >>> bounded_ranges({0: (0, 900), 1: (0, 100)}, 100)
+    {0: (810, 900), 1: (90, 100)}
+    >>> bounded_ranges({0: (0, 50)}, 100)
+    {0: (0, 50)}
+    """
+    total = sum(max(0, hi - lo) for lo, hi in ranges.values())
+    if total <= max_records:
+        return dict(ranges)
+    return {
+        p: (max(lo, hi - max(1, (hi - lo) * max_records // total)), hi)
+        for p, (lo, hi) in ranges.items()
+    }
+
+
 def replay_sample_ranges(
     new: Mapping[int, tuple[int, int]], low: Mapping[int, int], n: int
 ) -> dict[int, tuple[int, int]]:
@@ -353,7 +374,14 @@ class TrainerWorker:
         from trainers.registry import ModelRegistry
 
         s = self.settings
-        ranges = {int(p): (int(lo), int(hi)) for p, (lo, hi) in job["data"]["offsets"].items()}
+        asked = {int(p): (int(lo), int(hi)) for p, (lo, hi) in job["data"]["offsets"].items()}
+        ranges = bounded_ranges(asked, s.limits.max_train_records)
+        if ranges != asked:  # the lineage names what was read, and what was asked for
+            log.warning("job %s reads the newest %d records of its ranges %s: %s",
+                        job["job_id"], s.limits.max_train_records, asked, ranges)  # fmt: skip
+            offsets = {str(p): [lo, hi] for p, (lo, hi) in sorted(ranges.items())}
+            job = {**job, "data": {**job["data"], "offsets": offsets,
+                                   "offsets_asked": job["data"]["offsets"]}}  # fmt: skip
         topic = job["data"]["topic"]
         last_progress = [0.0]
 
