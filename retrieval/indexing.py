@@ -180,6 +180,8 @@ class IndexReport:
     encode_seconds: float = 0.0
     store_seconds: float = 0.0
     vectors: Any = field(default=None, repr=False)  # the chunks' embeddings (drift watch)
+    updated_ids: tuple[str, ...] = ()  # upserted documents that had chunks stored before
+    deleted_ids: tuple[str, ...] = ()
 
 
 class ChunkIndexer:
@@ -256,4 +258,8 @@ class ChunkIndexer:
             encode_seconds=encode_seconds,
             store_seconds=store_seconds,
             vectors=vectors,
+            updated_ids=tuple(
+                str(p.doc["id"]) for p in plan.upserts if existing.get(str(p.doc["id"]))
+            ),
+            deleted_ids=tuple(plan.deleted_docs),
         )
