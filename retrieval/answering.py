@@ -7,6 +7,7 @@ language model with numbered sources and asks it to cite them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 import time
 from collections.abc import Sequence
@@ -457,6 +458,7 @@ class QueryAnswerer:
         self.reranker = reranker
         self.rerank_top_n = rerank_top_n
         self.timings = SearchTimings()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def search(
         self,
@@ -490,12 +492,25 @@ class QueryAnswerer:
             hits: list[Hit] = self.store.search(self._vector(question), k=k, filter=filter)
             return hits
         actual = self.store.search_mode(mode)  # dense when the collection has no BM25
-        vector = self._vector(question) if actual != "sparse" else None
-        hits = self.store.search(
-            vector, k=k, filter=filter, text=question, mode=actual,
-            fusion=self.fusion, dense_weight=self.dense_weight,
-        )  # fmt: skip
-        return hits
+        if actual != "hybrid":
+            vector = self._vector(question) if actual == "dense" else None
+            hits = self.store.search(vector, k=k, filter=filter, text=question, mode=actual)
+            return hits
+        # The BM25 side needs no embedding: it runs while the question is embedded (torch
+        # releases the GIL), so a hybrid search costs little more than a dense one.
+        from retrieval.store import fuse, hybrid_candidates
+
+        limit = hybrid_candidates(k)
+        sparse = self._pool().submit(
+            self.store.search, None, k=limit, filter=filter, text=question, mode="sparse"
+        )
+        dense = self.store.search(self._vector(question), k=limit, filter=filter)
+        return fuse(dense, sparse.result(), k, self.fusion, self.dense_weight)
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "bm25-search")
+        return self._executor
 
     def _vector(self, question: str) -> np.ndarray:
         return np.asarray(self.embedder.encode([question]))[0]

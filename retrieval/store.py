@@ -6,7 +6,7 @@ a search that follows an acknowledged upsert or delete sees it.
 
 Search modes (:data:`SEARCH_MODES`): ``dense`` (the chunk embeddings), ``sparse`` (BM25 over
 the chunk text, computed by Milvus itself from a ``Function(BM25)`` on the ``text`` field) and
-``hybrid`` (both, fused by Milvus's ``hybrid_search`` with RRF or weights). A collection made
+``hybrid`` (both searches, fused with RRF or weights by :func:`fuse`). A collection made
 with ``bm25=True`` carries the sparse field; one without it (made before, or on a server older
 than Milvus 2.5, which has no BM25) answers sparse and hybrid searches from the dense vectors
 and says so once in the log.
@@ -18,7 +18,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -38,6 +38,8 @@ __all__ = [
     "Hit",
     "VectorStore",
     "build_filter",
+    "fuse",
+    "hybrid_candidates",
     "quote_string",
     "server_supports_bm25",
     "truncate_utf8",
@@ -224,6 +226,69 @@ class Hit:
     title: str
     source: str
     meta: dict[str, Any]
+
+
+def hybrid_candidates(k: int, candidates: int | None = None) -> int:
+    """Hits each side of a hybrid search of ``k`` contributes: ``candidates``, or ``2k`` and at
+    least 20.
+
+    >>> hybrid_candidates(5), hybrid_candidates(50), hybrid_candidates(5, 8)
+    (20, 100, 8)
+    """
+    return max(candidates or max(2 * k, 20), k)
+
+
+def fuse(
+    dense: Sequence[Hit],
+    sparse: Sequence[Hit],
+    k: int,
+    fusion: str = "rrf",
+    dense_weight: float = 0.5,
+    rrf_k: int = 60,
+) -> list[Hit]:
+    """The best ``k`` of two ranked lists of hits (dense and BM25) fused into one, best first.
+
+    ``rrf``: reciprocal rank fusion, ``score = sum 1 / (rrf_k + rank)`` over the lists a hit is
+    in. ``weighted``: a convex combination of the two scores, each min-max normalised over its
+    own list (BM25 against 0, its natural floor), ``dense_weight`` for the dense side; a hit
+    missing from a list gets 0 from it. Ties keep the dense order.
+
+    The fusion is done here rather than by Milvus's ``hybrid_search``: the same arithmetic on
+    milvus-lite and on any server, and milvus-lite 3.2 normalises its (negated) BM25 scores
+    upside down in its weighted ranker.
+
+    Examples
+    --------
+    >>> h = lambda d, s: Hit(d + "#0", d, 0, d, s, "", "", {})
+    >>> dense = [h("a", 0.9), h("b", 0.8), h("c", 0.1)]
+    >>> sparse = [h("c", 12.0), h("b", 6.0)]
+    >>> [x.doc_id for x in fuse(dense, sparse, 3)]
+    ['c', 'b', 'a']
+    >>> [(x.doc_id, round(x.score, 2)) for x in fuse(dense, sparse, 2, "weighted", 0.7)]
+    [('b', 0.76), ('a', 0.7)]
+    """
+    if fusion not in FUSIONS:
+        raise InvalidArgumentError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    scores: dict[str, float] = {}
+    hits: dict[str, Hit] = {}
+    if fusion == "rrf":
+        for ranked in (dense, sparse):
+            for rank, hit in enumerate(ranked, start=1):
+                scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (rrf_k + rank)
+                hits.setdefault(hit.chunk_id, hit)
+    else:
+        for ranked, weight, floor in ((dense, dense_weight, None), (sparse, 1 - dense_weight, 0.0)):
+            if not ranked:
+                continue
+            values = [h.score for h in ranked]
+            lo = min(values) if floor is None else floor
+            span = (max(values) - lo) or 1.0
+            for hit in ranked:
+                norm = (hit.score - lo) / span
+                scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + weight * norm
+                hits.setdefault(hit.chunk_id, hit)
+    order = sorted(scores, key=lambda c: -scores[c])  # stable: dense hits were seen first
+    return [replace(hits[c], score=scores[c]) for c in order[:k]]
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -710,8 +775,9 @@ class VectorStore:
         mode
             ``"dense"``, ``"sparse"`` or ``"hybrid"`` (see :meth:`search_mode`).
         fusion
-            ``"rrf"`` (reciprocal rank fusion, constant ``rrf_k``) or ``"weighted"`` (Milvus's
-            normalised scores, ``dense_weight`` for the dense side, the rest for BM25).
+            ``"rrf"`` (reciprocal rank fusion, constant ``rrf_k``) or ``"weighted"`` (min-max
+            normalised scores, ``dense_weight`` for the dense side, the rest for BM25); see
+            :func:`fuse`.
         candidates
             Hits each side of a hybrid search contributes before fusion (default
             ``max(2 * k, 20)``).
@@ -731,22 +797,32 @@ class VectorStore:
         if mode != "dense" and not (text and text.strip()):
             raise InvalidArgumentError(f"a {mode} search needs the query's text")
         query = self._query_vector(vector) if mode != "sparse" else None
-        output_fields = [f for f in FIELDS if f != "chunk_id"]
-        if mode == "hybrid":
-            result = self._hybrid(query, str(text), k, filter, fusion, dense_weight,
-                                  candidates or max(2 * k, 20), rrf_k, output_fields)  # fmt: skip
-        else:
-            result = self._call(
-                "search",
-                self._client.search,
-                self.collection,
-                data=[query.tolist() if query is not None else text],
-                anns_field="vector" if mode == "dense" else SPARSE_FIELD,
-                limit=k,
-                filter=filter or "",
-                output_fields=output_fields,
-                search_params={"metric_type": self.metric if mode == "dense" else "BM25"},
-            )
+        if mode != "hybrid":
+            return self._search_one(query, text, k, filter, mode)
+        limit = hybrid_candidates(k, candidates)
+        dense = self._search_one(query, None, limit, filter, "dense")
+        sparse = self._search_one(None, text, limit, filter, "sparse")
+        return fuse(dense, sparse, k, fusion, dense_weight, rrf_k)
+
+    def _search_one(
+        self,
+        query: np.ndarray | None,
+        text: str | None,
+        k: int,
+        filter: str | None,
+        mode: str,
+    ) -> list[Hit]:
+        result = self._call(
+            "search",
+            self._client.search,
+            self.collection,
+            data=[query.tolist() if query is not None else text],
+            anns_field="vector" if mode == "dense" else SPARSE_FIELD,
+            limit=k,
+            filter=filter or "",
+            output_fields=[f for f in FIELDS if f != "chunk_id"],
+            search_params={"metric_type": self.metric if mode == "dense" else "BM25"},
+        )
         return [self._hit(r, mode) for r in (result[0] if result else [])]
 
     def _query_vector(self, vector: Sequence[float] | np.ndarray | None) -> np.ndarray:
@@ -758,40 +834,6 @@ class VectorStore:
                 f"query vector has {query.shape[0]} dimensions, the collection holds {self.dim}"
             )
         return query
-
-    def _hybrid(
-        self,
-        query: np.ndarray | None,
-        text: str,
-        k: int,
-        filter: str | None,
-        fusion: str,
-        dense_weight: float,
-        candidates: int,
-        rrf_k: int,
-        output_fields: list[str],
-    ) -> Any:
-        from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
-
-        assert query is not None
-        limit = max(candidates, k)
-        requests = [
-            AnnSearchRequest(
-                data=[query.tolist()], anns_field="vector", param={"metric_type": self.metric},
-                limit=limit, expr=filter or None,
-            ),
-            AnnSearchRequest(
-                data=[text], anns_field=SPARSE_FIELD, param={"metric_type": "BM25"},
-                limit=limit, expr=filter or None,
-            ),
-        ]  # fmt: skip
-        ranker = (
-            RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(dense_weight, 1 - dense_weight)
-        )
-        return self._call(
-            "hybrid_search", self._client.hybrid_search, self.collection, requests, ranker,
-            limit=k, output_fields=output_fields,
-        )  # fmt: skip
 
     def _hit(self, r: Mapping[str, Any], mode: str) -> Hit:
         e = r["entity"]
