@@ -226,7 +226,9 @@ class ExtractiveGenerator:
             return NO_CONTEXT_ANSWER
         scored.sort()
         best = [s for s in scored if s[0] < 0][: self.max_sentences] or scored[:1]
-        parts, cited, room = [], [], self.max_answer_chars
+        parts: list[str] = []
+        cited: list[int] = []
+        room = self.max_answer_chars
         for _, i, _, sentence in sorted(best, key=lambda s: (s[1], s[2])):  # rank order
             if room < 20 and parts:
                 break

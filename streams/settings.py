@@ -154,7 +154,7 @@ class RetrievalSettings(_Frozen):
         "rrf", description="hybrid fusion: reciprocal rank fusion, or weighted normalised scores"
     )
     dense_weight: float = Field(
-        0.5, ge=0, le=1, description="weighted fusion: share of the dense score (BM25 gets the rest)"
+        0.5, ge=0, le=1, description="weighted fusion: weight of the dense score (BM25: the rest)"
     )
     reranker: str = Field(
         "", description="cross-encoder reranker: HF id or path; '' = no reranking"

@@ -7,8 +7,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.answering import ExtractiveGenerator, prose_passages
 from retrieval.answering import Context as Ctx
+from retrieval.answering import ExtractiveGenerator, prose_passages
 
 QUESTION = "How do I sort an array of numbers in place?"
 

@@ -29,7 +29,7 @@ DIM = 4
 # Dense vectors point the other way from the text on purpose: dense and sparse disagree.
 ROWS = [
     ("kafka", "Kafka keeps an ordered, replicated log of records.", [1, 0, 0, 0], "man"),
-    ("milvus", "Milvus stores dense and sparse vectors for similarity search.", [0, 1, 0, 0], "man"),
+    ("milvus", "Milvus stores dense and sparse vectors for search.", [0, 1, 0, 0], "man"),
     ("river", "River learns from one record at a time, online.", [0, 0, 1, 0], "blog"),
     ("faust", "Faust runs stream processors written as Python async agents.", [0, 0, 0, 1], "blog"),
 ]  # fmt: skip

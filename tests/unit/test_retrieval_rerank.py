@@ -57,7 +57,9 @@ def test_a_two_class_model_scores_the_last_class(tiny_path: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_path)
     config = BertConfig.from_pretrained(tiny_path, num_labels=2)
-    reranker = CrossEncoderReranker((BertForSequenceClassification(config), tokenizer), device="cpu")
+    reranker = CrossEncoderReranker(
+        (BertForSequenceClassification(config), tokenizer), device="cpu"
+    )
     scores = reranker.scores("q", ["a", "b"])
     assert scores.shape == (2,) and (scores <= 0).all()  # log-probabilities
 
