@@ -20,9 +20,10 @@ from retrieval.indexing import ChunkIndexer
 from retrieval.store import VectorStore
 from streams.settings import RetrievalSettings
 
-# Measured on this subset (seed 3): see test_default_mode_clears_its_floor's output. The
-# floors leave room for two or three misses of model or docstring drift across versions, yet
-# fail on a real regression (a broken analyzer, fusion or pooling costs far more).
+# Measured on this subset (seed 3, 40 questions): dense recall@5 0.950, BM25 0.825, RRF 0.925,
+# weighted fusion at 0.7 (the default) 0.975. The floors leave room for two or three misses of
+# model or docstring drift across versions, yet fail on a real regression (a broken analyzer,
+# fusion or pooling costs far more).
 DEFAULT_RECALL5_FLOOR = 0.9
 DENSE_RECALL5_FLOOR = 0.85
 
@@ -73,11 +74,12 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "retrieval.json"
     assert bench_main(["retrieval", "--smoke", "--reranker", "tiny", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert {"dense", "sparse", "hybrid_rrf", "hybrid_w0.5", "hybrid+rerank"} <= set(data["modes"])
-    for r in data["modes"].values():
-        assert {"recall@1", "recall@5", "recall@10", "mrr"} <= set(r)
-        assert 0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= 1
+    assert {"dense", "sparse", "hybrid_rrf", "hybrid_w0.7", "hybrid+rerank"} <= set(data["modes"])
+    for name, r in data["modes"].items():
+        if name != "hybrid+rerank":  # an untrained tiny reranker: its latency only
+            assert {"recall@1", "recall@5", "recall@10", "mrr"} <= set(r)
+            assert 0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= 1
     assert {"dense", "sparse", "hybrid", "hybrid+rerank"} == set(data["latency"])
-    assert data["modes"]["hybrid+rerank"]["rerank_p50_ms"] > 0
+    assert data["modes"]["hybrid+rerank"]["latency_p50_ms"] > 0
     assert data["update_score"] == 1.0 and data["delete_score"] == 1.0
     assert data["live_equals_offline"] is True
