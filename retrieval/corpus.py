@@ -125,7 +125,7 @@ def scientific_corpus(
 
     >>> docs = scientific_corpus(3)
     >>> [d["id"] for d in docs], docs[0]["meta"]["package"]
-    (['numpy.absolute', 'numpy.add', 'numpy.all'], 'numpy')
+    (['numpy.abs', 'numpy.acos', 'numpy.acosh'], 'numpy')
     """
     docs: list[dict[str, Any]] = []
     seen: set[str] = set()

@@ -180,8 +180,10 @@ class IndexReport:
     encode_seconds: float = 0.0
     store_seconds: float = 0.0
     vectors: Any = field(default=None, repr=False)  # the chunks' embeddings (drift watch)
-    updated_ids: tuple[str, ...] = ()  # upserted documents that had chunks stored before
-    deleted_ids: tuple[str, ...] = ()
+    # Which documents were updates (had chunks stored before) and deletes, for the latency
+    # metrics; left out of comparisons, like the vectors.
+    updated_ids: tuple[str, ...] = field(default=(), compare=False)
+    deleted_ids: tuple[str, ...] = field(default=(), compare=False)
 
 
 class ChunkIndexer:
