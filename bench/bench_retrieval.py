@@ -186,8 +186,9 @@ def update_delete_checks(
 
     Update: document A (one no question is about) takes the text of B (a question's target),
     and B is deleted, so the question about B's text is now about A. It passes when A is in
-    the top 10 of the default mode, every hit of A in every mode carries the new text, and a
-    search for A's old text (its first 300 characters) returns no chunk of A with old text.
+    the top 10 of the default mode (a retrieval-quality part), every hit of A in every mode
+    carries the new text, and a search for A's old text (its first 300 characters) returns no
+    chunk of A with old text; ``update_fresh`` counts the last two alone (no stale text).
     Delete: ``n`` other targets are deleted: each passes when no chunk of it remains and it is
     in no mode's top 10, neither for its question nor for a search with its own text.
     """
@@ -206,16 +207,18 @@ def update_delete_checks(
     indexer.apply(ops)
     store = answerer.store
     update_ok: list[bool] = []
+    update_fresh: list[bool] = []  # no hit of A, in any mode, carries its old text
     for (question, b), a in zip(updates, hosts, strict=True):
         new_text, old_text = by_id[b]["text"], by_id[a]["text"]
-        ok = bool(answerer.search(question, k=10, rerank=False))
-        ok = ok and a in {h.doc_id for h in answerer.search(question, k=10, rerank=False)}
+        found = a in {h.doc_id for h in answerer.search(question, k=10, rerank=False)}
+        fresh = True
         for mode in modes:
             for query in (question, old_text[:300]):
                 for hit in answerer.search(query, k=10, mode=mode, rerank=False):
                     if hit.doc_id == a:
-                        ok = ok and hit.text in new_text
-        update_ok.append(ok)
+                        fresh = fresh and hit.text in new_text
+        update_ok.append(found and fresh)
+        update_fresh.append(fresh)
     delete_ok: list[bool] = []
     for question, d in deletes:
         ok = not store.chunk_ids_for_doc(d)
@@ -228,6 +231,7 @@ def update_delete_checks(
         "update_questions": len(updates),
         "delete_questions": len(deletes),
         "update_score": sum(update_ok) / max(len(update_ok), 1),
+        "update_fresh": sum(update_fresh) / max(len(update_fresh), 1),
         "delete_score": sum(delete_ok) / max(len(delete_ok), 1),
     }
 
@@ -335,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             answerer, indexer, docs, questions, ["dense", "sparse", "hybrid"], args.updates
         )
         u, d = checks["update_score"], checks["delete_score"]
-        print(f"update questions: {u:.2f} ({checks['update_questions']}), "
+        print(f"update questions: {u:.2f} ({checks['update_questions']}; no stale text: "
+              f"{checks['update_fresh']:.2f}), "
               f"delete questions: {d:.2f} ({checks['delete_questions']})")  # fmt: skip
     finally:
         store.close()
