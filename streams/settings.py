@@ -151,7 +151,8 @@ class RetrievalSettings(_Frozen):
         "(sparse/hybrid fall back to dense on a Milvus without BM25, which is logged)",
     )
     fusion: Literal["rrf", "weighted"] = Field(
-        "weighted", description="hybrid fusion: reciprocal rank fusion, or weighted normalised scores"
+        "weighted",
+        description="hybrid fusion: reciprocal rank fusion, or weighted normalised scores",
     )
     dense_weight: float = Field(
         0.7, ge=0, le=1, description="weighted fusion: weight of the dense score (BM25: the rest)"
