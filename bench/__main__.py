@@ -1,4 +1,4 @@
-"""``python -m bench {ingest,online,drift,train,soak} [args]``: run one benchmark.
+"""``python -m bench {ingest,online,drift,train,soak,retrieval} [args]``: run one benchmark.
 
 * ``ingest``: docs → Milvus throughput against the bare encoder, and freshness at half
   capacity (``bench/bench_ingest.py``; writes ``bench/results/ingest.json``).
@@ -11,6 +11,10 @@
   through ``run_job`` (``bench/bench_training.py``; writes ``bench/results/train.json``).
 * ``soak``: a steady load for a while; memory and lag over time (``bench/bench_soak.py``;
   writes ``bench/results/soak.json``).
+* ``retrieval``: recall@1/5/10 and MRR of dense, sparse, hybrid (and hybrid+rerank) search on
+  ~2,500 numpy/SciPy/scikit-learn docstrings with 170 paraphrased questions, update and delete
+  questions, idle search latency per mode (``bench/bench_retrieval.py``; writes
+  ``bench/results/retrieval.json``).
 
 Each takes ``--quick`` (a short run: under two minutes on 2 CPU cores; three for ``train``).
 
@@ -30,6 +34,7 @@ BENCHMARKS = {
     "drift": "bench.bench_drift",
     "train": "bench.bench_training",
     "soak": "bench.bench_soak",
+    "retrieval": "bench.bench_retrieval",
 }
 
 

@@ -7,7 +7,9 @@ language model with numbered sources and asks it to cite them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -24,7 +26,9 @@ __all__ = [
     "ExtractiveGenerator",
     "Generator",
     "QueryAnswerer",
+    "SearchTimings",
     "build_prompt",
+    "prose_passages",
     "split_sentences",
 ]
 
@@ -105,19 +109,77 @@ def _content_words(text: str) -> set[str]:
     return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words}
 
 
-class ExtractiveGenerator:
-    """Quote the sentences that share most words with the question, each with its citation.
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+\u2022]\s|\d+[.)]\s|[a-z][.)]\s)")
+_UNDERLINE = re.compile(r"^\s*(?:-{3,}|={3,}|~{3,})\s*$")
+_CODE_CHARS = frozenset("()[]{}=<>;`|\\$@#^~")
 
-    Sentences are scored by the share of the question's content words they contain, ties
-    going to the better-ranked context; the answer lists the chosen sentences in score order,
-    each followed by ``[i]``, then the cited sources with their doc ids.
+
+def _is_prose(line: str) -> bool:
+    """Whether a line reads as running text: not a list item, code, a heading or a table."""
+    stripped = line.strip()
+    if not stripped or _LIST_ITEM.match(line) or _UNDERLINE.match(line):
+        return False
+    if stripped.startswith((">>>", "...", "```", "$ ", "#", "|", ":", ".. ")):
+        return False
+    if line[:4] == "    " or line[:1] == "\t":  # indented: code, a definition list, a quote
+        return False
+    symbols = sum(ch in _CODE_CHARS for ch in stripped)
+    return symbols <= max(2, len(stripped) // 25)
+
+
+def prose_passages(text: str) -> list[str]:
+    """The paragraphs of ``text`` that are running text, each joined onto one line.
+
+    A paragraph that holds a list item, code, a heading underline or a table is dropped whole,
+    so that an answer never quotes half a list or a cut piece of code.
+
+    Examples
+    --------
+    >>> prose_passages("Sort the items.\\nStable.\\n\\nParameters\\n----------\\n- a\\n- b")
+    ['Sort the items. Stable.']
+    >>> prose_passages(">>> x = f(1)\\n\\nReturns the sum.")
+    ['Returns the sum.']
+    """
+    out = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = [line for line in paragraph.split("\n") if line.strip()]
+        if lines and all(_is_prose(line) for line in lines):
+            out.append(" ".join(line.strip() for line in lines))
+    return out
+
+
+def _cut_at_word(text: str, max_chars: int) -> str:
+    """``text`` cut to at most ``max_chars`` at a word boundary, with an ellipsis.
+
+    >>> _cut_at_word("alpha beta gamma", 13)
+    'alpha beta...'
+    """
+    if len(text) <= max_chars:
+        return text
+    cut = text.rfind(" ", 0, max_chars - 2)
+    return text[: cut if cut > 0 else max_chars - 3].rstrip(" ,;:") + "..."
+
+
+class ExtractiveGenerator:
+    """Quote the sentences of the best-ranked contexts that share most words with the question.
+
+    Only the first ``max_contexts`` contexts (the best-ranked ones) are read, and only their
+    running text (:func:`prose_passages`: no list lines, code or headings). Sentences are
+    scored by the share of the question's content words they contain, ties going to the
+    better-ranked context; the chosen ones are quoted in rank order (context, then position),
+    each followed by ``[i]``, then the cited sources with their doc ids. The quoted text is at
+    most ``max_answer_chars`` long, cut at word boundaries.
 
     Parameters
     ----------
     max_sentences
         Most sentences quoted.
     max_chars
-        Sentences longer than this are cut (with ``...``).
+        Sentences longer than this are cut at a word boundary (with ``...``).
+    max_contexts
+        Contexts the quotes may come from: the best-ranked ones, however many were retrieved.
+    max_answer_chars
+        Bound on the quoted text (citations and the sources line come on top).
 
     Examples
     --------
@@ -129,11 +191,25 @@ class ExtractiveGenerator:
     Sources: [1] kafka
     """
 
-    def __init__(self, max_sentences: int = 2, max_chars: int = 400) -> None:
+    def __init__(
+        self,
+        max_sentences: int = 2,
+        max_chars: int = 400,
+        max_contexts: int = 3,
+        max_answer_chars: int = 600,
+    ) -> None:
         if max_sentences < 1:
             raise InvalidArgumentError(f"max_sentences must be >= 1, got {max_sentences}")
+        if max_contexts < 1:
+            raise InvalidArgumentError(f"max_contexts must be >= 1, got {max_contexts}")
+        if max_chars < 20 or max_answer_chars < max_chars:
+            raise InvalidArgumentError(
+                f"need 20 <= max_chars <= max_answer_chars, got {max_chars}, {max_answer_chars}"
+            )
         self.max_sentences = max_sentences
         self.max_chars = max_chars
+        self.max_contexts = max_contexts
+        self.max_answer_chars = max_answer_chars
 
     def generate(self, question: str, contexts: Sequence[Context]) -> str:
         """The quoted sentences with citations, or a fixed line when there is no context."""
@@ -141,19 +217,24 @@ class ExtractiveGenerator:
             return NO_CONTEXT_ANSWER
         wanted = _content_words(question)
         scored: list[tuple[float, int, int, str]] = []
-        for i, ctx in enumerate(contexts):
-            for j, sentence in enumerate(split_sentences(ctx.text)):
+        for i, ctx in enumerate(contexts[: self.max_contexts]):
+            sentences = [s for p in prose_passages(ctx.text) for s in split_sentences(p)]
+            for j, sentence in enumerate(sentences):
                 overlap = len(wanted & _content_words(sentence)) / max(len(wanted), 1)
                 scored.append((-overlap, i, j, sentence))
         if not scored:
             return NO_CONTEXT_ANSWER
         scored.sort()
         best = [s for s in scored if s[0] < 0][: self.max_sentences] or scored[:1]
-        parts, cited = [], []
-        for _, i, _, sentence in best:
-            if len(sentence) > self.max_chars:
-                sentence = sentence[: self.max_chars].rstrip() + "..."
-            parts.append(f"{sentence} [{i + 1}]")
+        parts: list[str] = []
+        cited: list[int] = []
+        room = self.max_answer_chars
+        for _, i, _, sentence in sorted(best, key=lambda s: (s[1], s[2])):  # rank order
+            if room < 20 and parts:
+                break
+            quote = _cut_at_word(sentence, min(self.max_chars, max(room, 20)))
+            room -= len(quote) + 1
+            parts.append(f"{quote} [{i + 1}]")
             if i not in cited:
                 cited.append(i)
         sources = ", ".join(f"[{i + 1}] {contexts[i].doc_id}" for i in sorted(cited))
@@ -294,8 +375,16 @@ class CausalLMGenerator:
         return text.strip()
 
 
+@dataclass
+class SearchTimings:
+    """Where the latest search's time went, in seconds (retrieve: embed + Milvus)."""
+
+    retrieve_s: float = 0.0
+    rerank_s: float = 0.0
+
+
 class QueryAnswerer:
-    """Retrieve the chunks closest to a question and generate a cited answer.
+    """Retrieve the chunks that best match a question and generate a cited answer.
 
     Parameters
     ----------
@@ -307,6 +396,21 @@ class QueryAnswerer:
         A :class:`Generator`; ``None`` means :class:`ExtractiveGenerator`.
     default_k
         Contexts retrieved when the query does not say.
+    mode
+        Search mode when the query does not say: ``dense``, ``sparse`` or ``hybrid``.
+    fusion, dense_weight
+        Hybrid fusion (``rrf`` or ``weighted``) and the dense side's weight for ``weighted``.
+    reranker
+        An optional :class:`~retrieval.rerank.CrossEncoderReranker` (anything with
+        ``rerank(question, hits, k)``): it reorders the best ``rerank_top_n`` hits of the
+        search, and the best ``k`` of its order are returned.
+    rerank_top_n
+        Hits the reranker reads (at least ``k``).
+
+    Attributes
+    ----------
+    timings
+        :class:`SearchTimings` of the latest search (one thread searches at a time).
 
     Examples
     --------
@@ -330,24 +434,96 @@ class QueryAnswerer:
         store: Any,
         generator: Generator | None = None,
         default_k: int = 5,
+        mode: str = "dense",
+        fusion: str = "rrf",
+        dense_weight: float = 0.5,
+        reranker: Any = None,
+        rerank_top_n: int = 20,
     ) -> None:
+        from retrieval.store import FUSIONS, SEARCH_MODES
+
         if default_k < 1:
             raise InvalidArgumentError(f"default_k must be >= 1, got {default_k}")
+        if mode not in SEARCH_MODES:
+            raise InvalidArgumentError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+        if fusion not in FUSIONS:
+            raise InvalidArgumentError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if rerank_top_n < 1:
+            raise InvalidArgumentError(f"rerank_top_n must be >= 1, got {rerank_top_n}")
         self.embedder = embedder
         self.store = store
         self.generator: Generator = generator if generator is not None else ExtractiveGenerator()
         self.default_k = default_k
+        self.mode = mode
+        self.fusion = fusion
+        self.dense_weight = dense_weight
+        self.reranker = reranker
+        self.rerank_top_n = rerank_top_n
+        self.timings = SearchTimings()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
-    def search(self, question: str, k: int | None = None, filter: str | None = None) -> list[Hit]:
-        """The ``k`` (default ``default_k``) chunks closest to ``question``, best first."""
+    def search(
+        self,
+        question: str,
+        k: int | None = None,
+        filter: str | None = None,
+        mode: str | None = None,
+        rerank: bool = True,
+    ) -> list[Hit]:
+        """The ``k`` (default ``default_k``) best chunks for ``question``, best first.
+
+        ``mode`` overrides the answerer's mode for this query; ``rerank=False`` skips the
+        reranker (when there is one).
+        """
         k = self.default_k if k is None else int(k)
         if k < 1:
             raise InvalidArgumentError(f"k must be >= 1, got {k}")
-        vector = np.asarray(self.embedder.encode([question]))[0]
-        hits: list[Hit] = self.store.search(vector, k=k, filter=filter or None)
-        return hits
+        mode = mode or self.mode
+        use_reranker = self.reranker is not None and rerank
+        wanted = max(k, self.rerank_top_n) if use_reranker else k
+        started = time.perf_counter()
+        hits = self._retrieve(question, wanted, filter or None, mode)
+        retrieved = time.perf_counter()
+        if use_reranker and hits:
+            hits = self.reranker.rerank(question, hits, k)
+        self.timings = SearchTimings(retrieved - started, time.perf_counter() - retrieved)
+        return hits[:k]
 
-    def answer(self, question: str, k: int | None = None, filter: str | None = None) -> Answer:
+    def _retrieve(self, question: str, k: int, filter: str | None, mode: str) -> list[Hit]:
+        if mode == "dense":  # the plain call: any store with ``search(vector, k, filter)``
+            hits: list[Hit] = self.store.search(self._vector(question), k=k, filter=filter)
+            return hits
+        actual = self.store.search_mode(mode)  # dense when the collection has no BM25
+        if actual != "hybrid":
+            vector = self._vector(question) if actual == "dense" else None
+            hits = self.store.search(vector, k=k, filter=filter, text=question, mode=actual)
+            return hits
+        # The BM25 side needs no embedding: it runs while the question is embedded (torch
+        # releases the GIL), so a hybrid search costs little more than a dense one.
+        from retrieval.store import fuse, hybrid_candidates
+
+        limit = hybrid_candidates(k)
+        sparse = self._pool().submit(
+            self.store.search, None, k=limit, filter=filter, text=question, mode="sparse"
+        )
+        dense = self.store.search(self._vector(question), k=limit, filter=filter)
+        return fuse(dense, sparse.result(), k, self.fusion, self.dense_weight)
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "bm25-search")
+        return self._executor
+
+    def _vector(self, question: str) -> np.ndarray:
+        return np.asarray(self.embedder.encode([question]))[0]
+
+    def answer(
+        self,
+        question: str,
+        k: int | None = None,
+        filter: str | None = None,
+        mode: str | None = None,
+    ) -> Answer:
         """Retrieve contexts for ``question`` and generate the answer from them."""
-        contexts = [Context.from_hit(h) for h in self.search(question, k, filter)]
+        contexts = [Context.from_hit(h) for h in self.search(question, k, filter, mode)]
         return Answer(self.generator.generate(question, contexts), contexts)

@@ -197,6 +197,10 @@ class IndexReport:
     store_seconds: float = 0.0
     vectors: Any = field(default=None, repr=False)  # the chunks' embeddings (drift watch)
     refused: dict[str, str] = field(default_factory=dict)  # doc id -> why it was not applied
+    # Which documents were updates (had chunks stored before) and deletes, for the latency
+    # metrics; left out of comparisons, like the vectors.
+    updated_ids: tuple[str, ...] = field(default=(), compare=False)
+    deleted_ids: tuple[str, ...] = field(default=(), compare=False)
 
 
 class ChunkIndexer:
@@ -287,6 +291,10 @@ class ChunkIndexer:
             store_seconds=store_seconds,
             vectors=vectors,
             refused=plan.refused,
+            updated_ids=tuple(
+                str(p.doc["id"]) for p in plan.upserts if existing.get(str(p.doc["id"]))
+            ),
+            deleted_ids=tuple(plan.deleted_docs),
         )
 
     def _encode(self, texts: list[str]) -> np.ndarray:

@@ -3,14 +3,22 @@
 The same code runs on milvus-lite (``uri`` is a ``.db`` file; one process per file) and on a
 Milvus server (``uri`` is ``http://host:19530``). The collection uses Strong consistency, so
 a search that follows an acknowledged upsert or delete sees it.
+
+Search modes (:data:`SEARCH_MODES`): ``dense`` (the chunk embeddings), ``sparse`` (BM25 over
+the chunk text, computed by Milvus itself from a ``Function(BM25)`` on the ``text`` field) and
+``hybrid`` (both searches, fused with RRF or weights by :func:`fuse`). A collection made
+with ``bm25=True`` carries the sparse field; one without it (made before, or on a server older
+than Milvus 2.5, which has no BM25) answers sparse and hybrid searches from the dense vectors
+and says so once in the log.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,13 +31,21 @@ from retrieval.exceptions import (
 )
 
 __all__ = [
+    "BM25_ANALYZER",
+    "FUSIONS",
+    "SEARCH_MODES",
     "ChunkRow",
     "Hit",
     "VectorStore",
     "build_filter",
+    "fuse",
+    "hybrid_candidates",
     "quote_string",
+    "server_supports_bm25",
     "truncate_utf8",
 ]
+
+log = logging.getLogger(__name__)
 
 MetaValue = str | int | float | bool
 
@@ -42,6 +58,25 @@ QUERY_LIMIT = 16384  # Milvus caps offset + limit of one query at 16384
 METRICS = ("COSINE", "IP", "L2")
 COLLECTION_NOT_LOADED = 101  # Milvus's error code, which milvus-lite uses too
 FIELDS = ("chunk_id", "doc_id", "n", "text", "title", "source", "meta", "ts")
+SPARSE_FIELD = "sparse"
+SEARCH_MODES = ("dense", "sparse", "hybrid")
+FUSIONS = ("rrf", "weighted")
+#: English stop words removed before BM25 (short function words only: in technical text words
+#: such as "not", "all" or "first" carry meaning).
+ENGLISH_STOP_WORDS = (
+    "a an and are as at be been but by can do does for from had has have how i if in into is "
+    "it its of on or so such than that the their them then there these they this those to was "
+    "we were what when where which while who why will with would you your"
+).split()
+#: The analyzer of the BM25 field: Milvus's standard tokenizer (Unicode words, so snake_case
+#: identifiers such as ``lru_cache`` stay one term and dotted names split into their parts),
+#: lower-cased, English stop words removed. No stemmer: milvus-lite has none, and the same
+#: terms on milvus-lite and on a server keep the two interchangeable.
+BM25_ANALYZER: dict[str, Any] = {
+    "tokenizer": "standard",
+    "filter": ["lowercase", {"type": "stop", "stop_words": ENGLISH_STOP_WORDS}],
+}
+BM25_MIN_VERSION = (2, 5)  # Milvus added the BM25 function in 2.5
 
 _T = TypeVar("_T")
 # Only the escapes that both milvus-lite and Milvus parse; other characters go in raw.
@@ -133,6 +168,24 @@ def build_filter(
     return " and ".join(parts)
 
 
+def server_supports_bm25(version: str) -> bool | None:
+    """Whether a Milvus server of ``version`` has the BM25 function (None: cannot tell).
+
+    Examples
+    --------
+    >>> server_supports_bm25("milvus_lite-3.2.2"), server_supports_bm25("v2.3.5-lite")
+    (True, False)
+    >>> server_supports_bm25("v2.5.4"), server_supports_bm25("something else")
+    (True, None)
+    """
+    if version.startswith("milvus_lite"):  # milvus-lite 3.x (the pure-Python one) has it
+        return True
+    found = re.match(r"v?(\d+)\.(\d+)", version.strip())
+    if found is None:
+        return None
+    return (int(found.group(1)), int(found.group(2))) >= BM25_MIN_VERSION
+
+
 @dataclass(frozen=True)
 class ChunkRow:
     """One row of the collection: a chunk, its vector and its document's attributes.
@@ -173,6 +226,69 @@ class Hit:
     title: str
     source: str
     meta: dict[str, Any]
+
+
+def hybrid_candidates(k: int, candidates: int | None = None) -> int:
+    """Hits each side of a hybrid search of ``k`` contributes: ``candidates``, or ``2k`` and at
+    least 20.
+
+    >>> hybrid_candidates(5), hybrid_candidates(50), hybrid_candidates(5, 8)
+    (20, 100, 8)
+    """
+    return max(candidates or max(2 * k, 20), k)
+
+
+def fuse(
+    dense: Sequence[Hit],
+    sparse: Sequence[Hit],
+    k: int,
+    fusion: str = "rrf",
+    dense_weight: float = 0.5,
+    rrf_k: int = 60,
+) -> list[Hit]:
+    """The best ``k`` of two ranked lists of hits (dense and BM25) fused into one, best first.
+
+    ``rrf``: reciprocal rank fusion, ``score = sum 1 / (rrf_k + rank)`` over the lists a hit is
+    in. ``weighted``: a convex combination of the two scores, each min-max normalised over its
+    own list (BM25 against 0, its natural floor), ``dense_weight`` for the dense side; a hit
+    missing from a list gets 0 from it. Ties keep the dense order.
+
+    The fusion is done here rather than by Milvus's ``hybrid_search``: the same arithmetic on
+    milvus-lite and on any server, and milvus-lite 3.2 normalises its (negated) BM25 scores
+    upside down in its weighted ranker.
+
+    Examples
+    --------
+    >>> h = lambda d, s: Hit(d + "#0", d, 0, d, s, "", "", {})
+    >>> dense = [h("a", 0.9), h("b", 0.8), h("c", 0.1)]
+    >>> sparse = [h("c", 12.0), h("b", 6.0)]
+    >>> [x.doc_id for x in fuse(dense, sparse, 3)]
+    ['c', 'b', 'a']
+    >>> [(x.doc_id, round(x.score, 2)) for x in fuse(dense, sparse, 2, "weighted", 0.7)]
+    [('b', 0.76), ('a', 0.7)]
+    """
+    if fusion not in FUSIONS:
+        raise InvalidArgumentError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    scores: dict[str, float] = {}
+    hits: dict[str, Hit] = {}
+    if fusion == "rrf":
+        for ranked in (dense, sparse):
+            for rank, hit in enumerate(ranked, start=1):
+                scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (rrf_k + rank)
+                hits.setdefault(hit.chunk_id, hit)
+    else:
+        for ranked, weight, floor in ((dense, dense_weight, None), (sparse, 1 - dense_weight, 0.0)):
+            if not ranked:
+                continue
+            values = [h.score for h in ranked]
+            lo = min(values) if floor is None else floor
+            span = (max(values) - lo) or 1.0
+            for hit in ranked:
+                norm = (hit.score - lo) / span
+                scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + weight * norm
+                hits.setdefault(hit.chunk_id, hit)
+    order = sorted(scores, key=lambda c: -scores[c])  # stable: dense hits were seen first
+    return [replace(hits[c], score=scores[c]) for c in order[:k]]
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -244,6 +360,10 @@ class VectorStore:
         Server token (``"user:password"`` or an API key); unused by milvus-lite.
     index_type
         Milvus index type for the vector field.
+    bm25
+        Give a new collection a BM25 sparse field computed from ``text`` (needs Milvus 2.5+ or
+        milvus-lite; on an older server the collection is made without it, with a warning).
+        An existing collection is used as it is: :attr:`bm25` says whether it has the field.
 
     Examples
     --------
@@ -258,6 +378,18 @@ class VectorStore:
     >>> store.delete_doc("a"); store.count()
     1
     >>> store.close()
+
+    With ``bm25=True``, text searches and hybrid ones:
+
+    >>> store = VectorStore(os.path.join(folder, "bm25.db"), dim=2, bm25=True)
+    >>> store.upsert([ChunkRow("a#0", "a", 0, "Kafka keeps an ordered log", [1.0, 0.0]),
+    ...               ChunkRow("b#0", "b", 0, "Milvus stores vectors", [0.0, 1.0])])
+    2
+    >>> [h.doc_id for h in store.search(text="which log is ordered?", k=1, mode="sparse")]
+    ['a']
+    >>> [h.doc_id for h in store.search([0.1, 0.9], k=2, text="ordered log", mode="hybrid")]
+    ['a', 'b']
+    >>> store.close()
     >>> import shutil; shutil.rmtree(folder)
     """
 
@@ -269,6 +401,7 @@ class VectorStore:
         metric: str = "COSINE",
         token: str | None = None,
         index_type: str = "AUTOINDEX",
+        bm25: bool = False,
     ) -> None:
         metric = metric.upper()
         if metric not in METRICS:
@@ -280,6 +413,10 @@ class VectorStore:
         self.dim = dim
         self.metric = metric
         self.index_type = index_type
+        self.want_bm25 = bm25
+        #: Whether the collection has the BM25 sparse field (set once it is opened).
+        self.bm25 = False
+        self._warned: set[str] = set()
         from pymilvus import MilvusClient
 
         try:
@@ -341,14 +478,59 @@ class VectorStore:
             self._call("create_collection", self._create)
         self._call("load_collection", c.load_collection, self.collection)
 
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def _server_has_bm25(self) -> bool | None:
+        try:
+            version = str(self._client.get_server_version())
+        except Exception:  # not every server answers: then creating the field decides
+            return None
+        supported = server_supports_bm25(version)
+        if supported is False:
+            self._warn_once(
+                "server",
+                "Milvus at %s is %s, older than 2.5: it has no BM25; collection %r is made "
+                "without the sparse field and sparse/hybrid searches fall back to dense",
+                self.uri, version, self.collection,
+            )  # fmt: skip
+        return supported
+
     def _create(self) -> None:
-        from pymilvus import DataType, MilvusClient
+        if self.want_bm25 and self._server_has_bm25() is not False:
+            try:
+                self._create_with(bm25=True)
+                self.bm25 = True
+                return
+            except Exception as exc:
+                if _is_unavailable(exc):
+                    raise
+                self._warn_once(
+                    "server",
+                    "Milvus at %s refused a collection with a BM25 field (%s); collection %r "
+                    "is made without it and sparse/hybrid searches fall back to dense",
+                    self.uri, exc, self.collection,
+                )  # fmt: skip
+                if self._client.has_collection(self.collection):
+                    self._client.drop_collection(self.collection)
+        self._create_with(bm25=False)
+
+    def _create_with(self, bm25: bool) -> None:
+        from pymilvus import DataType, Function, FunctionType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX_BYTES)
         schema.add_field("doc_id", DataType.VARCHAR, max_length=ID_MAX_BYTES)
         schema.add_field("n", DataType.INT64)
-        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX_BYTES)
+        if bm25:
+            schema.add_field(
+                "text", DataType.VARCHAR, max_length=TEXT_MAX_BYTES,
+                enable_analyzer=True, analyzer_params=BM25_ANALYZER,
+            )  # fmt: skip
+        else:
+            schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX_BYTES)
         schema.add_field("title", DataType.VARCHAR, max_length=LABEL_MAX_BYTES)
         schema.add_field("source", DataType.VARCHAR, max_length=LABEL_MAX_BYTES)
         schema.add_field("meta", DataType.JSON)
@@ -356,6 +538,19 @@ class VectorStore:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         index = self._client.prepare_index_params()
         index.add_index(field_name="vector", index_type=self.index_type, metric_type=self.metric)
+        if bm25:
+            schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(
+                Function(
+                    name="text_bm25",
+                    function_type=FunctionType.BM25,
+                    input_field_names=["text"],
+                    output_field_names=[SPARSE_FIELD],
+                )
+            )
+            index.add_index(
+                field_name=SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25"
+            )
         self._client.create_collection(
             self.collection, schema=schema, index_params=index, consistency_level="Strong"
         )
@@ -373,6 +568,14 @@ class VectorStore:
             raise CollectionMismatchError(
                 f"collection {self.collection!r} exists with another schema (fields "
                 f"{sorted(fields)}); {how}"
+            )
+        self.bm25 = SPARSE_FIELD in fields
+        if self.want_bm25 and not self.bm25:
+            self._warn_once(
+                "collection",
+                "collection %r was made without the BM25 field: sparse and hybrid searches "
+                "fall back to dense; index into a new collection to have them",
+                self.collection,
             )
         found_dim = int(vector.get("params", {}).get("dim", -1))
         if found_dim != self.dim:
@@ -524,57 +727,131 @@ class VectorStore:
         )
         return int(rows[0]["count(*)"])
 
+    def search_mode(self, mode: str) -> str:
+        """The mode a search asked for in ``mode`` runs in: ``dense`` without the BM25 field.
+
+        >>> import tempfile, os
+        >>> with VectorStore(os.path.join(tempfile.mkdtemp(), "m.db"), dim=2) as store:
+        ...     store.search_mode("hybrid")
+        'dense'
+        """
+        if mode not in SEARCH_MODES:
+            raise InvalidArgumentError(f"search mode must be one of {SEARCH_MODES}, got {mode!r}")
+        if mode != "dense" and not self.bm25:
+            self._warn_once(
+                "fallback",
+                "collection %r has no BM25 field: %s searches run as dense ones",
+                self.collection, mode,
+            )  # fmt: skip
+            return "dense"
+        return mode
+
     def search(
         self,
-        vector: Sequence[float] | np.ndarray,
+        vector: Sequence[float] | np.ndarray | None = None,
         k: int = 5,
         filter: str | None = None,
+        *,
+        text: str | None = None,
+        mode: str = "dense",
+        fusion: str = "rrf",
+        dense_weight: float = 0.5,
+        candidates: int | None = None,
+        rrf_k: int = 60,
     ) -> list[Hit]:
-        """The ``k`` chunks most similar to ``vector``, best first.
+        """The ``k`` best chunks for a query, best first.
 
         Parameters
         ----------
         vector
-            Query vector of length ``dim``.
+            Query vector of length ``dim`` (``dense`` and ``hybrid``, and whenever the
+            collection has no BM25 field).
         k
             Number of hits wanted (>= 1).
         filter
             Optional Milvus boolean expression, e.g. from :meth:`build_filter`.
+        text
+            The query's text, for BM25 (``sparse`` and ``hybrid``).
+        mode
+            ``"dense"``, ``"sparse"`` or ``"hybrid"`` (see :meth:`search_mode`).
+        fusion
+            ``"rrf"`` (reciprocal rank fusion, constant ``rrf_k``) or ``"weighted"`` (min-max
+            normalised scores, ``dense_weight`` for the dense side, the rest for BM25); see
+            :func:`fuse`.
+        candidates
+            Hits each side of a hybrid search contributes before fusion (default
+            ``max(2 * k, 20)``).
+
+        Returns
+        -------
+        list of Hit
+            Scores are similarities (dense), BM25 scores (sparse) or fused scores (hybrid).
         """
         if k < 1:
             raise InvalidArgumentError(f"k must be >= 1, got {k}")
+        if fusion not in FUSIONS:
+            raise InvalidArgumentError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if not 0.0 <= dense_weight <= 1.0:
+            raise InvalidArgumentError(f"dense_weight must be within [0, 1], got {dense_weight}")
+        mode = self.search_mode(mode)
+        if mode != "dense" and not (text and text.strip()):
+            raise InvalidArgumentError(f"a {mode} search needs the query's text")
+        query = self._query_vector(vector) if mode != "sparse" else None
+        if mode != "hybrid":
+            return self._search_one(query, text, k, filter, mode)
+        limit = hybrid_candidates(k, candidates)
+        dense = self._search_one(query, None, limit, filter, "dense")
+        sparse = self._search_one(None, text, limit, filter, "sparse")
+        return fuse(dense, sparse, k, fusion, dense_weight, rrf_k)
+
+    def _search_one(
+        self,
+        query: np.ndarray | None,
+        text: str | None,
+        k: int,
+        filter: str | None,
+        mode: str,
+    ) -> list[Hit]:
+        result = self._call(
+            "search",
+            self._client.search,
+            self.collection,
+            data=[query.tolist() if query is not None else text],
+            anns_field="vector" if mode == "dense" else SPARSE_FIELD,
+            limit=k,
+            filter=filter or "",
+            output_fields=[f for f in FIELDS if f != "chunk_id"],
+            search_params={"metric_type": self.metric if mode == "dense" else "BM25"},
+        )
+        return [self._hit(r, mode) for r in (result[0] if result else [])]
+
+    def _query_vector(self, vector: Sequence[float] | np.ndarray | None) -> np.ndarray:
+        if vector is None:
+            raise InvalidArgumentError("a dense search needs the query vector")
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.dim:
             raise InvalidArgumentError(
                 f"query vector has {query.shape[0]} dimensions, the collection holds {self.dim}"
             )
-        result = self._call(
-            "search",
-            self._client.search,
-            self.collection,
-            data=[query.tolist()],
-            limit=k,
-            filter=filter or "",
-            output_fields=[f for f in FIELDS if f != "chunk_id"],
-            search_params={"metric_type": self.metric},
+        return query
+
+    def _hit(self, r: Mapping[str, Any], mode: str) -> Hit:
+        e = r["entity"]
+        score = float(r["distance"])
+        if mode == "dense" and self.metric == "L2":
+            score = -score
+        elif mode == "sparse":
+            score = abs(score)  # milvus-lite returns BM25 scores negated (best still first)
+        return Hit(
+            chunk_id=str(r.get("chunk_id", r.get("id"))),
+            doc_id=e["doc_id"],
+            n=int(e["n"]),
+            text=e["text"],
+            score=score,
+            title=e.get("title", ""),
+            source=e.get("source", ""),
+            meta=dict(e.get("meta") or {}),
         )
-        hits = []
-        for r in result[0] if result else []:
-            e = r["entity"]
-            score = float(r["distance"])
-            hits.append(
-                Hit(
-                    chunk_id=str(r.get("chunk_id", r.get("id"))),
-                    doc_id=e["doc_id"],
-                    n=int(e["n"]),
-                    text=e["text"],
-                    score=-score if self.metric == "L2" else score,
-                    title=e.get("title", ""),
-                    source=e.get("source", ""),
-                    meta=dict(e.get("meta") or {}),
-                )
-            )
-        return hits
 
     @staticmethod
     def build_filter(

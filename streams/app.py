@@ -13,7 +13,8 @@ Agents:
 * ``queries`` → retrieve and answer → ``answers`` (:class:`retrieval.answering.QueryAnswerer`)
 
 HTTP (faust's web server, ``LIVELEARN_WEB_PORT``): ``GET /search?q=...&k=5`` and
-``GET /ask?q=...``, ``GET /healthz``.
+``GET /ask?q=...``, both with optional ``mode``, ``title``, ``source`` and ``meta`` (a JSON
+object), validated like a ``queries`` record (HTTP 400 with the reason); ``GET /healthz``.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class RetrievalServices:
             dim=embedder.dim,
             metric=s.milvus.metric,
             token=s.milvus.token.get_secret_value() or None,
+            bm25=True,
         )
         chunker = TokenChunker(embedder.tokenizer, s.models.chunk_tokens, s.models.chunk_overlap)
         self._indexer = ChunkIndexer(
@@ -123,7 +125,16 @@ class RetrievalServices:
             from retrieval.answering import CausalLMGenerator
 
             generator = CausalLMGenerator(s.models.generator)
-        self._answerer = QueryAnswerer(embedder, store, generator)
+        r = s.retrieval
+        reranker = None
+        if r.reranker:
+            from retrieval.rerank import CrossEncoderReranker
+
+            reranker = CrossEncoderReranker(r.reranker)
+        self._answerer = QueryAnswerer(
+            embedder, store, generator, mode=r.mode, fusion=r.fusion,
+            dense_weight=r.dense_weight, reranker=reranker, rerank_top_n=r.rerank_top_n,
+        )  # fmt: skip
 
     @property
     def indexer(self) -> Any:
@@ -159,10 +170,19 @@ def index_docs(services: RetrievalServices, records: Sequence[Any]) -> list[OutR
         Rejection(last[d].partition, last[d].offset, f"docs: {why}")
         for d, why in report.refused.items()
     ]
+    updated, deleted = set(report.updated_ids), set(report.deleted_ids)
     for r in records:
         produced = r.value.get("ts") or r.timestamp
         if produced and str(r.value["id"]) not in report.refused:
-            metrics.FRESHNESS.observe(max(0.0, now - float(produced)))
+            # Strong consistency: once apply returns, every search sees the batch.
+            age = max(0.0, now - float(produced))
+            doc_id = str(r.value.get("id"))
+            metrics.FRESHNESS.observe(age)
+            if r.value.get("op") == "delete":
+                if doc_id in deleted:
+                    metrics.DELETE_INVISIBLE.observe(age)
+            elif doc_id in updated:
+                metrics.UPDATE_VISIBLE.observe(age)
     log.debug("indexed %s", report)
     return refused + list(_embedding_alerts(services, records, report.vectors))
 
@@ -194,16 +214,65 @@ def answer_queries(
     for r in records:
         started = time.perf_counter()
         q = r.value
-        filt = q.get("filter") or {}
-        expr = services.answerer.store.build_filter(
-            title=filt.get("title"), source=filt.get("source"), meta=filt.get("meta")
-        ) if filt else None  # fmt: skip
-        answer = services.answerer.answer(q["question"], k=q.get("k"), filter=expr or None)
+        expr = _query_filter(services, q)
+        answer = services.answerer.answer(
+            q["question"], k=q.get("k"), filter=expr or None, mode=q.get("mode")
+        )
         record = dict(answer.to_record())
         record["id"] = q["id"]
         record["latency_ms"] = (time.perf_counter() - started) * 1000
         outputs.append(OutRecord(answers_topic, q["id"], record))
     return outputs
+
+
+def http_query(params: Any) -> dict[str, Any]:
+    """A ``queries`` record from the query string of ``/search`` or ``/ask``, validated by the
+    same contract (so the same filters, modes and bounds of ``k``); raises ``ContractError``
+    with the reason. Parameters: ``q``, ``k``, ``mode``, ``title``, ``source`` and ``meta``
+    (a JSON object, ``{"year": 2024}``).
+
+    >>> http_query({"q": "log", "k": "3", "source": "man", "meta": '{"year": 2024}'})
+    {'id': 'http', 'question': 'log', 'k': 3, 'filter': {'source': 'man', 'meta': {'year': 2024}}}
+    >>> http_query({"q": "log", "k": "500"})
+    Traceback (most recent call last):
+    ...
+    streams.exceptions.ContractError: queries: 500 is greater than the maximum of 100 (at $.k)
+    """
+    import orjson
+
+    from streams.contracts import ContractError, validate
+
+    record: dict[str, Any] = {"id": "http", "question": params.get("q", "")}
+    if not record["question"]:
+        raise ContractError("missing q (the question)")
+    if "k" in params:
+        try:
+            record["k"] = int(params["k"])
+        except ValueError:
+            raise ContractError(
+                f"k must be an integer from 1 to 100, got {params['k']!r}"
+            ) from None
+    if "mode" in params:
+        record["mode"] = params["mode"]
+    filt: dict[str, Any] = {f: params[f] for f in ("title", "source") if f in params}
+    if "meta" in params:
+        try:
+            filt["meta"] = orjson.loads(params["meta"])
+        except orjson.JSONDecodeError:
+            raise ContractError(f"meta must be a JSON object, got {params['meta']!r}") from None
+    if filt:
+        record["filter"] = filt
+    return validate("queries", record)
+
+
+def _query_filter(services: RetrievalServices, query: dict[str, Any]) -> str | None:
+    filt = query.get("filter") or {}
+    if not filt:
+        return None
+    expr: str = services.answerer.store.build_filter(
+        title=filt.get("title"), source=filt.get("source"), meta=filt.get("meta")
+    )
+    return expr or None
 
 
 def make_online_service(settings: Settings) -> Any:
@@ -645,28 +714,39 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"ok": True})
 
-    @app.page("/search")
-    async def search(web: Any, request: Any) -> Any:
+    async def run_query(web: Any, request: Any, ask: bool) -> Any:
+        from retrieval.exceptions import InvalidArgumentError
+        from streams.contracts import ContractError
+
         refused = guard.check(request)
         if refused is not None:
             return web.json({"error": refused[1]}, status=refused[0])
-        question = request.query.get("q", "")
-        k = int(request.query.get("k", "5"))
-        if not question:
-            return web.json({"error": "missing q"}, status=400)
-        hits = await services.run(lambda: services.answerer.search(question, k))
-        return web.json({"q": question, "hits": [h.__dict__ for h in hits]})
+        try:
+            q = http_query(request.query)
+        except ContractError as exc:
+            return web.json({"error": str(exc)}, status=400)
+
+        def call() -> Any:
+            expr = _query_filter(services, q)
+            a = services.answerer
+            if ask:
+                return a.answer(q["question"], q.get("k"), expr, q.get("mode")).to_record()
+            hits = a.search(q["question"], q.get("k"), expr, q.get("mode"))
+            return {"q": q["question"], "hits": [h.__dict__ for h in hits]}
+
+        try:
+            return web.json(await services.run(call))
+        except InvalidArgumentError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        except VectorStoreUnavailableError as exc:
+            return web.json({"error": str(exc)}, status=503)
+
+    @app.page("/search")
+    async def search(web: Any, request: Any) -> Any:
+        return await run_query(web, request, ask=False)
 
     @app.page("/ask")
     async def ask(web: Any, request: Any) -> Any:
-        refused = guard.check(request)
-        if refused is not None:
-            return web.json({"error": refused[1]}, status=refused[0])
-        question = request.query.get("q", "")
-        if not question:
-            return web.json({"error": "missing q"}, status=400)
-        k = int(request.query.get("k", "5"))
-        answer = await services.run(lambda: services.answerer.answer(question, k))
-        return web.json(answer.to_record())
+        return await run_query(web, request, ask=True)
 
     return app

@@ -12,6 +12,8 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 __all__ = [
     "DEAD_LETTERS",
     "FRESHNESS",
+    "DELETE_INVISIBLE",
+    "UPDATE_VISIBLE",
     "PREDICTION_LATENCY",
     "RECORDS_IN",
     "RECORDS_OUT",
@@ -42,6 +44,17 @@ BATCH_SECONDS = Histogram(
 FRESHNESS = Histogram(
     "livelearn_freshness_seconds",
     "Time from a document's produce timestamp to the moment it is searchable",
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60),
+)
+UPDATE_VISIBLE = Histogram(
+    "livelearn_update_visible_seconds",
+    "Time from an update's produce timestamp (a document already indexed) to the moment "
+    "searches return its new text",
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60),
+)
+DELETE_INVISIBLE = Histogram(
+    "livelearn_delete_invisible_seconds",
+    "Time from a delete's produce timestamp to the moment no search returns the document",
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60),
 )
 PREDICTION_LATENCY = Histogram(

@@ -34,6 +34,7 @@ __all__ = [
     "LimitSettings",
     "MilvusSettings",
     "ModelSettings",
+    "RetrievalSettings",
     "Settings",
     "SecretStr",
     "SupervisorSettings",
@@ -150,6 +151,29 @@ class MilvusSettings(_Frozen):
     token: SecretStr = Field(SecretStr(""), description="Milvus token (secret)")
     collection: str = Field("livelearn_chunks", description="collection holding doc chunks")
     metric: Literal["COSINE", "IP", "L2"] = Field("COSINE", description="vector metric")
+
+
+class RetrievalSettings(_Frozen):
+    """How ``/search``, ``/ask`` and ``queries`` find chunks (a query may name its own mode)."""
+
+    mode: Literal["dense", "sparse", "hybrid"] = Field(
+        "hybrid",
+        description="search mode: embeddings, BM25 over the chunk text, or both fused "
+        "(sparse/hybrid fall back to dense on a Milvus without BM25, which is logged)",
+    )
+    fusion: Literal["rrf", "weighted"] = Field(
+        "weighted",
+        description="hybrid fusion: reciprocal rank fusion, or weighted normalised scores",
+    )
+    dense_weight: float = Field(
+        0.7, ge=0, le=1, description="weighted fusion: weight of the dense score (BM25: the rest)"
+    )
+    reranker: str = Field(
+        "", description="cross-encoder reranker: HF id or path; '' = no reranking"
+    )
+    rerank_top_n: int = Field(
+        20, ge=1, le=200, description="fused hits the reranker rescores (then the best k are kept)"
+    )
 
 
 class ModelSettings(_Frozen):
@@ -336,6 +360,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     trigger: TriggerSettings = Field(default_factory=TriggerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
