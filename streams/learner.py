@@ -31,6 +31,7 @@ import orjson
 from streams import metrics
 from streams.contracts import Limits, encode
 from streams.kafka import admin_client, consumer, flush_or_raise, produce_or_wait, producer
+from streams.ordering import EventTimeMerger
 from streams.processing import RawRecord, decode_batch
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
@@ -46,6 +47,9 @@ OUTPUT_LINGER_MS = 1
 
 class OnlineProcessor(Protocol):
     """What the loop needs from the domain side (``trainers.service.OnlineService``)."""
+
+    #: The event-time merge's state as of the records processed (saved with the checkpoint).
+    ordering_state: dict[str, Any] | None
 
     def offsets(self) -> dict[int, int]:
         """Next offset to process per partition of ``events`` (from the checkpoint)."""
@@ -207,6 +211,7 @@ class LearnerLoop(_EventsLoop):
         prod = producer(s, self.bootstrap, **{"linger.ms": OUTPUT_LINGER_MS})
         updates = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-updates")
         processor: OnlineProcessor | None = None
+        merger = EventTimeMerger(0.0)
         last_run = 0.0
         try:
             while not self.stop_event.is_set():
@@ -227,6 +232,7 @@ class LearnerLoop(_EventsLoop):
                         [TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in range(n)]
                     )
                     log.info("learning %s from offsets %s", topic, start or "the beginning")
+                    merger = self._merger(processor, start, n)
                     self._follow_updates(updates)
                 for m in updates.consume(100, 0):
                     if m.error() is None:
@@ -234,12 +240,13 @@ class LearnerLoop(_EventsLoop):
                             processor.on_model_update(orjson.loads(m.value()))
                         except (orjson.JSONDecodeError, TypeError, AttributeError):
                             log.warning("ignoring a malformed model update at %s", m.offset())
-                batch = self._take(events, 0.1)
+                batch = self._take(events, 0.0 if merger.more_ready else 0.1)
                 # Idle, the processor still runs once a second: schedules and swaps are due
                 # whether records flow or not.
-                if batch or time.monotonic() - last_run >= 1.0:
+                if batch or merger.buffered or time.monotonic() - last_run >= 1.0:
                     last_run = time.monotonic()
                     good, bad = self._decode(batch) if batch else ([], [])
+                    good = self._in_event_order(merger, events, batch, good)
                     outputs = processor.process(good)
                     for rec in bad:
                         produce_or_wait(prod, rec.topic, rec.encoded(), _key(rec.key))
@@ -265,16 +272,52 @@ class LearnerLoop(_EventsLoop):
                 # so it is written only once every output before it is acknowledged.
                 if processor.checkpoint_due():
                     flush_or_raise(prod, 60)
+                    processor.ordering_state = merger.state()
                     if processor.maybe_checkpoint():
                         self._commit_for_lag(events, processor.offsets(), topic)
             if processor is not None and lease.held:
                 flush_or_raise(prod, 60)
+                processor.ordering_state = merger.state()
                 processor.maybe_checkpoint(force=True)
         finally:
             prod.flush(10)
             events.close()
             updates.close()
             lease.close()
+
+    def _merger(self, processor: OnlineProcessor, start: dict[int, int], n: int
+                ) -> EventTimeMerger:  # fmt: skip
+        """The event-time merge, resumed from the checkpoint's state (lateness 0 when the
+        learner learns in arrival order)."""
+        m = self.settings.models
+        lateness = m.lateness_s if m.event_order == "event-time" else 0.0
+        merger = EventTimeMerger(lateness, getattr(processor, "ordering_state", None))
+        merger.assign({p: start.get(p, 0) for p in range(n)})
+        return merger
+
+    def _in_event_order(self, merger: EventTimeMerger, events: Any, batch: list[RawRecord],
+                        good: list[Any]) -> list[Any]:  # fmt: skip
+        """Hand the batch to the merge; take what may be learned now, in event-time order."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        topic = self.settings.topics.events
+        merger.consumed((r.partition, r.offset) for r in batch)
+        merger.push(good, time.monotonic())
+        ends: dict[int, int] = {}
+        if merger.buffered:
+            for p in merger.partitions:
+                try:  # the end of log as of the last fetch: a partition there holds nothing
+                    _low, high = events.get_watermark_offsets(TopicPartition(topic, p),
+                                                              cached=True)  # fmt: skip
+                except KafkaException:
+                    continue
+                if high is not None and high >= 0:
+                    ends[p] = high
+        late = merger.late
+        out = merger.pop(ends, time.monotonic(), self.batch_size)
+        if merger.late > late:
+            metrics.LATE_EVENTS.labels(topic).inc(merger.late - late)
+        return out
 
     def _follow_updates(self, updates: Any) -> None:
         """Read ``model-updates`` from now on (jobs decided before a restart are reconciled
@@ -314,7 +357,8 @@ class PredictorLoop(_EventsLoop):
     answers from the learner's latest snapshot (:class:`trainers.service.SnapshotPredictor`).
     Offsets are committed after Kafka acknowledged the predictions: at least once, keyed by
     event id. Bad records are dead-lettered by the learner, which reads every record; a
-    replica skips them.
+    replica skips them. A replica answers in arrival order: it learns nothing, so the order
+    of its partitions changes none of its answers (and holding events would only delay them).
     """
 
     def __init__(self, settings: Settings, bootstrap: str, make_predictor: Callable[[], Any],

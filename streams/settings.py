@@ -166,6 +166,16 @@ class ModelSettings(_Frozen):
         description="who answers events: the learner (predict, then learn) or predict-only "
         "replicas in every worker, from the learner's snapshots (scales over partitions)",
     )
+    event_order: Literal["event-time", "arrival"] = Field(
+        "event-time",
+        description="order the learner learns events in: by their ts across partitions "
+        "(a watermark merge; events without ts keep arrival order), or as they arrive",
+    )
+    lateness_s: float = Field(
+        2.0, ge=0,
+        description="how long (in ts seconds, and at most in wall-clock seconds) an event may "
+        "wait for earlier ones from other partitions; later ones are learned late, and counted",
+    )  # fmt: skip
     per_key: str = Field(
         "", description="feature whose value selects a model of its own (e.g. tenant); '' = one"
     )

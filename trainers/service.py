@@ -175,6 +175,8 @@ class OnlineService:
         self.every_records = every_records
         self.every_seconds = every_seconds
         self._offsets: dict[int, int] = {}
+        # The learner loop's event-time merge, as of the records processed (set by the loop).
+        self.ordering_state: dict[str, Any] | None = None
         self.orphan_labels = 0
         self.duplicates_skipped = 0
         self._since_checkpoint = 0
@@ -189,6 +191,7 @@ class OnlineService:
                 self.recent = state.get("recent", self.recent)
                 self.joiner = state["joiner"]
                 self._offsets = dict(state["offsets"])
+                self.ordering_state = state.get("ordering")
                 self.orphan_labels = state.get("orphan_labels", 0)
                 self.monitor = state.get("monitor", self.monitor)
                 if self.data_monitor is not None:
@@ -426,6 +429,7 @@ class OnlineService:
                 "recent": self.recent,
                 "joiner": self.joiner,
                 "offsets": dict(self._offsets),
+                "ordering": self.ordering_state,
                 "orphan_labels": self.orphan_labels,
                 "monitor": self.monitor,
                 "data_monitor": self.data_monitor,
