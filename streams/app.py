@@ -202,6 +202,7 @@ def make_online_service(settings: Settings) -> Any:
     """The learner's domain object, resumed from its checkpoint when there is one."""
     from trainers.data_drift import FeatureDriftMonitor
     from trainers.drift_monitor import ConceptDriftMonitor
+    from trainers.label_free import LabelFreeMonitors
     from trainers.learner import OnlineLearner
     from trainers.service import OnlineService
     from trainers.serving import ServingPolicy
@@ -227,6 +228,7 @@ def make_online_service(settings: Settings) -> Any:
             schedule_seconds=t.schedule_s or None, cooldown_seconds=t.cooldown_s,
             warning_action=t.warning_action, drift_action=t.drift_action,
             data_drift_action=t.data_drift_action, drift_min_records=t.drift_min_records,
+            label_free_action=t.label_free_action,
         ),
         data_monitor=FeatureDriftMonitor(t.data_drift_window, t.data_drift_window)
         if t.data_drift else None,
@@ -234,6 +236,8 @@ def make_online_service(settings: Settings) -> Any:
         emit_predictions=m.predict == "learner",
         per_key=m.per_key, max_keys=m.max_keys,
         reaction=m.drift_reaction, reaction_window=m.reaction_window,
+        label_free=LabelFreeMonitors(m.task, t.label_free_window, t.label_free_min_labels)
+        if t.label_free else None,
     )  # fmt: skip
     if service.policy.serving_version is None:  # a version promoted before this state began
         from trainers.registry import ModelRegistry

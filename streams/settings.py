@@ -227,6 +227,20 @@ class TriggerSettings(_Frozen):
     data_drift_action: Literal["none", "finetune", "retrain"] = Field(
         "none", description="job an input-distribution shift alone asks for"
     )
+    label_free: bool = Field(
+        True, description="watch predictions without labels: class shares (or predicted "
+        "values), and the CBPE-estimated accuracy of events whose labels have not arrived",
+    )  # fmt: skip
+    label_free_window: int = Field(
+        1000, ge=50, description="predictions in each of the two windows the label-free "
+        "monitors compare (the recent one, and the one before)",
+    )  # fmt: skip
+    label_free_min_labels: int = Field(
+        500, ge=0, description="labels learned before any label-free alert (warm-up)"
+    )
+    label_free_action: Literal["none", "finetune", "retrain"] = Field(
+        "none", description="job a label-free signal asks for (alerts are raised anyway)"
+    )
     embedding_drift: bool = Field(True, description="watch the docs stream's embeddings")
     embedding_drift_window: int = Field(
         500, ge=50, description="chunks in the embedding reference and recent windows"

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from trainers.data_drift import FeatureDriftMonitor
-from trainers.drift_monitor import ConceptDriftMonitor, DriftSignal
+from trainers.drift_monitor import ConceptDriftMonitor, DriftSignal, KeyedDriftMonitors
 from trainers.exceptions import CheckpointError, ModelSpecError
+from trainers.label_free import LabelFreeMonitors
 from trainers.learner import Challenger, LabelJoiner, OnlineLearner, to_features
 from trainers.serving import ServingPolicy
 from trainers.trigger import TriggerPolicy
@@ -111,7 +112,7 @@ def _unpack(waiting: Any) -> tuple[dict[str, Any], Any, str | None]:
 
 def _with_knobs(saved: TriggerPolicy, configured: TriggerPolicy) -> TriggerPolicy:
     for knob in ("topic", "volume_threshold", "schedule_seconds", "cooldown_seconds",
-                 "warning_action", "drift_action", "data_drift_action",
+                 "warning_action", "drift_action", "data_drift_action", "label_free_action",
                  "drift_min_records"):  # fmt: skip
         setattr(saved, knob, getattr(configured, knob))
     return saved
@@ -148,11 +149,13 @@ class OnlineService:
         max_keys: int = 10_000,
         reaction: str = "none",
         reaction_window: int = 200,
+        label_free: LabelFreeMonitors | None = None,
     ) -> None:
         self.learner = learner
         self.serving = serving or ServingPolicy("online", learner.task)
         self.monitor = monitor or ConceptDriftMonitor()
         self.data_monitor = data_monitor
+        self.label_free = label_free  # predictions and estimated accuracy, before labels
         self.emit_predictions = emit_predictions  # False: predictor replicas answer events
         # Per-key models: one learner per value of the feature ``per_key`` (events without it,
         # and keys beyond ``max_keys``, use the shared model ``self.learner``).
@@ -160,6 +163,8 @@ class OnlineService:
         self.max_keys = max_keys
         self.learners: dict[str, OnlineLearner] = {}
         self.overflow_keys = 0
+        self.key_monitors = KeyedDriftMonitors(self.monitor, min(max_keys, 1000)) \
+            if per_key else None  # fmt: skip
         # The online model's own reaction to a concept drift: ``fresh`` races a new model
         # trained on the recent window against it and switches when the new one is better.
         if reaction not in ("none", "fresh"):
@@ -196,6 +201,10 @@ class OnlineService:
                 self.monitor = state.get("monitor", self.monitor)
                 if self.data_monitor is not None:
                     self.data_monitor = state.get("data_monitor") or self.data_monitor
+                if self.label_free is not None:
+                    self.label_free = state.get("label_free") or self.label_free
+                if self.key_monitors is not None:
+                    self.key_monitors = state.get("key_monitors") or self.key_monitors
                 # Settings may have changed since; keep the state, take the new knobs.
                 self.policy = _with_knobs(state.get("policy", self.policy), self.policy)
                 log.info("resumed %s from checkpoint at offsets %s", self.learner.version,
@@ -251,6 +260,10 @@ class OnlineService:
                         self.serving.score(label, pred.prediction, batch[0])
                     self._react(x, label, pred.prediction, key)
                     outputs.extend(self._watch(pred.prediction, label, rec, key))
+                if self.label_free is not None:
+                    for shift in self.label_free.on_prediction(event["id"], pred.prediction,
+                                                               pred.proba, label):  # fmt: skip
+                        outputs.extend(self.on_signal(shift, rec, data=True))
                 value = self._prediction(event, pred, started, now, learner)
                 if key is not None:
                     value["model_key"] = key
@@ -263,6 +276,8 @@ class OnlineService:
                 if self.emit_predictions:
                     outputs.append(("predictions", event["id"], value))
             else:
+                if self.label_free is not None:
+                    self.label_free.on_label(event["id"], label)
                 waiting = self.joiner.pop(event["id"])
                 if waiting is None:
                     self.orphan_labels += 1
@@ -330,9 +345,12 @@ class OnlineService:
         else:
             error = abs(float(label) - float(prediction or 0.0))
         signal = self.monitor.update(error)
-        if signal is None:
-            return []
-        return self.on_signal(signal, rec)
+        out = [] if signal is None else self.on_signal(signal, rec)
+        if key is not None and self.key_monitors is not None:  # the key's own errors too
+            keyed = self.key_monitors.update(key, error)
+            if keyed is not None:
+                out.extend(self.on_signal(keyed, rec))
+        return out
 
     def on_signal(
         self, signal: DriftSignal, rec: Any, data: bool = False
@@ -345,16 +363,17 @@ class OnlineService:
         )
         detail = (
             f"{signal.detector} {signal.severity}: {what} at offset {rec.offset} of partition "
-            f"{rec.partition}"
+            f"{rec.partition}" + (f" (key {signal.key})" if signal.key is not None else "")
         )
-        if not data and signal.severity == "drift" and self.reaction == "fresh" \
+        if not data and signal.key is None and signal.severity == "drift" \
+                and self.reaction == "fresh" \
                 and self.challenger is None:  # fmt: skip
             warmup = list(self.recent)[-(self.reaction_window // 2) :]  # mostly the new concept
             race = max(20, self.reaction_window // 2)
             self.challenger = Challenger(self.learner.clone_fresh(), warmup, min_samples=race)
-        job = self.policy.on_drift(signal.severity, detail, data=data)
+        job = self.policy.on_drift(signal.severity, detail, data=data, signal=signal.signal)
         # The action asked for (the job may start later, once enough new data arrived).
-        action = self.policy.action_for(signal.severity, data)
+        action = self.policy.action_for(signal.severity, data, signal.signal)
         alert = signal.to_alert(self.learner.name, self.learner.version, action, rec)
         alert_id = alert["alert_id"]
         out: list[tuple[str, str, dict[str, Any]]] = [("drift-alerts", alert_id, alert)]
@@ -433,6 +452,8 @@ class OnlineService:
                 "orphan_labels": self.orphan_labels,
                 "monitor": self.monitor,
                 "data_monitor": self.data_monitor,
+                "label_free": self.label_free,
+                "key_monitors": self.key_monitors,
                 # What serves, for predictor replicas that answer from this snapshot.
                 "serving_choice": self.serving.choose(),
                 "batch_version": self.serving.version,
