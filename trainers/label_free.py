@@ -12,11 +12,13 @@ hours late, so does the alert. Two signals need none:
   accuracy. The calibration map (confidence → observed accuracy, per bin, shrunk towards the
   confidence itself) is learned from the labels that did arrive.
 
-Both compare adjacent windows (so an abrupt change shows within a window, whatever the level
-the model settled at), wait for ``min_labels`` labels (a model still warming up changes its
-predictions by learning), and raise one ``warning`` per episode. What they cannot see: a change
-of the concept alone (the same inputs, other labels) leaves predictions and confidence as
-they were; only the labels tell, and the concept monitor alerts then.
+Both watch the predictions of events whose label has not arrived (an event that carries its
+label is the concept monitor's), compare adjacent windows (so an abrupt change shows within a
+window, whatever the level the model settled at), wait for ``min_labels`` labels (a model
+still warming up changes its predictions by learning), and raise one ``warning`` per episode.
+What they cannot see: a change of the concept alone (the same inputs, other labels) leaves
+predictions and confidence as they were; only the labels tell, and the concept monitor alerts
+then.
 
 >>> import random
 >>> rng = random.Random(0)
@@ -268,20 +270,26 @@ class LabelFreeMonitors:
         self, event_id: str, prediction: Any, proba: Mapping[str, float] | None,
         label: Any = None,
     ) -> list[DriftSignal]:  # fmt: skip
-        """A prediction (with its label when the event carried one); the signals it raised."""
+        """A prediction (with its label when the event carried one); the signals it raised.
+
+        Only predictions still waiting for their label are watched: an event that carries
+        its label is watched by the concept monitor, which sees more (and a model that is
+        learning changes its predictions without any change in its inputs)."""
+        confident = self.task == "classification" and bool(proba)
+        if label is not None:
+            self.labels += 1
+            if confident:
+                assert proba is not None
+                self.accuracy.learn(max(proba.values()), str(label) == str(prediction))
+            return []
         signals = []
         shift = self.predictions.update(prediction)
         if shift is not None and self.labels >= self.min_labels:
             signals.append(shift)
-        if self.task != "classification" or not proba:
-            if label is not None:
-                self.labels += 1
+        if not confident:
             return signals
+        assert proba is not None
         confidence = max(proba.values())
-        if label is not None:
-            self.labels += 1
-            self.accuracy.learn(confidence, str(label) == str(prediction))
-            return signals
         self._pending[event_id] = (confidence, str(prediction))
         if len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
