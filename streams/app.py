@@ -167,11 +167,14 @@ def _embedding_alerts(
     if monitor is None or vectors is None or not len(vectors):
         return []
     s = services.settings
-    out = []
+    out: list[OutRecord] = []
+    now = time.monotonic()  # the batch's vectors came together (a bulk load is one reference)
     for vector in vectors:
-        signal = monitor.update(vector.tolist())
+        signal = monitor.update(vector.tolist(), now)
         if signal is not None:  # at most one per episode
             alert = signal.to_alert(s.models.embedding, "embedder", "none", records[-1])
+            if any(o.key == alert["alert_id"] for o in out):
+                continue  # one alert per id: the batch's record names it
             metrics.DRIFT_ALERTS.labels("docs", signal.detector, signal.severity).inc()
             log.warning("embedding drift on %s: %s", s.topics.docs, alert)
             out.append(OutRecord(s.topics.drift_alerts, alert["alert_id"], alert))
