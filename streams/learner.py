@@ -263,7 +263,7 @@ class LearnerLoop(_EventsLoop):
                     for out_topic, n_out in sent.items():
                         metrics.RECORDS_OUT.labels(out_topic).inc(n_out)
                     prod.poll(0)  # delivery reports; the records go out in the background
-                    _export_latency_and_lag(events, topic, batch)
+                    _export_latency_and_lag(events, topic, good)  # as learned (after the merge)
                     metrics.RECORDS_IN.labels(topic, "ok").inc(len(good))
                     metrics.RECORDS_IN.labels(topic, "dead").inc(len(bad))
                     _export_status(s.models.name, processor.status())
@@ -304,7 +304,7 @@ class LearnerLoop(_EventsLoop):
         merger.consumed((r.partition, r.offset) for r in batch)
         merger.push(good, time.monotonic())
         ends: dict[int, int] = {}
-        if merger.buffered:
+        if merger.buffered and merger.lateness_s:
             for p in merger.partitions:
                 try:  # the end of log as of the last fetch: a partition there holds nothing
                     _low, high = events.get_watermark_offsets(TopicPartition(topic, p),
@@ -398,7 +398,7 @@ class PredictorLoop(_EventsLoop):
 _served: dict[str, str] = {}
 
 
-def _export_latency_and_lag(events: Any, topic: str, batch: list[RawRecord]) -> None:
+def _export_latency_and_lag(events: Any, topic: str, batch: list[Any]) -> None:
     """Produce-to-prediction latency per record, and the lag left per partition."""
     from confluent_kafka import TopicPartition
 

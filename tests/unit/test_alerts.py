@@ -82,3 +82,26 @@ def test_milvus_lite_start_up_logs_no_error(tmp_path: Path, caplog: pytest.LogCa
         store.close()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+def test_per_key_drift_names_the_key(tmp_path: Path) -> None:
+    """Tenant b's concept flips; tenant a's does not: b's own monitor alerts, naming b."""
+    from trainers.learner import OnlineLearner
+    from trainers.service import OnlineService
+
+    rng = random.Random(4)
+    service = OnlineService(OnlineLearner("logreg"), None, per_key="tenant")
+    alerts = []
+    for i in range(16_000):
+        tenant = "ab"[i % 2]
+        x = rng.uniform(-1, 1)
+        flipped = tenant == "b" and i >= 8000
+        event = {"id": f"e{i}", "features": {"x": x, "tenant": tenant},
+                 "label": (x > 0) != flipped}  # fmt: skip
+        for contract, _k, value in service.process([DecodedRecord(0, i, event)]):
+            if contract == "drift-alerts":
+                alerts.append(value)
+    keyed = [a for a in alerts if a.get("model_key") is not None]
+    assert keyed and {a["model_key"] for a in keyed} == {"b"}
+    assert all(a["window"]["offset"] > 8000 for a in alerts)
+    assert len({a["alert_id"] for a in alerts}) == len(alerts)
