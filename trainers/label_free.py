@@ -159,7 +159,7 @@ class EstimatedAccuracyMonitor:
     window
         Unlabelled predictions in each of the two windows compared.
     min_drop
-        The smallest fall of the estimated accuracy that counts (0.05: five points).
+        The smallest fall of the estimated accuracy that counts (0.03: three points).
     z_threshold
         How many standard errors it must fall.
     bins
@@ -174,7 +174,7 @@ class EstimatedAccuracyMonitor:
     def __init__(
         self,
         window: int = 1000,
-        min_drop: float = 0.05,
+        min_drop: float = 0.03,
         z_threshold: float = 5.0,
         bins: int = 10,
         prior: float = 20.0,
@@ -188,7 +188,9 @@ class EstimatedAccuracyMonitor:
         self.decay = 1.0 - 1.0 / memory
         self._seen = [0.0] * bins  # labelled predictions per confidence bin
         self._right = [0.0] * bins  # ... that were right
-        self._estimates: deque[float] = deque(maxlen=2 * window)
+        self._estimates: deque[float] = deque(maxlen=2 * window)  # raw confidences
+        self._before = [[0.0, 0.0, 0.0] for _ in range(bins)]  # per bin: n, sum c, sum c^2
+        self._recent = [[0.0, 0.0, 0.0] for _ in range(bins)]
         self.n = 0
         self.in_episode = False
 
@@ -212,16 +214,22 @@ class EstimatedAccuracyMonitor:
     def update(self, confidence: float) -> DriftSignal | None:
         """A prediction whose label is not known yet; a signal when an episode starts."""
         self.n += 1
-        self._estimates.append(self.calibrated(confidence))
-        if len(self._estimates) < 2 * self.window or self.n % 25:
+        w = self.window
+        if len(self._estimates) == 2 * w:
+            self._move(self._before, self._estimates[0], -1)  # leaves the older window
+        if len(self._estimates) >= w:
+            moving = self._estimates[-w]  # from the recent window to the older one
+            self._move(self._recent, moving, -1)
+            self._move(self._before, moving, +1)
+        self._move(self._recent, confidence, +1)
+        self._estimates.append(confidence)
+        if len(self._estimates) < 2 * w or self.n % 25:
             return None
-        values = list(self._estimates)
-        before, recent = values[: self.window], values[self.window :]
-        mb, mr = sum(before) / self.window, sum(recent) / self.window
-        var = (sum((v - mb) ** 2 for v in before) + sum((v - mr) ** 2 for v in recent)) / (
-            2 * self.window
-        )
-        stderr = math.sqrt(max(var, 1e-12) * 2 / self.window)
+        # Both windows through the calibration as it is now: a calibration that moved (as
+        # labels came) moves both alike, not the recent one only.
+        mb, vb = self._mean_var(self._before)
+        mr, vr = self._mean_var(self._recent)
+        stderr = math.sqrt(max(vb + vr, 1e-12) / w)
         drop = mb - mr
         if drop < self.min_drop or drop / stderr < self.z_threshold:
             if self.in_episode and drop < self.min_drop / 2:
@@ -233,6 +241,30 @@ class EstimatedAccuracyMonitor:
         return DriftSignal(
             "cbpe", "estimated_accuracy", mr, mb - self.min_drop, "warning", self.n, mb
         )
+
+    def _move(self, stats: list[list[float]], confidence: float, sign: int) -> None:
+        """Add (``sign`` 1) or remove (-1) a confidence from a window's per-bin sums."""
+        b = stats[self._bin(confidence)]
+        b[0] += sign
+        b[1] += sign * confidence
+        b[2] += sign * confidence * confidence
+
+    def _mean_var(self, stats: list[list[float]]) -> tuple[float, float]:
+        """Mean and variance of the calibrated estimates of a window. Within a bin the
+        calibration is linear in the confidence, ``a + k c``, so per-bin sums suffice."""
+        n = total = squares = 0.0
+        for b, (count, s1, s2) in enumerate(stats):
+            if count <= 0:
+                continue
+            k = self.prior / (self._seen[b] + self.prior)
+            a = self._right[b] / (self._seen[b] + self.prior)
+            n += count
+            total += a * count + k * s1
+            squares += a * a * count + 2 * a * k * s1 + k * k * s2
+        if n <= 0:
+            return 0.0, 0.0
+        mean = total / n
+        return mean, max(0.0, squares / n - mean * mean)
 
 
 class LabelFreeMonitors:
