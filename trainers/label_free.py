@@ -296,7 +296,7 @@ class LabelFreeMonitors:
         self.predictions = PredictionDriftMonitor(task, window)
         self.accuracy = EstimatedAccuracyMonitor(window)
         self.labels = 0
-        self._pending: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._pending: OrderedDict[str, tuple[float, Any]] = OrderedDict()
 
     def on_prediction(
         self, event_id: str, prediction: Any, proba: Mapping[str, float] | None,
@@ -312,7 +312,7 @@ class LabelFreeMonitors:
             self.labels += 1
             if confident:
                 assert proba is not None
-                self.accuracy.learn(max(proba.values()), str(label) == str(prediction))
+                self.accuracy.learn(max(proba.values()), _same(label, prediction))
             return []
         signals = []
         shift = self.predictions.update(prediction)
@@ -322,7 +322,7 @@ class LabelFreeMonitors:
             return signals
         assert proba is not None
         confidence = max(proba.values())
-        self._pending[event_id] = (confidence, str(prediction))
+        self._pending[event_id] = (confidence, prediction)
         if len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
         estimate = self.accuracy.update(confidence)
@@ -336,4 +336,10 @@ class LabelFreeMonitors:
         waiting = self._pending.pop(event_id, None)
         if waiting is not None:
             confidence, prediction = waiting
-            self.accuracy.learn(confidence, str(label) == prediction)
+            self.accuracy.learn(confidence, _same(label, prediction))
+
+
+def _same(label: Any, prediction: Any) -> bool:
+    """Whether a prediction got its label right (``1`` and ``True`` alike: river's binary
+    classifiers answer booleans whatever the labels' type)."""
+    return bool(label == prediction or str(label) == str(prediction))

@@ -100,3 +100,12 @@ def test_a_label_free_signal_has_its_own_action() -> None:
     assert policy.action_for("warning", True, "feature:x") == policy.data_drift_action == "none"
     assert TriggerPolicy("m", "events").action_for("warning", True, "prediction:class_share") \
         == "none"  # fmt: skip
+
+
+def test_integer_labels_match_boolean_predictions() -> None:
+    """river's binary classifiers answer True/False whatever the labels' type (0/1 here)."""
+    monitors = LabelFreeMonitors(window=100)
+    for i in range(200):
+        monitors.on_prediction(f"e{i}", True, {"True": 0.95, "False": 0.05})
+        monitors.on_label(f"e{i}", 1)
+    assert monitors.accuracy.calibrated(0.95) > 0.95
