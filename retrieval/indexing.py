@@ -75,11 +75,15 @@ class IndexPlan:
         longer has.
     deleted_docs
         Ids of the documents deleted.
+    refused
+        Documents not applied, with the reason (over the chunk limit): the store keeps
+        what it had for them, and the caller dead-letters their records.
     """
 
     upserts: list[PlannedDoc] = field(default_factory=list)
     remove: list[str] = field(default_factory=list)
     deleted_docs: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def chunks(self) -> list[Chunk]:
@@ -91,6 +95,7 @@ def plan_index_ops(
     docs: Sequence[Mapping[str, Any]],
     chunker: TokenChunker,
     existing: Mapping[str, set[str]],
+    max_chunks: int | None = None,
 ) -> IndexPlan:
     """Plan a batch of ``docs`` records against the chunk ids already stored.
 
@@ -105,6 +110,8 @@ def plan_index_ops(
         Splits an upserted document's text.
     existing
         Chunk ids stored now, per document id (missing ids: none stored).
+    max_chunks
+        Most chunks one document may become; a longer one is refused, not cut.
 
     Returns
     -------
@@ -121,10 +128,14 @@ def plan_index_ops(
     ... )
     >>> [c.chunk_id for c in plan.chunks], plan.remove, plan.deleted_docs
     (['a#0', 'a#1'], ['a#2', 'b#0'], ['b'])
+    >>> plan_index_ops([{"id": "c", "op": "upsert", "text": "1 2 3 4 5"}], chunker, {},
+    ...                max_chunks=2).refused
+    {'c': 'document becomes 3 chunks, over the 2-chunk limit'}
     """
     upserts: list[PlannedDoc] = []
     remove: list[str] = []
     deleted: list[str] = []
+    refused: dict[str, str] = {}
     for doc in latest_ops(docs):
         doc_id = str(doc["id"])
         before = existing.get(doc_id, set())
@@ -133,9 +144,14 @@ def plan_index_ops(
             remove.extend(sorted(before))
             continue
         chunks = chunker.chunk(doc_id, doc.get("text") or "", doc.get("title") or None)
+        if max_chunks is not None and len(chunks) > max_chunks:
+            refused[doc_id] = (
+                f"document becomes {len(chunks)} chunks, over the {max_chunks}-chunk limit"
+            )
+            continue
         upserts.append(PlannedDoc(doc, chunks))
         remove.extend(sorted(before - {c.chunk_id for c in chunks}))
-    return IndexPlan(upserts, remove, deleted)
+    return IndexPlan(upserts, remove, deleted, refused)
 
 
 def plan_rows(plan: IndexPlan, vectors: np.ndarray) -> list[ChunkRow]:
@@ -180,6 +196,7 @@ class IndexReport:
     encode_seconds: float = 0.0
     store_seconds: float = 0.0
     vectors: Any = field(default=None, repr=False)  # the chunks' embeddings (drift watch)
+    refused: dict[str, str] = field(default_factory=dict)  # doc id -> why it was not applied
 
 
 class ChunkIndexer:
@@ -193,6 +210,10 @@ class ChunkIndexer:
         Anything with ``encode(texts) -> ndarray``, e.g. :class:`~retrieval.embedding.TextEmbedder`.
     store
         The :class:`~retrieval.store.VectorStore`.
+    max_chunks_per_doc
+        A document that would become more chunks is refused (see :attr:`IndexReport.refused`).
+    embed_batch
+        Chunks per ``encode`` call: the memory one call takes is bounded, whatever the batch.
 
     Examples
     --------
@@ -221,15 +242,24 @@ class ChunkIndexer:
     ['a#0']
     """
 
-    def __init__(self, chunker: TokenChunker, embedder: _Embedder, store: _Store) -> None:
+    def __init__(
+        self,
+        chunker: TokenChunker,
+        embedder: _Embedder,
+        store: _Store,
+        max_chunks_per_doc: int | None = None,
+        embed_batch: int = 256,
+    ) -> None:
         self.chunker = chunker
         self.embedder = embedder
         self.store = store
+        self.max_chunks_per_doc = max_chunks_per_doc
+        self.embed_batch = embed_batch
 
     def apply(self, docs: Sequence[Mapping[str, Any]]) -> IndexReport:
         """Apply a batch of validated ``docs`` records; returns what was done.
 
-        All chunks of the batch are embedded in one ``encode`` call; rows are upserted
+        The batch's chunks are embedded ``embed_batch`` at a time; rows are upserted
         before stale chunks are deleted.
         """
         if not docs:
@@ -238,10 +268,10 @@ class ChunkIndexer:
         ids = [str(d["id"]) for d in latest_ops(docs)]
         existing = self.store.chunk_ids_for_docs(ids)
         store_seconds = time.perf_counter() - started
-        plan = plan_index_ops(docs, self.chunker, existing)
+        plan = plan_index_ops(docs, self.chunker, existing, self.max_chunks_per_doc)
         chunks = plan.chunks
         started = time.perf_counter()
-        vectors = self.embedder.encode([c.embed_text for c in chunks]) if chunks else None
+        vectors = self._encode([c.embed_text for c in chunks]) if chunks else None
         encode_seconds = time.perf_counter() - started
         started = time.perf_counter()
         written = self.store.upsert(plan_rows(plan, vectors)) if vectors is not None else 0
@@ -256,4 +286,12 @@ class ChunkIndexer:
             encode_seconds=encode_seconds,
             store_seconds=store_seconds,
             vectors=vectors,
+            refused=plan.refused,
         )
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        n = self.embed_batch
+        if len(texts) <= n:
+            return self.embedder.encode(texts)
+        return np.concatenate([self.embedder.encode(texts[i : i + n])
+                               for i in range(0, len(texts), n)])  # fmt: skip

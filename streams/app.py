@@ -30,9 +30,8 @@ from typing import Any
 import faust
 
 from streams import metrics
-from streams.contracts import Limits
-from streams.kafka import flush_or_raise, produce_or_wait, producer
-from streams.processing import OutRecord, RawRecord, dead, decode_batch
+from streams.kafka import deliver_or_retry, produce_or_wait, producer
+from streams.processing import OutRecord, RawRecord, Rejection, dead, decode_batch
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,9 @@ class RetrievalServices:
             token=s.milvus.token.get_secret_value() or None,
         )
         chunker = TokenChunker(embedder.tokenizer, s.models.chunk_tokens, s.models.chunk_overlap)
-        self._indexer = ChunkIndexer(chunker, embedder, store)
+        self._indexer = ChunkIndexer(
+            chunker, embedder, store, s.limits.max_chunks_per_doc, s.models.embed_batch
+        )
         generator: Any = ExtractiveGenerator()
         if s.models.generator != "extractive":
             from retrieval.answering import CausalLMGenerator
@@ -147,16 +148,23 @@ class RetrievalServices:
         return await loop.run_in_executor(self.executor, fn, *args)
 
 
-def index_docs(services: RetrievalServices, records: Sequence[Any]) -> list[OutRecord]:
-    """Apply a batch of valid docs records to the index; record freshness per document."""
+def index_docs(services: RetrievalServices, records: Sequence[Any]) -> list[OutRecord | Rejection]:
+    """Apply a batch of valid docs records to the index; record freshness per document.
+    A document the indexer refused (over the chunk limit) comes back as a :class:`Rejection`
+    of its last record in the batch."""
     report = services.indexer.apply([r.value for r in records])
     now = time.time()
+    last = {str(r.value["id"]): r for r in records}
+    refused: list[OutRecord | Rejection] = [
+        Rejection(last[d].partition, last[d].offset, f"docs: {why}")
+        for d, why in report.refused.items()
+    ]
     for r in records:
         produced = r.value.get("ts") or r.timestamp
-        if produced:
+        if produced and str(r.value["id"]) not in report.refused:
             metrics.FRESHNESS.observe(max(0.0, now - float(produced)))
     log.debug("indexed %s", report)
-    return _embedding_alerts(services, records, report.vectors)
+    return refused + list(_embedding_alerts(services, records, report.vectors))
 
 
 def _embedding_alerts(
@@ -216,7 +224,7 @@ def make_online_service(settings: Settings) -> Any:
     load_batch = _batch_loader(settings)
 
     service = OnlineService(
-        OnlineLearner(m.online, m.task, m.name),
+        OnlineLearner(m.online, m.task, m.name, text_buckets=m.text_buckets),
         settings.data_dir / "online" / f"{m.name}.ckpt",
         every_records=m.checkpoint_every_records,
         every_seconds=m.checkpoint_every_s,
@@ -239,6 +247,8 @@ def make_online_service(settings: Settings) -> Any:
         emit_predictions=m.predict == "learner",
         per_key=m.per_key, max_keys=m.max_keys,
         reaction=m.drift_reaction, reaction_window=m.reaction_window,
+        label_store_bytes=int(m.label_store_mb * 2**20),
+        lineage=_promoted_lineage(settings),
         label_free=LabelFreeMonitors(m.task, t.label_free_window, t.label_free_min_labels)
         if t.label_free else None,
     )  # fmt: skip
@@ -248,6 +258,26 @@ def make_online_service(settings: Settings) -> Any:
         serving = ModelRegistry(registry_root).serving(m.name)
         service.policy.serving_version = serving.version if serving is not None else None
     return service
+
+
+def _promoted_lineage(settings: Settings) -> Callable[[str], dict[str, list[int]] | None]:
+    """``version -> training offsets`` of a version the registry holds as promoted (serving
+    or retired since), else None: what the learner checks a ``promoted`` update against."""
+    registry_root, name = settings.data_dir / "registry", settings.models.name
+
+    def lineage(version: str) -> dict[str, list[int]] | None:
+        from trainers.registry import ModelRegistry
+
+        try:
+            v = ModelRegistry(registry_root).get(name, version)
+        except Exception:  # no such version, or a name that is no version at all
+            return None
+        if v.status not in ("promoted", "retired"):
+            return None
+        offsets = (v.manifest.get("data") or {}).get("offsets")
+        return dict(offsets) if isinstance(offsets, dict) else {}
+
+    return lineage
 
 
 def _batch_loader(settings: Settings) -> Callable[[], Any]:
@@ -287,7 +317,7 @@ class BatchRunner:
         settings: Settings,
         contract: str,
         topic: str,
-        handle: Callable[[Sequence[Any]], Awaitable[list[OutRecord]]],
+        handle: Callable[[Sequence[Any]], Awaitable[list[Any]]],
         producer: Any,
         retry_on: tuple[type[BaseException], ...] = (),
     ) -> None:
@@ -299,10 +329,24 @@ class BatchRunner:
         self.dlq = settings.topics.dlq(topic)
         self.handle = handle
         self.retry_on = retry_on
-        lim = settings.limits
-        self.limits = Limits(lim.max_record_bytes, lim.max_text_chars, lim.max_depth)
+        self.limits = settings.limits.contract_limits()
+        self.stopping = threading.Event()  # set at shutdown: stop waiting for deliveries
 
     async def __call__(self, events: Sequence[Any]) -> None:
+        """Process one batch; the batch is acknowledged only if this returns.
+
+        faust's ``take_events`` acknowledges the events in its ``finally`` whatever the body
+        did, so on any way out but success (a shutdown mid-retry, a bug) the events are
+        held first: their offsets are never committed, and the records come again after a
+        restart or a rebalance.
+        """
+        try:
+            await self._run(events)
+        except BaseException:
+            hold(events)
+            raise
+
+    async def _run(self, events: Sequence[Any]) -> None:
         started = time.perf_counter()
         raw = [
             RawRecord(
@@ -322,7 +366,16 @@ class BatchRunner:
         await self.produce(bad)  # dead letters never wait for a dependency
         dead_count = len(bad)
         bad.clear()
-        outputs = await self._handle_with_retry(good, raw, bad)
+        results = await self._handle_with_retry(good, raw, bad)
+        by_offset = {(r.partition, r.offset): r for r in raw}
+        outputs: list[OutRecord] = []
+        for out in results:
+            if isinstance(out, Rejection):
+                self._failed += 1
+                bad.append(dead(by_offset[(out.partition, out.offset)], self.dlq, out.reason,
+                                self.settings.limits.dlq_raw_bytes))  # fmt: skip
+            else:
+                outputs.append(out)
         await self.produce(bad + outputs)  # outputs, and records that failed processing
         metrics.RECORDS_IN.labels(self.topic, "ok").inc(len(good) - self._failed)
         metrics.RECORDS_IN.labels(self.topic, "dead").inc(dead_count + len(bad))
@@ -372,7 +425,9 @@ class BatchRunner:
 
         Outputs go through one confluent-kafka producer per worker (idempotent, acks=all)
         rather than faust's own: its delivery is awaited explicitly before the batch's
-        offsets may be acknowledged, and a null key is fine.
+        offsets may be acknowledged, and a null key is fine. A record Kafka refused (a broker
+        down longer than the delivery timeout, not enough in-sync replicas) is sent again
+        with backoff until it is taken (:func:`streams.kafka.deliver_or_retry`).
         """
         if not records:
             return
@@ -382,7 +437,54 @@ class BatchRunner:
             metrics.RECORDS_OUT.labels(rec.topic).inc()
             if rec.topic == self.dlq:
                 metrics.DEAD_LETTERS.labels(self.topic).inc()
-        await asyncio.get_running_loop().run_in_executor(None, flush_or_raise, self.producer, 60)
+        await asyncio.get_running_loop().run_in_executor(
+            None, deliver_or_retry, self.producer, self.stopping.is_set, 10.0, MAX_BACKOFF_S,
+            _count_delivery_retries,
+        )  # fmt: skip
+
+
+def _count_delivery_retries(n: int) -> None:
+    metrics.RETRIES.labels("delivery").inc(n)
+
+
+def hold(events: Sequence[Any]) -> None:
+    """Keep faust from acknowledging ``events``: one more reference on each message, so the
+    acknowledgement that ``take_events`` makes in its ``finally`` is not the last one (the
+    consumer commits only up to the first message not acknowledged)."""
+    for event in events:
+        event.message.incref()
+
+
+class RequestGuard:
+    """The checks every HTTP request passes first: the bearer token (when one is set) and
+    the request's size. ``check`` gives ``(status, reason)`` for a refused request.
+
+    >>> from types import SimpleNamespace as Req
+    >>> guard = RequestGuard("s3cret", max_bytes=100)
+    >>> guard.check(Req(headers={}, query_string="q=x", content_length=None))
+    (401, 'missing or wrong bearer token (Authorization: Bearer <token>)')
+    >>> ok = {"Authorization": "Bearer s3cret"}
+    >>> guard.check(Req(headers=ok, query_string="q=" + "x" * 200, content_length=None))
+    (413, 'request of 202 bytes, over the 100-byte limit')
+    >>> guard.check(Req(headers=ok, query_string="q=x", content_length=None)) is None
+    True
+    """
+
+    def __init__(self, token: str, max_bytes: int) -> None:
+        self._expected = f"Bearer {token}".encode() if token else None
+        self.max_bytes = max_bytes
+
+    def check(self, request: Any) -> tuple[int, str] | None:
+        import hmac
+
+        if self._expected is not None:
+            given = (request.headers.get("Authorization") or "").encode()
+            if not hmac.compare_digest(given, self._expected):
+                return 401, "missing or wrong bearer token (Authorization: Bearer <token>)"
+        size = len(request.query_string or "") + (request.content_length or 0)
+        if size > self.max_bytes:
+            return 413, f"request of {size} bytes, over the {self.max_bytes}-byte limit"
+        return None
 
 
 def faust_credentials(settings: Settings) -> Any:
@@ -439,13 +541,14 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_ms / 3000),
         web_port=web_port,
-        web_host="127.0.0.1",
+        web_bind=settings.web.host,  # what it listens on; web_host only names it in URLs
+        web_host=settings.web.host if settings.web.host not in ("0.0.0.0", "::") else "127.0.0.1",
         datadir=str(settings.data_dir / "faust"),
     )
     services = RetrievalServices(settings)
 
-    async def handle_docs(records: Sequence[Any]) -> list[OutRecord]:
-        result: list[OutRecord] = await services.run(index_docs, services, records)
+    async def handle_docs(records: Sequence[Any]) -> list[OutRecord | Rejection]:
+        result: list[OutRecord | Rejection] = await services.run(index_docs, services, records)
         return result
 
     async def handle_queries(records: Sequence[Any]) -> list[OutRecord]:
@@ -473,6 +576,8 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_services(app: Any, **kwargs: Any) -> None:
+        docs_runner.stopping.set()
+        query_runner.stopping.set()
         await asyncio.get_running_loop().run_in_executor(None, services.close)
 
     # [factory, running thread] for the learner loop (and the predictor replica): a thread
@@ -541,12 +646,17 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, MAX_BACKOFF_S)
 
+    guard = RequestGuard(settings.web.token.get_secret_value(), settings.web.max_request_bytes)
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"ok": True})
 
     @app.page("/search")
     async def search(web: Any, request: Any) -> Any:
+        refused = guard.check(request)
+        if refused is not None:
+            return web.json({"error": refused[1]}, status=refused[0])
         question = request.query.get("q", "")
         k = int(request.query.get("k", "5"))
         if not question:
@@ -556,6 +666,9 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
 
     @app.page("/ask")
     async def ask(web: Any, request: Any) -> Any:
+        refused = guard.check(request)
+        if refused is not None:
+            return web.json({"error": refused[1]}, status=refused[0])
         question = request.query.get("q", "")
         if not question:
             return web.json({"error": "missing q"}, status=400)

@@ -232,7 +232,7 @@ def worker(
     settings = _settings()
     bootstrap = resolve_bootstrap(settings)
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.web.host, settings.web.token.get_secret_value())
     faust_app = create_app(settings, bootstrap, web_port=web_port or settings.web_port)
     faust.Worker(faust_app, loglevel=settings.log_level.lower()).execute_from_commandline()
 
@@ -272,7 +272,7 @@ def trainer(
     settings = _settings()
     bootstrap = resolve_bootstrap(settings)
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.web.host, settings.web.token.get_secret_value())
     overrides = {}
     for item in set_ or []:
         key, _, raw = item.partition("=")

@@ -1,9 +1,22 @@
-"""Kafka client construction from settings, and finding (or starting) the broker."""
+"""Kafka client construction from settings, and finding (or starting) the broker.
+
+Every producer made here is a :class:`TrackedProducer`: it records each delivery that
+failed (timed out, refused, too large), so :func:`flush_or_raise` and
+:func:`deliver_or_retry` can tell "still queued" from "delivered" from "failed". A
+``flush()`` that returns 0 only says the queue is empty; a record whose delivery failed has
+left the queue too.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from confluent_kafka import KafkaError
+from confluent_kafka import Producer as _Producer
 
 from streams.broker import LocalBroker
 from streams.exceptions import BrokerError, DeliveryError
@@ -13,13 +26,28 @@ from streams.topics import MAX_MESSAGE_BYTES
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "FailedDelivery",
+    "TrackedProducer",
     "admin_client",
     "consumer",
+    "deliver_or_retry",
     "flush_or_raise",
     "produce_or_wait",
     "producer",
     "resolve_bootstrap",
 ]
+
+#: Errors that the same record will meet again however often it is sent: no retry helps.
+PERMANENT_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError._INVALID_ARG,
+    }
+)
 
 
 def resolve_bootstrap(settings: Settings, start: bool = True) -> str:
@@ -44,10 +72,63 @@ def admin_client(settings: Settings, bootstrap: str) -> Any:
     return AdminClient(settings.kafka.client_config(bootstrap))
 
 
-def producer(settings: Settings, bootstrap: str, **extra: Any) -> Any:
-    """An idempotent producer (acks=all): a record is acknowledged only once it is durable."""
-    from confluent_kafka import Producer
+@dataclass(frozen=True)
+class FailedDelivery:
+    """A record Kafka did not take, with what is needed to send it again."""
 
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    error: str
+    code: int
+
+    @property
+    def permanent(self) -> bool:
+        """True when sending the same record again cannot succeed (e.g. too large)."""
+        return self.code in PERMANENT_ERRORS
+
+
+class TrackedProducer(_Producer):
+    """A confluent-kafka ``Producer`` that keeps the records whose delivery failed.
+
+    A callback given to :meth:`produce` still runs; the failure is recorded first.
+    :meth:`take_failures` hands the failures over (and forgets them).
+    """
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        super().__init__(conf)
+        self.failed: list[FailedDelivery] = []
+        self.failed_total = 0
+        self._report_cb = self._report
+
+    def _report(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failed.append(
+                FailedDelivery(msg.topic(), msg.key(), msg.value(), str(err), err.code())
+            )
+            self.failed_total += 1
+
+    def produce(self, topic: str, value: Any = None, key: Any = None, *args: Any,
+                **kwargs: Any) -> None:  # fmt: skip
+        user = kwargs.pop("on_delivery", None) or kwargs.pop("callback", None)
+        if user is None:
+            callback = self._report_cb
+        else:
+
+            def callback(err: Any, msg: Any) -> None:
+                self._report(err, msg)
+                user(err, msg)
+
+        kwargs["on_delivery"] = callback
+        super().produce(topic, value, key, *args, **kwargs)
+
+    def take_failures(self) -> list[FailedDelivery]:
+        failed, self.failed = self.failed, []
+        return failed
+
+
+def producer(settings: Settings, bootstrap: str, **extra: Any) -> TrackedProducer:
+    """An idempotent producer (acks=all): a record is acknowledged only once it is durable."""
     conf = settings.kafka.client_config(bootstrap)
     conf.update(
         {
@@ -56,6 +137,9 @@ def producer(settings: Settings, bootstrap: str, **extra: Any) -> Any:
             "linger.ms": 5,
             "compression.type": "lz4",
             "message.max.bytes": MAX_MESSAGE_BYTES,
+            # How long librdkafka keeps retrying one record before it reports it as failed;
+            # the callers then send it again (deliver_or_retry) or raise (flush_or_raise).
+            "message.timeout.ms": settings.kafka.delivery_timeout_ms,
             # A broker that stops hands its partitions to leader -1; librdkafka 2.16 sometimes
             # never looks for the leader again until its periodic metadata refresh (5 min by
             # default), and the records wait in its queue that long after the broker is back.
@@ -63,7 +147,7 @@ def producer(settings: Settings, bootstrap: str, **extra: Any) -> Any:
         }
     )
     conf.update(extra)
-    return Producer(conf)
+    return TrackedProducer(conf)
 
 
 def consumer(settings: Settings, bootstrap: str, group: str | None, **extra: Any) -> Any:
@@ -85,7 +169,7 @@ def consumer(settings: Settings, bootstrap: str, group: str | None, **extra: Any
 
 
 def produce_or_wait(
-    prod: Any, topic: str, value: bytes, key: bytes | None = None, **kwargs: Any
+    prod: Any, topic: str, value: bytes | None, key: bytes | None = None, **kwargs: Any
 ) -> None:
     """``prod.produce``, waiting while the producer's local queue is full: librdkafka raises
     ``BufferError`` rather than queue more, and the caller must neither drop the record nor
@@ -98,8 +182,63 @@ def produce_or_wait(
             prod.poll(0.05)
 
 
+def _failures(prod: Any) -> list[FailedDelivery]:
+    take = getattr(prod, "take_failures", None)
+    return take() if take is not None else []
+
+
+def _describe(failures: list[FailedDelivery]) -> str:
+    first = failures[0]
+    return f"{len(failures)} records failed delivery (first: {first.error} on {first.topic})"
+
+
 def flush_or_raise(prod: Any, timeout_s: float = 30.0) -> None:
-    """Flush the producer; raise if anything is still undelivered after ``timeout_s``."""
+    """Flush the producer; raise :class:`DeliveryError` if anything is still queued after
+    ``timeout_s`` or if any record's delivery failed since the last call."""
     remaining = prod.flush(timeout_s)
+    failures = _failures(prod)
+    if failures:
+        raise DeliveryError(_describe(failures))
     if remaining:
         raise DeliveryError(f"{remaining} records not delivered after {timeout_s:.0f} s")
+
+
+def deliver_or_retry(
+    prod: Any,
+    should_stop: Callable[[], bool] = lambda: False,
+    wait_s: float = 10.0,
+    max_backoff_s: float = 5.0,
+    on_retry: Callable[[int], None] | None = None,
+) -> None:
+    """Return once Kafka has acknowledged every record produced so far.
+
+    Records whose delivery failed for a reason that may pass (a broker down, not enough
+    in-sync replicas, a timeout) are sent again with backoff, for as long as it takes: the
+    caller's offsets must not move before its outputs are durable. Raises
+    :class:`DeliveryError` for a failure no retry can mend (a record too large), or when
+    ``should_stop()`` turns true while records are still undelivered.
+    """
+    delay = 0.25
+    while True:
+        remaining = prod.flush(wait_s)
+        failures = _failures(prod)
+        if not remaining and not failures:
+            return
+        permanent = [f for f in failures if f.permanent]
+        if permanent:
+            raise DeliveryError(_describe(permanent) + "; a retry cannot succeed")
+        if should_stop():
+            raise DeliveryError(
+                f"stopping with {remaining + len(failures)} records undelivered "
+                "(their inputs are not acknowledged and will be processed again)"
+            )
+        if not failures:  # still in librdkafka's hands: it retries them itself
+            log.warning("%d records still undelivered after %.0f s; waiting", remaining, wait_s)
+            continue
+        log.warning("%s; sending them again in %.2f s", _describe(failures), delay)
+        if on_retry is not None:
+            on_retry(len(failures))
+        time.sleep(delay)
+        delay = min(2 * delay, max_backoff_s)
+        for f in failures:
+            produce_or_wait(prod, f.topic, f.value, f.key)

@@ -26,13 +26,19 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import orjson
-
-from streams import metrics
-from streams.contracts import Limits, encode
-from streams.kafka import admin_client, consumer, flush_or_raise, produce_or_wait, producer
+from streams import contracts, metrics
+from streams.contracts import encode
+from streams.exceptions import ContractError, DeliveryError
+from streams.kafka import (
+    admin_client,
+    consumer,
+    deliver_or_retry,
+    flush_or_raise,
+    produce_or_wait,
+    producer,
+)
 from streams.ordering import EventTimeMerger
-from streams.processing import RawRecord, decode_batch
+from streams.processing import OutRecord, RawRecord, dead, decode_batch
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
 
@@ -69,6 +75,11 @@ class OnlineProcessor(Protocol):
 
     def on_model_update(self, update: dict[str, Any]) -> None:
         """A ``model-updates`` record (job started/finished, version promoted)."""
+        ...
+
+    def take_rejected(self) -> list[Any]:
+        """Valid records the model could not take since the last call: ``(partition,
+        offset, reason)`` each (the loop dead-letters them)."""
         ...
 
     def start(self) -> None:
@@ -133,8 +144,7 @@ class _EventsLoop(threading.Thread):
         self.batch_size = batch_size
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
-        lim = settings.limits
-        self.limits = Limits(lim.max_record_bytes, lim.max_text_chars, lim.max_depth)
+        self.limits = settings.limits.contract_limits()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -199,6 +209,8 @@ class LearnerLoop(_EventsLoop):
     ) -> None:
         super().__init__("learner", settings, bootstrap, batch_size)
         self.make_processor = make_processor
+        self._held_raw: dict[tuple[int, int], RawRecord] = {}  # of the records the merge holds
+        self._released_raw: list[RawRecord] = []  # of the records it released last
 
     def _run(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -236,10 +248,7 @@ class LearnerLoop(_EventsLoop):
                     self._follow_updates(updates)
                 for m in updates.consume(100, 0):
                     if m.error() is None:
-                        try:
-                            processor.on_model_update(orjson.loads(m.value()))
-                        except (orjson.JSONDecodeError, TypeError, AttributeError):
-                            log.warning("ignoring a malformed model update at %s", m.offset())
+                        self._model_update(processor, m, prod)
                 batch = self._take(events, 0.0 if merger.more_ready else 0.1)
                 # Idle, the processor still runs once a second: schedules and swaps are due
                 # whether records flow or not.
@@ -248,9 +257,12 @@ class LearnerLoop(_EventsLoop):
                     good, bad = self._decode(batch) if batch else ([], [])
                     good = self._in_event_order(merger, events, batch, good)
                     outputs = processor.process(good)
+                    n_before = len(bad)
+                    bad.extend(self._rejected(processor, self._released_raw))
                     for rec in bad:
                         produce_or_wait(prod, rec.topic, rec.encoded(), _key(rec.key))
                         metrics.DEAD_LETTERS.labels(topic).inc()
+                    n_rejected = len(bad) - n_before
                     sent: dict[str, int] = {}
                     for contract, key, value in outputs:
                         out_topic = by_contract[contract]
@@ -264,21 +276,28 @@ class LearnerLoop(_EventsLoop):
                         metrics.RECORDS_OUT.labels(out_topic).inc(n_out)
                     prod.poll(0)  # delivery reports; the records go out in the background
                     _export_latency_and_lag(events, topic, good)  # as learned (after the merge)
-                    metrics.RECORDS_IN.labels(topic, "ok").inc(len(good))
+                    metrics.RECORDS_IN.labels(topic, "ok").inc(len(good) - n_rejected)
                     metrics.RECORDS_IN.labels(topic, "dead").inc(len(bad))
                     _export_status(s.models.name, processor.status())
                 # The next batch does not wait for Kafka's acknowledgement of this one's
                 # outputs; a checkpoint does: it moves the replay point past their records,
-                # so it is written only once every output before it is acknowledged.
+                # so it is written only once every output before it is acknowledged (sent
+                # again for as long as Kafka refuses them; a lost lease or a stop ends the
+                # wait without a checkpoint, and the records are processed again).
                 if processor.checkpoint_due():
-                    flush_or_raise(prod, 60)
+                    deliver_or_retry(prod, lambda: self.stop_event.is_set() or not lease.poll(),
+                                     on_retry=_count_retries)  # fmt: skip
                     processor.ordering_state = merger.state()
                     if processor.maybe_checkpoint():
                         self._commit_for_lag(events, processor.offsets(), topic)
             if processor is not None and lease.held:
-                flush_or_raise(prod, 60)
-                processor.ordering_state = merger.state()
-                processor.maybe_checkpoint(force=True)
+                try:
+                    flush_or_raise(prod, 30)
+                except DeliveryError as exc:  # no checkpoint past outputs Kafka lacks
+                    log.warning("stopping without a last checkpoint: %s", exc)
+                else:
+                    processor.ordering_state = merger.state()
+                    processor.maybe_checkpoint(force=True)
         finally:
             prod.flush(10)
             events.close()
@@ -293,6 +312,7 @@ class LearnerLoop(_EventsLoop):
         lateness = m.lateness_s if m.event_order == "event-time" else 0.0
         merger = EventTimeMerger(lateness, getattr(processor, "ordering_state", None))
         merger.assign({p: start.get(p, 0) for p in range(n)})
+        self._held_raw = {}
         return merger
 
     def _in_event_order(self, merger: EventTimeMerger, events: Any, batch: list[RawRecord],
@@ -303,6 +323,9 @@ class LearnerLoop(_EventsLoop):
         topic = self.settings.topics.events
         merger.consumed((r.partition, r.offset) for r in batch)
         merger.push(good, time.monotonic())
+        raw = {(r.partition, r.offset): r for r in batch}
+        for r in good:  # kept while held: a record the processor rejects is dead-lettered raw
+            self._held_raw[(r.partition, r.offset)] = raw[(r.partition, r.offset)]
         ends: dict[int, int] = {}
         if merger.buffered and merger.lateness_s:
             for p in merger.partitions:
@@ -315,9 +338,39 @@ class LearnerLoop(_EventsLoop):
                     ends[p] = high
         late = merger.late
         out = merger.pop(ends, time.monotonic(), self.batch_size)
+        self._released_raw = [self._held_raw.pop((r.partition, r.offset)) for r in out]
         if merger.late > late:
             metrics.LATE_EVENTS.labels(topic).inc(merger.late - late)
         return out
+
+    def _rejected(self, processor: OnlineProcessor, batch: list[RawRecord]) -> list[OutRecord]:
+        """Dead letters for the valid records the processor could not take."""
+        rejected = processor.take_rejected()
+        if not rejected:
+            return []
+        by_offset = {(r.partition, r.offset): r for r in batch}
+        dlq = self.settings.topics.dlq(self.settings.topics.events)
+        lim = self.settings.limits.dlq_raw_bytes
+        return [dead(by_offset[(r.partition, r.offset)], dlq, f"events: {r.reason}", lim)
+                for r in rejected if (r.partition, r.offset) in by_offset]  # fmt: skip
+
+    def _model_update(self, processor: OnlineProcessor, m: Any, prod: Any) -> None:
+        """One ``model-updates`` record, checked against its contract; a bad one is
+        dead-lettered with the reason, and the learner goes on."""
+        s = self.settings
+        topic = s.topics.model_updates
+        try:
+            processor.on_model_update(contracts.decode("model-updates", m.value()))
+            return
+        except ContractError as exc:
+            reason = str(exc)
+        except Exception as exc:  # the update is wrong in meaning (it names no real version)
+            reason = f"model-updates: {type(exc).__name__}: {exc}"
+        log.warning("model update at offset %d set aside: %s", m.offset(), reason)
+        raw = RawRecord(topic, m.partition(), m.offset(), m.key(), m.value())
+        rec = dead(raw, s.topics.dlq(topic), reason, s.limits.dlq_raw_bytes)
+        produce_or_wait(prod, rec.topic, rec.encoded(), _key(rec.key))
+        metrics.DEAD_LETTERS.labels(topic).inc()
 
     def _follow_updates(self, updates: Any) -> None:
         """Read ``model-updates`` from now on (jobs decided before a restart are reconciled
@@ -385,9 +438,9 @@ class PredictorLoop(_EventsLoop):
                     continue
                 good, _bad = self._decode(batch)
                 for _contract, key, value in predictor.process(good):
-                    prod.produce(out_topic, encode(value), key=key.encode())
+                    produce_or_wait(prod, out_topic, encode(value), key.encode())
                     metrics.RECORDS_OUT.labels(out_topic).inc()
-                flush_or_raise(prod, 60)
+                deliver_or_retry(prod, self.stop_event.is_set, on_retry=_count_retries)
                 _export_latency_and_lag(events, topic, batch)
                 metrics.RECORDS_IN.labels(topic, "ok").inc(len(good))
                 events.commit(asynchronous=False)
@@ -432,6 +485,10 @@ def _export_status(model: str, status: dict[str, Any]) -> None:
             metrics.SERVING_VERSION.remove(model, *old.split(":", 1))
         metrics.SERVING_VERSION.labels(model, source, str(version)).set(1)
         _served[model] = label
+
+
+def _count_retries(n: int) -> None:
+    metrics.RETRIES.labels("delivery").inc(n)
 
 
 def _key(key: str | None) -> bytes | None:

@@ -5,6 +5,8 @@ Names are stable: the Grafana dashboard in ``deploy/`` and its test refer to the
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
@@ -88,7 +90,37 @@ JOBS = Counter(
 )  # fmt: skip
 
 
-def serve_metrics(port: int) -> None:
-    """Start the Prometheus HTTP endpoint on ``port`` (0 = do nothing)."""
-    if port:
-        start_http_server(port)
+def serve_metrics(port: int, host: str = "127.0.0.1", token: str = "") -> None:
+    """Serve ``/metrics`` on ``host:port`` (0 = do nothing), in a background thread.
+
+    With a ``token``, a scrape must send ``Authorization: Bearer <token>`` (Prometheus:
+    ``authorization: {credentials: ...}`` in the scrape config); others get 401.
+    """
+    if not port:
+        return
+    if not token:
+        start_http_server(port, addr=host)
+        return
+    import hmac
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    metrics_app = make_wsgi_app()
+    expected = f"Bearer {token}".encode()
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode()
+        if not hmac.compare_digest(given, expected):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+            return [b"missing or wrong bearer token\n"]
+        return metrics_app(environ, start_response)
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    server = make_server(host, port, guarded, ThreadingWSGIServer, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

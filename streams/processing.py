@@ -25,7 +25,7 @@ from typing import Any
 from streams import contracts
 from streams.exceptions import ContractError
 
-__all__ = ["DecodedRecord", "OutRecord", "RawRecord", "dead", "decode_batch"]
+__all__ = ["DecodedRecord", "OutRecord", "RawRecord", "Rejection", "dead", "decode_batch"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,16 @@ class OutRecord:
 
     def encoded(self) -> bytes:
         return contracts.encode(self.value)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A valid record the domain refused (e.g. a document over the chunk limit): the agent
+    dead-letters it with ``reason`` and goes on."""
+
+    partition: int
+    offset: int
+    reason: str
 
 
 def decode_batch(

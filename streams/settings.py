@@ -20,10 +20,13 @@ pydantic_core._pydantic_core.ValidationError: 1 validation error for KafkaSettin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from streams.contracts import Limits
 
 __all__ = [
     "BrokerSettings",
@@ -35,6 +38,7 @@ __all__ = [
     "SecretStr",
     "TopicSettings",
     "TriggerSettings",
+    "WebSettings",
     "load_settings",
 ]
 
@@ -60,6 +64,12 @@ class KafkaSettings(_Frozen):
     group_prefix: str = Field("livelearn", description="prefix of consumer group ids")
     session_timeout_ms: int = Field(
         10_000, ge=1000, description="consumer session timeout (a dead worker's partitions move)"
+    )
+    delivery_timeout_ms: int = Field(
+        120_000,
+        ge=1000,
+        description="a record not acknowledged within this long counts as failed and is sent "
+        "again (outputs) or reported (SDK, CLI)",
     )
 
     def client_config(self, bootstrap: str | None = None) -> dict[str, Any]:
@@ -193,6 +203,15 @@ class ModelSettings(_Frozen):
     generator: str = Field(
         "extractive", description="answer generator: 'extractive' or an HF causal LM id/path"
     )
+    text_buckets: int = Field(
+        65_536, ge=16, description="hash buckets for an event's text words (bounds the model)"
+    )
+    label_store_mb: float = Field(
+        64.0, gt=0, description="memory for events waiting for a late label; oldest go first"
+    )
+    embed_batch: int = Field(
+        64, ge=1, description="chunks per embedding call (queries can run between two calls)"
+    )
 
 
 class TriggerSettings(_Frozen):
@@ -255,11 +274,42 @@ class TriggerSettings(_Frozen):
 class LimitSettings(_Frozen):
     """Input size limits; records over them are dead-lettered, not processed."""
 
+    def contract_limits(self) -> Limits:
+        """These limits as the decoder's :class:`streams.contracts.Limits`."""
+        from streams.contracts import Limits
+
+        return Limits(
+            self.max_record_bytes,
+            self.max_text_chars,
+            self.max_depth,
+            self.max_abs_number,
+            self.max_features,
+        )
+
     max_record_bytes: int = Field(2_000_000, ge=1024, description="largest accepted record")
     max_text_chars: int = Field(1_000_000, ge=1, description="largest accepted text field")
     max_depth: int = Field(8, ge=1, description="deepest accepted JSON nesting")
     dlq_raw_bytes: int = Field(
         64_000, ge=256, description="raw bytes kept in a dead-letter record (rest truncated)"
+    )
+    max_abs_number: float = Field(
+        1e15, gt=0, description="largest accepted magnitude of a number in a record"
+    )
+    max_features: int = Field(256, ge=1, description="most feature keys accepted in one event")
+    max_chunks_per_doc: int = Field(
+        500, ge=1, description="most chunks one document may become (more: dead-lettered)"
+    )
+
+
+class WebSettings(_Frozen):
+    """The worker's HTTP endpoints (/search, /ask, /healthz) and the metrics endpoint."""
+
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
+    token: SecretStr = Field(
+        SecretStr(""), description="bearer token required on HTTP requests (secret); '' = none"
+    )
+    max_request_bytes: int = Field(
+        65_536, ge=1024, description="largest accepted HTTP request (query string and body)"
     )
 
 
@@ -280,6 +330,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     trigger: TriggerSettings = Field(default_factory=TriggerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
     web_port: int = Field(6066, ge=0, description="worker HTTP port: /search, /ask, /healthz")
     shutdown_timeout_s: float = Field(

@@ -31,21 +31,31 @@ import pickle
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from trainers.data_drift import FeatureDriftMonitor
 from trainers.drift_monitor import ConceptDriftMonitor, DriftSignal, KeyedDriftMonitors
 from trainers.exceptions import CheckpointError, ModelSpecError
 from trainers.label_free import LabelFreeMonitors
-from trainers.learner import Challenger, LabelJoiner, OnlineLearner, to_features
+from trainers.learner import Challenger, LabelJoiner, OnlineLearner
 from trainers.serving import ServingPolicy
 from trainers.trigger import TriggerPolicy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnlineService", "SnapshotPredictor", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "OnlineService",
+    "Rejected",
+    "SnapshotPredictor",
+    "load_checkpoint",
+    "prediction_record",
+    "save_checkpoint",
+]
 
 _FORMAT = 1
 
@@ -101,13 +111,60 @@ def _model_input(event: dict[str, Any]) -> Any:
     return text if text is not None else dict(event.get("features") or {})
 
 
-def _unpack(waiting: Any) -> tuple[dict[str, Any], Any, str | None]:
-    """``(features, model input, key)`` of a joiner entry (older checkpoints kept less)."""
-    if not isinstance(waiting, tuple):
-        return waiting, None, None
-    if len(waiting) == 2:
-        return waiting[0], waiting[1], None
-    return waiting[0], waiting[1], waiting[2]
+@dataclass(frozen=True)
+class Rejected:
+    """A valid record that could not be processed: the loop dead-letters it with ``reason``."""
+
+    partition: int
+    offset: int
+    reason: str
+
+
+def prediction_record(
+    event_id: str,
+    model: str,
+    version: str,
+    source: str,
+    answer: tuple[Any, dict[str, float] | None],
+    started: float,
+    now: float,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """A ``predictions`` value: the one shape the learner and the replicas both produce.
+
+    >>> v = prediction_record("e1", "m", "online-3", "online", (True, {"True": 0.9}), 0.0, 5.0)
+    >>> sorted(v)
+    ['id', 'latency_ms', 'model', 'model_version', 'prediction', 'proba', 'source', 'ts']
+    >>> v["prediction"], v["proba"]
+    (True, {'True': 0.9})
+    """
+    value: dict[str, Any] = {
+        "id": event_id,
+        "prediction": answer[0],
+        "model": model,
+        "model_version": version,
+        "source": source,
+        "ts": now,
+        "latency_ms": max(0.0, (time.perf_counter() - started) * 1000) if started else 0.0,
+    }
+    if answer[1] is not None:
+        value["proba"] = answer[1]
+    if key is not None:
+        value["model_key"] = key
+    return value
+
+
+def _waiting(item: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None, Any, str | None]:
+    """``(event, features, model input, key)`` of a joiner entry: the compact event this
+    version keeps (features derived again when the label comes), or what older checkpoints
+    kept (features, and maybe the model input and key)."""
+    if isinstance(item, tuple) and item and isinstance(item[0], bytes):
+        return orjson.loads(item[0]), None, None, item[1]
+    if not isinstance(item, tuple):
+        return None, item, None, None
+    if len(item) == 2:
+        return None, item[0], item[1], None
+    return None, item[0], item[1], item[2]
 
 
 def _with_knobs(saved: TriggerPolicy, configured: TriggerPolicy) -> TriggerPolicy:
@@ -131,6 +188,11 @@ class OnlineService:
         Checkpoint when this many records, or this much time, went by since the last one.
     label_ttl_seconds
         How long features wait for a late label.
+    label_store_bytes
+        Memory for events waiting for a late label; the oldest are evicted first.
+    lineage
+        ``version -> training offsets`` of a promoted version in the registry (None when it
+        is not one): a ``promoted`` update is believed only when this confirms it.
     """
 
     def __init__(
@@ -149,9 +211,12 @@ class OnlineService:
         max_keys: int = 10_000,
         reaction: str = "none",
         reaction_window: int = 200,
+        label_store_bytes: int = 64 * 2**20,
+        lineage: Callable[[str], dict[str, list[int]] | None] | None = None,
         label_free: LabelFreeMonitors | None = None,
     ) -> None:
         self.learner = learner
+        self.lineage = lineage
         self.serving = serving or ServingPolicy("online", learner.task)
         self.monitor = monitor or ConceptDriftMonitor()
         self.data_monitor = data_monitor
@@ -175,7 +240,9 @@ class OnlineService:
         self.challenger: Challenger | None = None
         self.reactions: list[str] = []
         self.policy = policy or TriggerPolicy(learner.name, "events")
-        self.joiner = LabelJoiner(label_ttl_seconds)
+        self.joiner = LabelJoiner(label_ttl_seconds, max_bytes=label_store_bytes)
+        self.rejected_total = 0
+        self._rejected: list[Rejected] = []
         self.checkpoint_path = checkpoint_path
         self.every_records = every_records
         self.every_seconds = every_seconds
@@ -195,6 +262,9 @@ class OnlineService:
                 self.challenger = state.get("challenger")
                 self.recent = state.get("recent", self.recent)
                 self.joiner = state["joiner"]
+                self.joiner.max_bytes = label_store_bytes
+                self.joiner.ttl_seconds = label_ttl_seconds
+                self.rejected_total = state.get("rejected_total", 0)
                 self._offsets = dict(state["offsets"])
                 self.ordering_state = state.get("ordering")
                 self.orphan_labels = state.get("orphan_labels", 0)
@@ -219,87 +289,150 @@ class OnlineService:
         self.serving.apply_pending(wait=120.0)
 
     def process(self, records: Sequence[Any]) -> list[tuple[str, str, dict[str, Any]]]:
-        """Predict and learn from valid ``events`` records (in order); return predictions."""
+        """Predict and learn from valid ``events`` records (in order); return the outputs.
+
+        One record never costs more than itself: a record the model cannot take (a label of
+        the wrong type, a feature the model refuses) is set aside with its reason
+        (:meth:`take_rejected`, dead-lettered by the loop) and the next one goes on.
+        """
         outputs: list[tuple[str, str, dict[str, Any]]] = []
-        now = time.time()
         # A promoted version swaps in here, between micro-batches: each event below is
-        # answered by exactly one version. The batch model predicts the whole micro-batch at
-        # once (it does not learn, so batching changes nothing).
+        # answered by exactly one version.
         self.serving.apply_pending()
-        fresh = [r for r in records if r.offset >= self._offsets.get(r.partition, 0)]
-        self.duplicates_skipped += len(records) - len(fresh)  # already in the checkpoint
-        batch_preds = iter(
-            self.serving.batch_predictions(
-                [_model_input(r.value) for r in fresh if _has_input(r.value)]
-            )
-            or ()
-        )
-        for rec in fresh:
-            started = time.perf_counter()
-            event = rec.value
-            label = event.get("label")
-            self.policy.observe(rec.partition, rec.offset, labelled=label is not None)
-            if _has_input(event):
-                x = to_features(event)
-                if self.data_monitor is not None and event.get("features"):
-                    shift = self.data_monitor.update(event["features"])
-                    if shift is not None:
-                        outputs.extend(self.on_signal(shift, rec, data=True))
-                batch = next(batch_preds, None)
-                source = self.serving.choose()  # before this label is scored
-                key = self._key(event)
-                learner = self._learner(key)
-                if key is not None:  # constant within its model: no information
-                    x.pop(self.per_key, None)
-                if label is None:
-                    pred = learner.predict(x)
-                    self.joiner.put(event["id"], (x, _model_input(event), key), now)
-                else:
-                    pred = learner.predict_then_learn(x, label)
-                    if batch is not None:
-                        self.serving.score(label, pred.prediction, batch[0])
-                    self._react(x, label, pred.prediction, key)
-                    outputs.extend(self._watch(pred.prediction, label, rec, key))
-                if self.label_free is not None:
-                    for shift in self.label_free.on_prediction(event["id"], pred.prediction,
-                                                               pred.proba, label):  # fmt: skip
-                        outputs.extend(self.on_signal(shift, rec, data=True))
-                value = self._prediction(event, pred, started, now, learner)
-                if key is not None:
-                    value["model_key"] = key
-                if source == "batch" and batch is not None:
-                    value.update(prediction=batch[0], model_version=str(self.serving.version))
-                    value.pop("proba", None)
-                    if batch[1] is not None:
-                        value["proba"] = batch[1]
-                value["source"] = source
-                if self.emit_predictions:
-                    outputs.append(("predictions", event["id"], value))
-            else:
-                if self.label_free is not None:
-                    self.label_free.on_label(event["id"], label)
-                waiting = self.joiner.pop(event["id"])
-                if waiting is None:
-                    self.orphan_labels += 1
-                else:
-                    x_waiting, raw, key = _unpack(waiting)
-                    learner = self._learner(key)
-                    before = learner.predict(x_waiting).prediction
-                    learner.rolling.update(label, before)
-                    if raw is not None and self.serving.uses_batch:
-                        batch_late = self.serving.batch_predictions([raw])
-                        if batch_late:
-                            self.serving.score(label, before, batch_late[0][0])
-                    learner.learn(x_waiting, label)
-                    self._react(x_waiting, label, before, key)
-                    outputs.extend(self._watch(before, label, rec, key))
+        fresh = self._fresh(records)
+        for rec, batch_answer in zip(fresh, self._batch_answers(fresh), strict=True):
+            try:
+                outputs.extend(self._process_one(rec, batch_answer))
+            except Exception as exc:  # the model refused it: this record only
+                self._reject(rec, f"the online model cannot learn or answer this record: "
+                                  f"{type(exc).__name__}: {exc}")  # fmt: skip
             self._offsets[rec.partition] = rec.offset + 1
             self._since_checkpoint += 1
-        self.joiner.expire(now)
-        job = self.policy.tick(now)
+        self.joiner.expire(time.monotonic())
+        job = self.policy.tick(time.time())
         if job is not None:
             outputs.append(("training-jobs", job.job_id, job.to_record(self.learner.name)))
         return outputs
+
+    def take_rejected(self) -> list[Rejected]:
+        """The records set aside since the last call (the loop dead-letters them)."""
+        rejected, self._rejected = self._rejected, []
+        return rejected
+
+    def _fresh(self, records: Sequence[Any]) -> list[Any]:
+        """The records the checkpoint has not seen (a replay after a restart skips the rest)."""
+        fresh = [r for r in records if r.offset >= self._offsets.get(r.partition, 0)]
+        self.duplicates_skipped += len(records) - len(fresh)
+        return fresh
+
+    def _batch_answers(self, fresh: list[Any]) -> list[Any]:
+        """The batch model's answer per record (None: no input, not used, or refused): it does
+        not learn, so the whole micro-batch is predicted at once."""
+        answers: list[Any] = [None] * len(fresh)
+        with_input = [i for i, r in enumerate(fresh) if _has_input(r.value)]
+        predicted = self.serving.batch_predictions(
+            [_model_input(fresh[i].value) for i in with_input]
+        )
+        for i, answer in zip(with_input, predicted or (), strict=False):
+            answers[i] = answer
+        return answers
+
+    def _reject(self, rec: Any, reason: str) -> None:
+        log.warning("events: record at offset %d of partition %d set aside: %s",
+                    rec.offset, rec.partition, reason)  # fmt: skip
+        self._rejected.append(Rejected(rec.partition, rec.offset, reason))
+        self.rejected_total += 1
+
+    def _process_one(self, rec: Any, batch_answer: Any) -> list[tuple[str, str, dict[str, Any]]]:
+        """One record: check it, then predict (and learn), or join a late label."""
+        event = rec.value
+        label = event.get("label")
+        key = self._key(event)
+        if label is not None:
+            reason = self.learners.get(key or "", self.learner).check_label(label)
+            if reason is not None:
+                self._reject(rec, reason)
+                return []
+        self.policy.observe(rec.partition, rec.offset, labelled=label is not None)
+        if _has_input(event):
+            return self._predict(rec, event, label, key, batch_answer)
+        return self._join_label(rec, event["id"], label)
+
+    def _predict(
+        self, rec: Any, event: dict[str, Any], label: Any, key: str | None, batch_answer: Any
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Answer an event; learn its label when it has one (prequential)."""
+        started = time.perf_counter()
+        outputs: list[tuple[str, str, dict[str, Any]]] = []
+        learner = self._learner(key)
+        x = learner.features(event)
+        if key is not None:  # constant within its model: no information
+            x.pop(self.per_key, None)
+        if self.data_monitor is not None and event.get("features"):
+            shift = self.data_monitor.update(event["features"])
+            if shift is not None:
+                outputs.extend(self.on_signal(shift, rec, data=True))
+        source = self.serving.choose() if batch_answer is not None else "online"
+        if label is None:
+            pred = learner.predict(x)
+            self.joiner.put(event["id"], (self._compact(event), key), time.monotonic())
+        else:
+            pred = learner.predict_then_learn(x, label)
+            if batch_answer is not None:
+                self.serving.score(label, pred.prediction, batch_answer[0])
+            self._react(x, label, pred.prediction, key)
+            outputs.extend(self._watch(pred.prediction, label, rec, key))
+        if self.label_free is not None:
+            for shift in self.label_free.on_prediction(event["id"], pred.prediction, pred.proba,
+                                                       label):  # fmt: skip
+                outputs.extend(self.on_signal(shift, rec, data=True))
+        if self.emit_predictions:
+            if source == "batch":
+                answer, version = batch_answer, str(self.serving.version)
+            else:
+                answer, version = (pred.prediction, pred.proba), learner.version
+            outputs.append(("predictions", event["id"], prediction_record(
+                event["id"], self.learner.name, version, source, answer, started, time.time(),
+                key)))  # fmt: skip
+        return outputs
+
+    @staticmethod
+    def _compact(event: dict[str, Any]) -> bytes:
+        """What a late label needs of an event, as bytes: its features and text."""
+        kept = {k: event[k] for k in ("features", "text") if k in event}
+        return orjson.dumps(kept)
+
+    def _join_label(self, rec: Any, event_id: str, label: Any
+                    ) -> list[tuple[str, str, dict[str, Any]]]:  # fmt: skip
+        """A late label: learn it with the event that waited for it, once."""
+        if self.label_free is not None:
+            self.label_free.on_label(event_id, label)
+        waiting = self.joiner.pop(event_id)
+        if waiting is None:
+            self.orphan_labels += 1
+            return []
+        event, x, raw, key = _waiting(waiting)
+        learner = self._learner(key)
+        if event is not None:
+            x = learner.features(event)
+            if key is not None:
+                x.pop(self.per_key, None)
+            raw = _model_input(event)
+        assert x is not None
+        reason = learner.check_label(label)
+        if reason is not None:  # the event may still get a label that fits: keep it waiting
+            self.joiner.put(event_id, waiting, time.monotonic())
+            self._reject(rec, reason)
+            return []
+        before = learner.predict(x).prediction
+        learner.rolling.update(label, before)
+        if raw is not None and self.serving.uses_batch:
+            batch_late = self.serving.batch_predictions([raw])
+            if batch_late and batch_late[0] is not None:
+                self.serving.score(label, before, batch_late[0][0])
+        learner.learn(x, label)
+        self._react(x, label, before, key)
+        return self._watch(before, label, rec, key)
 
     def _key(self, event: dict[str, Any]) -> str | None:
         if not self.per_key:
@@ -382,13 +515,26 @@ class OnlineService:
         return out
 
     def on_model_update(self, update: dict[str, Any]) -> None:
-        """Feedback from ``model-updates``: jobs in flight, and a new normal after a promotion."""
+        """Feedback from ``model-updates``: jobs in flight, and a new normal after a promotion.
+
+        A ``promoted`` record moves state (trained offsets, the serving version) only when
+        the registry holds that version as promoted: the offsets are then the registry's
+        lineage, never the record's own. Anything else raises :class:`ModelSpecError` (the
+        loop dead-letters the record).
+        """
         if update.get("model") not in (None, self.learner.name):
             return
         status = update.get("status", "")
         offsets = (update.get("data") or {}).get("offsets")
-        self.policy.job_update(update.get("job_id", ""), status, update.get("model_version"),
-                               offsets)  # fmt: skip
+        version = update.get("model_version")
+        if status == "promoted" and self.lineage is not None:
+            offsets = self.lineage(str(version))
+            if offsets is None:
+                raise ModelSpecError(
+                    f"version {str(version)[:80]!r} is not a promoted version of "
+                    f"{self.learner.name!r} in the registry; update ignored"
+                )
+        self.policy.job_update(update.get("job_id", ""), status, version, offsets)
         if status == "promoted":
             # The concept monitor watches the online model's errors, which a batch promotion
             # does not change: it keeps its reference (a drift resets it by itself).
@@ -407,22 +553,6 @@ class OnlineService:
             "paired": {"online": paired[0], "batch": paired[1], "n": len(self.serving.paired)}
             if paired is not None else None,
         }  # fmt: skip
-
-    def _prediction(
-        self, event: dict[str, Any], pred: Any, started: float, now: float,
-        learner: OnlineLearner,
-    ) -> dict[str, Any]:  # fmt: skip
-        value: dict[str, Any] = {
-            "id": event["id"],
-            "prediction": pred.prediction,
-            "model": self.learner.name,
-            "model_version": learner.version,
-            "ts": now,
-            "latency_ms": (time.perf_counter() - started) * 1000,
-        }
-        if pred.proba is not None:
-            value["proba"] = pred.proba
-        return value
 
     def checkpoint_due(self) -> bool:
         """Whether :meth:`maybe_checkpoint` would write one now (N records or T seconds since
@@ -450,6 +580,7 @@ class OnlineService:
                 "offsets": dict(self._offsets),
                 "ordering": self.ordering_state,
                 "orphan_labels": self.orphan_labels,
+                "rejected_total": self.rejected_total,
                 "monitor": self.monitor,
                 "data_monitor": self.data_monitor,
                 "label_free": self.label_free,
@@ -537,7 +668,11 @@ class SnapshotPredictor:
         return True
 
     def process(self, records: Sequence[Any]) -> list[tuple[str, str, dict[str, Any]]]:
-        """Predictions for the events with an input (label-only records need none)."""
+        """Predictions for the events with an input (label-only records need none).
+
+        An event the model cannot answer is skipped here: the learner, which reads every
+        record, dead-letters it with the reason.
+        """
         self.refresh(force=self.learner is None)
         self.serving.apply_pending()
         inputs = [r for r in records if _has_input(r.value)]
@@ -549,29 +684,34 @@ class SnapshotPredictor:
         for i, rec in enumerate(inputs):
             started = time.perf_counter()
             event = rec.value
-            value: dict[str, Any] = {"id": event["id"], "ts": now}
-            if batch is not None:
-                value.update(prediction=batch[i][0], model_version=str(self.serving.version),
-                             source="batch")  # fmt: skip
-                if batch[i][1] is not None:
-                    value["proba"] = batch[i][1]
-            elif self.learner is not None:
-                key = (event.get("features") or {}).get(self.per_key) if self.per_key else None
-                learner = self.learners.get(str(key), self.learner) if key is not None \
-                    else self.learner  # fmt: skip
-                x = to_features(event)
-                if key is not None:
-                    x.pop(self.per_key, None)
-                pred = learner.predict(x)
-                value.update(prediction=pred.prediction, model_version=learner.version,
-                             source="online")  # fmt: skip
-                if key is not None:
-                    value["model_key"] = str(key)
-                if pred.proba is not None:
-                    value["proba"] = pred.proba
-            else:  # no snapshot yet: the learner has not checkpointed anything
-                value.update(prediction=None, model_version="none", source="online")
-            value["model"] = self.model_name
-            value["latency_ms"] = (time.perf_counter() - started) * 1000
-            outputs.append(("predictions", event["id"], value))
+            try:
+                answer, version, source, key = self._answer(event, batch[i] if batch else None)
+            except Exception as exc:
+                log.debug("replica: no prediction for %s: %s", event["id"], exc)
+                continue
+            outputs.append(
+                (
+                    "predictions",
+                    event["id"],
+                    prediction_record(
+                        event["id"], self.model_name, version, source, answer, started, now, key
+                    ),
+                )
+            )
         return outputs
+
+    def _answer(self, event: dict[str, Any], batch_answer: Any
+                ) -> tuple[tuple[Any, Any], str, str, str | None]:  # fmt: skip
+        """``(answer, version, source, model key)`` for one event."""
+        if batch_answer is not None:
+            return batch_answer, str(self.serving.version), "batch", None
+        if self.learner is None:  # no snapshot yet: the learner has not checkpointed anything
+            return (None, None), "none", "online", None
+        raw_key = (event.get("features") or {}).get(self.per_key) if self.per_key else None
+        key = None if raw_key is None else str(raw_key)
+        learner = self.learners.get(key, self.learner) if key is not None else self.learner
+        x = learner.features(event)
+        if key is not None:
+            x.pop(self.per_key, None)
+        pred = learner.predict(x)
+        return (pred.prediction, pred.proba), learner.version, "online", key

@@ -88,6 +88,7 @@ class ServingPolicy:
         self.predictor: BatchPredictor | None = None
         self.paired: deque[tuple[float, float]] = deque(maxlen=window)
         self.swaps = 0
+        self.refused = 0  # inputs the batch model could not take (the online model answered)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future[BatchPredictor | None] | None = None
 
@@ -135,12 +136,28 @@ class ServingPolicy:
 
     def batch_predictions(
         self, inputs: Sequence[Any]
-    ) -> list[tuple[Any, dict[str, float] | None]] | None:
-        """The batch model's predictions for a micro-batch (None when it is not used)."""
+    ) -> list[tuple[Any, dict[str, float] | None] | None] | None:
+        """The batch model's predictions for a micro-batch (None when it is not used).
+
+        An input the batch model cannot take (text for a tabular model, say) gets None, and
+        the online model answers that event: one such input never costs the others theirs.
+        """
         if not self.uses_batch or not inputs:
             return None
         assert self.predictor is not None
-        return self.predictor.predict_many(inputs)
+        try:
+            return list(self.predictor.predict_many(inputs))
+        except Exception:  # find the inputs at fault, one by one
+            pass
+        out: list[tuple[Any, dict[str, float] | None] | None] = []
+        for x in inputs:
+            try:
+                out.append(self.predictor.predict_many([x])[0])
+            except Exception as exc:
+                self.refused += 1
+                log.debug("batch model %s cannot take an input: %s", self.version, exc)
+                out.append(None)
+        return out
 
     def _score(self, label: Any, prediction: Any) -> float:
         if self.task == "classification":

@@ -116,6 +116,32 @@ class TriggerPolicy:
     last_job_at: float | None = None
     serving_version: str | None = None
     decisions: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    # The latest time seen, and whether ``last_job_at`` is an age waiting to be rebased: a
+    # pickled policy holds how long ago the last job started, not a time on the saving
+    # worker's clock, so a worker resuming it with its clock off keeps the cooldown and the
+    # schedule as they were.
+    _now: float = field(default=0.0, init=False, repr=False)
+    _rebase: bool = field(default=False, init=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self.last_job_at is not None and not self._rebase:
+            state["last_job_at"] = self.last_job_at - self._now
+            state["_rebase"] = True
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_now", 0.0)  # pickled before: its times stay as they were
+        state.setdefault("_rebase", False)
+        self.__dict__.update(state)
+
+    def _clock(self, now: float) -> float:
+        if self._rebase:
+            if self.last_job_at is not None:
+                self.last_job_at = now + self.last_job_at
+            self._rebase = False
+        self._now = max(self._now, now)
+        return now
 
     def observe(self, partition: int, offset: int, labelled: bool) -> None:
         """Record that ``offset`` of ``partition`` was consumed."""
@@ -187,7 +213,7 @@ class TriggerPolicy:
         if action == "none":
             self._decide(f"drift: {severity} needs no job ({detail})")
             return None
-        now = time.time() if now is None else now
+        now = self._clock(time.time() if now is None else now)
         pending = self.pending_drift
         if pending is None or (action == "retrain" and pending[0] != "retrain"):
             self.pending_drift = (action, detail, self.labelled_total)
@@ -235,7 +261,7 @@ class TriggerPolicy:
 
     def tick(self, now: float | None = None) -> JobRequest | None:
         """Volume and schedule checks; call it after each batch."""
-        now = time.time() if now is None else now
+        now = self._clock(time.time() if now is None else now)
         if self.pending_drift is not None:
             kind, _detail, at = self.pending_drift
             if self.labelled_total - at >= self.drift_min_records:
@@ -266,7 +292,8 @@ class TriggerPolicy:
     def manual(self, kind: str, now: float | None = None) -> JobRequest | None:
         """A person asked for a job (the cooldown does not apply; one in flight still does)."""
         self.last_job_at = None
-        return self._job(kind, "manual", "requested", time.time() if now is None else now)
+        return self._job(kind, "manual", "requested",
+                         self._clock(time.time() if now is None else now))  # fmt: skip
 
     def job_update(self, job_id: str, status: str, version: str | None = None,
                    offsets: dict[str, list[int]] | None = None) -> None:  # fmt: skip

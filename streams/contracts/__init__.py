@@ -72,20 +72,39 @@ DOC_ID_MAX_BYTES = 256
 
 
 class Limits:
-    """Size limits applied before and after decoding (see ``LimitSettings``).
+    """Size and meaning limits applied before and after decoding (see ``LimitSettings``).
+
+    A record can be valid JSON Schema and still poison a model: ``1e308`` turns a logistic
+    regression's weights into NaN for good, and a thousand feature keys become a thousand
+    permanent weights. Those are refused here, with the reason, like any other bad record.
 
     >>> Limits(max_record_bytes=10).check_raw(b"x" * 11)
     Traceback (most recent call last):
     ...
     streams.exceptions.ContractError: record is 11 bytes, over the 10-byte limit
+    >>> Limits().check_value({"id": "e", "features": {"x": 1e308}})
+    Traceback (most recent call last):
+    ...
+    streams.exceptions.ContractError: $.features.x is 1e+308, over the magnitude limit 1e+15
+    >>> Limits(max_features=2).check_value({"id": "e", "features": {"a": 1, "b": 2, "c": 3}})
+    Traceback (most recent call last):
+    ...
+    streams.exceptions.ContractError: 'features' has 3 keys, over the 2-key limit
     """
 
     def __init__(
-        self, max_record_bytes: int = 2_000_000, max_text_chars: int = 1_000_000, max_depth: int = 8
+        self,
+        max_record_bytes: int = 2_000_000,
+        max_text_chars: int = 1_000_000,
+        max_depth: int = 8,
+        max_abs_number: float = 1e15,
+        max_features: int = 256,
     ) -> None:
         self.max_record_bytes = max_record_bytes
         self.max_text_chars = max_text_chars
         self.max_depth = max_depth
+        self.max_abs_number = max_abs_number
+        self.max_features = max_features
 
     def check_raw(self, raw: bytes) -> None:
         if len(raw) > self.max_record_bytes:
@@ -97,12 +116,69 @@ class Limits:
         depth = _depth(value, self.max_depth + 1)
         if depth > self.max_depth:
             raise ContractError(f"record nests deeper than {self.max_depth} levels")
+        if not isinstance(value, dict):
+            return
         for field in ("text", "question"):
-            text = value.get(field) if isinstance(value, dict) else None
+            text = value.get(field)
             if isinstance(text, str) and len(text) > self.max_text_chars:
                 raise ContractError(
                     f"'{field}' has {len(text)} characters, over the {self.max_text_chars} limit"
                 )
+        features = value.get("features")
+        if isinstance(features, dict) and len(features) > self.max_features:
+            raise ContractError(
+                f"'features' has {len(features)} keys, over the {self.max_features}-key limit"
+            )
+        where = _number_over(value, self.max_abs_number, self.max_depth)
+        if where is not None:
+            raise ContractError(
+                f"{where[0]} is {where[1]:g}, over the magnitude limit {self.max_abs_number:g}"
+            )
+
+
+def _number_over(value: Any, max_abs: float, cap: int) -> tuple[str, float] | None:
+    """``(path, number)`` of the first number whose magnitude is over ``max_abs``, else None.
+
+    Level by level like :func:`_depth`, with no work per scalar beyond a type test and a
+    comparison; the path is worked out only for a record that fails. Bools are not numbers.
+
+    >>> _number_over({"a": [1, {"b": -2e20}], "c": True}, 1e15, 8)
+    ('$.a[1].b', -2e+20)
+    """
+    level = [value] if isinstance(value, (dict, list)) else []
+    found = False
+    for _ in range(cap + 1):
+        if not level or found:
+            break
+        inner = []
+        for container in level:
+            for v in container.values() if isinstance(container, dict) else container:
+                t = type(v)
+                if t is float or t is int:
+                    if not -max_abs <= v <= max_abs:
+                        found = True
+                        break
+                elif t is dict or t is list:
+                    inner.append(v)
+        level = inner
+    return _first_number_over("$", value, max_abs) if found else None
+
+
+def _first_number_over(path: str, value: Any, max_abs: float) -> tuple[str, float] | None:
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        t = type(value)
+        if (t is float or t is int) and not -max_abs <= value <= max_abs:
+            return path, float(value)
+        return None
+    for where, v in items:
+        hit = _first_number_over(where, v, max_abs)
+        if hit is not None:
+            return hit
+    return None
 
 
 DEFAULT_LIMITS = Limits()
