@@ -38,12 +38,13 @@ __all__ = [
 ]
 
 #: Errors that the same record will meet again however often it is sent: no retry helps.
+#: Only the record's own size is that; a record the broker refuses to validate
+#: (INVALID_RECORD, INVALID_TIMESTAMP) or to take (authorisation, replicas) depends on topic
+#: settings, ACLs and brokers that an operator can mend, so it is sent again with backoff.
 PERMANENT_ERRORS = frozenset(
     {
         KafkaError.MSG_SIZE_TOO_LARGE,
         KafkaError.INVALID_MSG_SIZE,
-        KafkaError.INVALID_MSG,
-        KafkaError.INVALID_RECORD,
         KafkaError.RECORD_LIST_TOO_LARGE,
         KafkaError._INVALID_ARG,
     }

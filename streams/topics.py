@@ -45,7 +45,8 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
-    """Every topic of the design, with its DLQ for each input topic."""
+    """Every topic of the design, with a DLQ for each topic whose records are decoded: the
+    inputs, and the control topics (jobs and model updates) that workers read."""
     p, r = topics.partitions, topics.replication
     keep = str(topics.output_retention_ms)
     big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
@@ -64,6 +65,8 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
     ]
     for source in (topics.docs, topics.events, topics.queries):
         specs.append(TopicSpec(topics.dlq(source), p, r, {"retention.ms": keep}))
+    for source in (topics.training_jobs, topics.model_updates):  # the audit trail: forever
+        specs.append(TopicSpec(topics.dlq(source), 1, r, {"retention.ms": "-1"}))
     return specs
 
 

@@ -352,10 +352,10 @@ class LabelJoiner:
     (b'x1', None)
     >>> j.put("e2", b"x2", now=0.0); j.expire(now=11.0), j.expired_total
     (1, 1)
-    >>> small = LabelJoiner(max_bytes=300)
+    >>> small = LabelJoiner(max_bytes=900)  # 422 bytes an entry
     >>> for i in range(5):
     ...     small.put(f"e{i}", b"." * 100, now=0.0)
-    >>> len(small), small.evicted_total, small.bytes <= 300
+    >>> len(small), small.evicted_total, small.bytes <= 900
     (2, 3, True)
     >>> import pickle
     >>> j.put("e3", b"x3", now=1_000_000.0)  # saved on a clock far ahead ...
@@ -364,8 +364,9 @@ class LabelJoiner:
     (0, 1)
     """
 
-    #: Bytes counted per entry beyond its payload (the dict slot, the id, the tuple).
-    OVERHEAD = 24
+    #: Bytes counted per entry beyond its payload and id: the ordered dict's slot and link,
+    #: the id's string object, two tuples, a float and the payload's bytes header (CPython).
+    OVERHEAD = 320
 
     def __init__(
         self,

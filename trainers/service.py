@@ -398,9 +398,13 @@ class OnlineService:
 
     @staticmethod
     def _compact(event: dict[str, Any]) -> bytes:
-        """What a late label needs of an event, as bytes: its features and text."""
+        """What a late label needs of an event, as bytes: its features and text.
+
+        Copied to an object of its own length: orjson's result keeps the whole output buffer
+        it grew (16 KiB for a 1 kB text), which the byte budget would not see.
+        """
         kept = {k: event[k] for k in ("features", "text") if k in event}
-        return orjson.dumps(kept)
+        return bytes(memoryview(orjson.dumps(kept)))
 
     def _join_label(self, rec: Any, event_id: str, label: Any
                     ) -> list[tuple[str, str, dict[str, Any]]]:  # fmt: skip
