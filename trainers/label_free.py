@@ -288,7 +288,7 @@ class LabelFreeMonitors:
         task: str = "classification",
         window: int = 1000,
         min_labels: int = 500,
-        max_pending: int = 100_000,
+        max_pending: int = 10_000,
     ) -> None:
         self.task = task
         self.min_labels = min_labels
