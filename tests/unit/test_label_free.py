@@ -109,3 +109,15 @@ def test_integer_labels_match_boolean_predictions() -> None:
         monitors.on_prediction(f"e{i}", True, {"True": 0.95, "False": 0.05})
         monitors.on_label(f"e{i}", 1)
     assert monitors.accuracy.calibrated(0.95) > 0.95
+
+
+def test_regression_watches_the_distribution_of_predicted_values() -> None:
+    rng = random.Random(9)
+    monitors = LabelFreeMonitors("regression", window=300, min_labels=50)
+    for i in range(100):
+        monitors.on_prediction(f"l{i}", rng.gauss(0, 1), None, label=0.0)
+    signals = []
+    for i in range(2000):  # no labels; at 1000 the predictions move up by one
+        value = rng.gauss(0.0 if i < 1000 else 1.0, 1.0)
+        signals += [(s.signal, i) for s in monitors.on_prediction(f"u{i}", value, None)]
+    assert [(s, 1000 < i < 1300) for s, i in signals] == [("prediction:distribution", True)]
