@@ -241,7 +241,8 @@ def worker(
 def up(
     trainer: Annotated[bool, typer.Option(help="also run a trainer worker")] = True,
 ) -> None:
-    """Run the whole system (embedded Kafka unless configured, worker, trainer) until Ctrl-C."""
+    """Run the whole system (embedded Kafka unless configured, worker, trainer) until Ctrl-C;
+    a crashed child is restarted (exit 1: one kept crashing; 3: Kafka lost, if so set)."""
     from streams.supervisor import run_up
 
     raise typer.Exit(run_up(_settings(), trainer=trainer, console=console))
@@ -249,18 +250,42 @@ def up(
 
 @app.command()
 def status() -> None:
-    """Topics, consumer lag, model versions, the last drift alerts and model updates."""
+    """What `livelearn up` runs (state, restarts, uptime), topics, lag, versions, last alerts."""
     from rich.console import Console as _Console
 
-    from streams.supervisor import status_table
+    from streams.status import KafkaProblem, try_snapshot
+    from streams.supervisor import ChildStatus, read_state, state_path, status_table
 
     settings = _settings()
-    _Console().print(status_table(settings, resolve_bootstrap(settings)))
+    out = _Console()
+    up_state = read_state(state_path(settings))
+    children: list[ChildStatus] = []
+    note = "livelearn up is not running here"
+    if up_state is not None and up_state.alive():
+        children, note = up_state.children, f"livelearn up: pid {up_state.pid}"
+    elif up_state is not None:
+        last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(up_state.updated_at))
+        note = f"livelearn up is not running (it stopped at {last})"
+    bootstrap = settings.kafka.bootstrap_servers
+    if not bootstrap and up_state is not None and up_state.alive():
+        bootstrap = up_state.bootstrap
+    try:
+        bootstrap = bootstrap or resolve_bootstrap(settings, start=False)
+    except LiveLearnError as exc:  # no Kafka configured and no embedded broker running
+        out.print(status_table(None, "(no broker)", children, note, kafka_note=str(exc)))
+        raise typer.Exit(1) from None
+    kafka = try_snapshot(settings, bootstrap, wait_s=10)  # a broker still starting: ask again
+    out.print(status_table(kafka, bootstrap, children, note))
+    if isinstance(kafka, KafkaProblem):
+        raise typer.Exit(1)
 
 
 @app.command()
 def trainer(
-    retries: Annotated[int, typer.Option(help="retries of a failed job")] = 2,
+    retries: Annotated[int, typer.Option(help="retries of a job that failed transiently")] = 2,
+    backoff: Annotated[
+        float, typer.Option(help="seconds before the first retry (doubling, at most 300)")
+    ] = 5.0,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="job config override, e.g. epochs=2")
     ] = None,
@@ -280,7 +305,9 @@ def trainer(
             overrides[key] = orjson.loads(raw)
         except orjson.JSONDecodeError:
             overrides[key] = raw
-    worker = TrainerWorker(settings, bootstrap, overrides, max_retries=retries)
+    worker = TrainerWorker(
+        settings, bootstrap, overrides, max_retries=retries, retry_backoff_s=backoff
+    )
     try:
         worker.run()
     except KeyboardInterrupt:

@@ -36,6 +36,7 @@ __all__ = [
     "ModelSettings",
     "Settings",
     "SecretStr",
+    "SupervisorSettings",
     "TopicSettings",
     "TriggerSettings",
     "WebSettings",
@@ -296,6 +297,12 @@ class LimitSettings(_Frozen):
         1e15, gt=0, description="largest accepted magnitude of a number in a record"
     )
     max_features: int = Field(256, ge=1, description="most feature keys accepted in one event")
+    max_train_records: int = Field(
+        500_000,
+        ge=1,
+        description="most events one training job reads (a longer history: "
+        "its newest ones, named in the version's lineage)",
+    )
     max_chunks_per_doc: int = Field(
         500, ge=1, description="most chunks one document may become (more: dead-lettered)"
     )
@@ -310,6 +317,32 @@ class WebSettings(_Frozen):
     )
     max_request_bytes: int = Field(
         65_536, ge=1024, description="largest accepted HTTP request (query string and body)"
+    )
+
+
+class SupervisorSettings(_Frozen):
+    """How ``livelearn up`` keeps its children running (a crashed one is started again)."""
+
+    restart_backoff_s: float = Field(
+        1.0, gt=0, description="wait before restarting a crashed child; doubles per crash"
+    )
+    restart_backoff_max_s: float = Field(
+        60.0, gt=0, description="longest wait before a restart (the doubling stops here)"
+    )
+    restart_jitter: float = Field(
+        0.2, ge=0, le=1, description="each wait is up to this fraction shorter, at random"
+    )
+    crash_window_s: float = Field(
+        300.0, gt=0, description="crashes older than this are forgotten (the wait starts over)"
+    )
+    max_restarts: int = Field(
+        5, ge=0, description="restarts within the window; one more crash: failed, `up` exits 1"
+    )
+    on_broker_loss: Literal["wait", "exit"] = Field(
+        "wait", description="Kafka unreachable: wait for it (children reconnect) or exit 3"
+    )
+    broker_loss_s: float = Field(
+        60.0, gt=0, description="Kafka unreachable this long counts as lost (see on_broker_loss)"
     )
 
 
@@ -331,6 +364,7 @@ class Settings(BaseSettings):
     trigger: TriggerSettings = Field(default_factory=TriggerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
     web_port: int = Field(6066, ge=0, description="worker HTTP port: /search, /ask, /healthz")
     shutdown_timeout_s: float = Field(

@@ -1,21 +1,32 @@
 """What the system is doing: topics, consumer lag, model versions, the last alerts.
 
-Used by ``livelearn status`` and by the tests; everything is read from Kafka and the model
-registry, so it works from any machine that can reach them.
+Used by ``livelearn status``, ``livelearn up`` and the tests; everything is read from Kafka and
+the model registry, so it works from any machine that can reach them. When Kafka cannot answer,
+:func:`try_snapshot` says why in words (:class:`KafkaProblem`) instead of raising a raw
+``KafkaError``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from streams.kafka import admin_client, consumer
 from streams.settings import Settings
 
-__all__ = ["GroupLag", "Snapshot", "consumer_groups", "group_lag", "snapshot"]
+__all__ = [
+    "GroupLag",
+    "KafkaProblem",
+    "Snapshot",
+    "consumer_groups",
+    "describe_error",
+    "group_lag",
+    "snapshot",
+    "try_snapshot",
+]
 
 
 def consumer_groups(settings: Settings) -> dict[str, str]:
@@ -165,3 +176,96 @@ def snapshot(settings: Settings, bootstrap: str, last: int = 5) -> Snapshot:
     if settings.topics.model_updates in md.topics:
         snap.updates = _last(settings, bootstrap, settings.topics.model_updates, last)
     return snap
+
+
+# librdkafka error names (``KafkaError.name()``) by what they mean for someone asking for status.
+_STARTING = {
+    "NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "REPLICA_NOT_AVAILABLE",
+    "NOT_ENOUGH_REPLICAS", "UNKNOWN_LEADER_EPOCH", "FENCED_LEADER_EPOCH", "OFFSET_NOT_AVAILABLE",
+    "COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR", "_WAIT_COORD",
+    "UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC",
+}  # fmt: skip
+_UNREACHABLE = {
+    "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "_MSG_TIMED_OUT", "REQUEST_TIMED_OUT",
+    "BROKER_NOT_AVAILABLE", "_RESOLVE",
+}  # fmt: skip
+_DENIED = {
+    "_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "TOPIC_AUTHORIZATION_FAILED",
+    "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED", "_SSL",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KafkaProblem:
+    """Why the Kafka side of the status could not be read, in words.
+
+    ``state`` is ``starting`` (the broker answers but its partitions or group coordinators are
+    still being elected or loaded: ask again in a few seconds), ``unreachable`` (no broker
+    answers), ``denied`` (credentials or ACLs) or ``error`` (anything else).
+
+    >>> from confluent_kafka import KafkaError, KafkaException
+    >>> err = KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, "Failed to get watermark offsets")
+    >>> problem = describe_error(KafkaException(err), "localhost:9092")
+    >>> problem.state
+    'starting'
+    >>> print(problem)
+    Kafka at localhost:9092 is starting: its partitions are still electing leaders or loading
+    (NOT_LEADER_FOR_PARTITION); try again in a few seconds
+    """
+
+    state: Literal["starting", "unreachable", "denied", "error"]
+    bootstrap: str
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"Kafka at {self.bootstrap}"
+        if self.state == "starting":
+            return (f"{where} is starting: its partitions are still electing leaders or loading "
+                    f"({self.detail}); try again in a few seconds")  # fmt: skip
+        if self.state == "unreachable":
+            return f"{where} is unreachable: no broker answers ({self.detail})"
+        if self.state == "denied":
+            return f"{where} refused us: check the SASL/SSL settings and ACLs ({self.detail})"
+        return f"{where}: status unavailable ({self.detail})"
+
+
+def describe_error(exc: BaseException, bootstrap: str) -> KafkaProblem:
+    """What ``exc``, raised while reading the status, means (see :class:`KafkaProblem`).
+
+    >>> describe_error(TimeoutError("no answer"), "b:9092").state
+    'unreachable'
+    >>> describe_error(ValueError("odd"), "b:9092").detail
+    'ValueError: odd'
+    """
+    err: Any = exc.args[0] if exc.args else None
+    name = getattr(err, "name", None)
+    if callable(name):
+        code = str(name())
+        text = str(err.str()) if callable(getattr(err, "str", None)) else ""
+        detail = f"{code}: {text}" if text and code not in _STARTING else code
+        if code in _STARTING:
+            return KafkaProblem("starting", bootstrap, detail)
+        if code in _UNREACHABLE:
+            return KafkaProblem("unreachable", bootstrap, detail)
+        if code in _DENIED:
+            return KafkaProblem("denied", bootstrap, detail)
+        return KafkaProblem("error", bootstrap, detail)
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return KafkaProblem("unreachable", bootstrap, f"{type(exc).__name__}: {exc}")
+    return KafkaProblem("error", bootstrap, f"{type(exc).__name__}: {exc}")
+
+
+def try_snapshot(
+    settings: Settings, bootstrap: str, last: int = 5, wait_s: float = 0.0
+) -> Snapshot | KafkaProblem:
+    """:func:`snapshot`, or why it cannot be read; a broker still ``starting`` is asked again
+    for up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return snapshot(settings, bootstrap, last)
+        except Exception as exc:  # every failure becomes words; the caller decides what to do
+            problem = describe_error(exc, bootstrap)
+            if problem.state != "starting" or time.monotonic() >= deadline:
+                return problem
+            time.sleep(1.0)

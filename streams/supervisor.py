@@ -1,94 +1,666 @@
-"""``livelearn up``: the whole system as child processes, until Ctrl-C.
+"""``livelearn up``: the whole system as supervised child processes, until Ctrl-C.
 
 Starts the embedded Kafka unless bootstrap servers are configured, creates the topics, then
 runs ``livelearn worker`` (indexer, queries, online learner) and ``livelearn trainer`` as
-children and shows a live status table. Ctrl-C (or SIGTERM) stops the children with SIGTERM
-first: each finishes its batch, waits for Kafka's acknowledgements and commits (the learner
-writes its checkpoint), so nothing acknowledged is lost; the embedded broker stops last.
+children and shows a live status table. It behaves like a process supervisor:
+
+* A child that exits is started again after a wait that doubles with each crash
+  (``LIVELEARN_SUPERVISOR__RESTART_BACKOFF_S`` up to ``..._RESTART_BACKOFF_MAX_S``, made up
+  to ``..._RESTART_JITTER`` shorter at random so that children do not restart in step). Its
+  restarts are counted; its log (``<data dir>/logs/<child>.log``) marks each restart.
+* A child that crashes more than ``..._MAX_RESTARTS`` times within ``..._CRASH_WINDOW_S`` is
+  *failed*: ``up`` prints the last lines of its log, stops everything and exits 1.
+* The embedded broker, when ``up`` started it, is supervised the same way (``kafka``): started
+  again on the same port with its data on disk, so the children reconnect by themselves.
+* Kafka unreachable for ``..._BROKER_LOSS_S``: ``..._ON_BROKER_LOSS=wait`` (the default) keeps
+  the children, which reconnect by themselves; ``exit`` stops everything and exits 3.
+* Ctrl-C (or SIGTERM), also while a child waits for its restart, stops the children with
+  SIGTERM first: each finishes its batch, waits for Kafka's acknowledgements and commits (the
+  learner writes its checkpoint), so nothing acknowledged is lost; the embedded broker stops
+  last.
+
+The supervisor writes its children's state to ``<data dir>/supervisor.json`` (atomically, about
+once a second), which ``livelearn status`` shows from another shell.
+
+The pieces: :class:`RestartPolicy` (pure: when to restart, when to give up),
+:class:`Supervisor` (the children and their restarts, one :meth:`Supervisor.tick` at a time),
+:class:`KafkaPoller` (the Kafka side of the table, in a thread, so that a slow broker never
+delays a restart or a Ctrl-C) and :func:`run_up`, the loop that ties them together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
+import orjson
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
+import streams
 from streams.broker import LocalBroker
+from streams.exceptions import BrokerError
 from streams.kafka import admin_client
-from streams.settings import Settings
+from streams.settings import Settings, SupervisorSettings
+from streams.status import KafkaProblem, Snapshot, try_snapshot
 from streams.topics import ensure_topics, topic_specs
 
-__all__ = ["Child", "run_up", "status_table"]
+__all__ = [
+    "EXIT_BROKER_LOST",
+    "EXIT_CHILD_FAILED",
+    "BrokerProcess",
+    "Child",
+    "ChildSpec",
+    "ChildStatus",
+    "GiveUp",
+    "KafkaPoller",
+    "Process",
+    "Restart",
+    "RestartPolicy",
+    "Supervisor",
+    "SupervisorState",
+    "child_command",
+    "child_env",
+    "exit_reason",
+    "read_state",
+    "run_up",
+    "state_path",
+    "status_table",
+    "tail",
+    "write_state",
+]
+
+EXIT_CHILD_FAILED = 1  #: ``up``'s exit code when a child crashed too often
+EXIT_BROKER_LOST = 3  #: ... when Kafka was lost and ``on_broker_loss`` is ``exit``
+
+
+# -- the policy: pure ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Start the child again in ``delay_s`` seconds; ``crashes`` within the window so far."""
+
+    delay_s: float
+    crashes: int
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """The child crashed ``crashes`` times within the window: it is failed."""
+
+    crashes: int
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a crashed child is started again, and when it counts as failed.
+
+    The wait doubles with each crash within ``window_s`` (``base_s``, 2 ``base_s``, 4 ...) up
+    to ``cap_s``, and is made up to ``jitter`` (a fraction) shorter at random; crashes older
+    than the window are forgotten, so a child that ran well for a while starts over at
+    ``base_s``. More than ``max_restarts`` crashes within the window: give up.
+
+    >>> policy = RestartPolicy(base_s=1, cap_s=10, jitter=0, window_s=60, max_restarts=3)
+    >>> [policy.delay_s(n) for n in range(1, 7)]
+    [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    >>> policy.decide([], now=100.0)  # the first crash
+    Restart(delay_s=1.0, crashes=1)
+    >>> policy.decide([10.0, 20.0, 90.0, 95.0], now=100.0)  # 10 and 20 are out of the window
+    Restart(delay_s=4.0, crashes=3)
+    >>> policy.decide([50.0, 60.0, 70.0], now=100.0)  # a 4th crash within 60 s: failed
+    GiveUp(crashes=4)
+    >>> RestartPolicy(base_s=4, jitter=0.25).delay_s(1, rand=1.0)  # at most 25% shorter
+    3.0
+    """
+
+    base_s: float = 1.0
+    cap_s: float = 60.0
+    jitter: float = 0.2
+    window_s: float = 300.0
+    max_restarts: int = 5
+
+    @classmethod
+    def from_settings(cls, s: SupervisorSettings) -> RestartPolicy:
+        return cls(s.restart_backoff_s, s.restart_backoff_max_s, s.restart_jitter,
+                   s.crash_window_s, s.max_restarts)  # fmt: skip
+
+    def delay_s(self, crashes: int, rand: float = 0.0) -> float:
+        """The wait after the ``crashes``-th crash in the window; ``rand`` in [0, 1) spreads it."""
+        doubled = self.base_s * 2.0 ** min(max(crashes - 1, 0), 62)
+        return min(self.cap_s, doubled) * (1.0 - self.jitter * rand)
+
+    def decide(
+        self, crash_times: Sequence[float], now: float, rand: float = 0.0
+    ) -> Restart | GiveUp:
+        """What to do about a crash at ``now``, given the times of the earlier ones."""
+        crashes = 1 + sum(1 for t in crash_times if now - t <= self.window_s)
+        if crashes > self.max_restarts:
+            return GiveUp(crashes)
+        return Restart(self.delay_s(crashes, rand), crashes)
+
+
+# -- one child process -------------------------------------------------------------------------
+
+
+def child_command(args: Sequence[str]) -> list[str]:
+    """``python -P -m streams <args>``: ``-P`` keeps the working directory off ``sys.path``, so
+    a ``streams.py`` (or ``trainers/``) there cannot stand in for the package."""
+    return [sys.executable, "-P", "-m", "streams", *args]
+
+
+def child_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env``, plus the folder this ``streams`` package was imported from on ``PYTHONPATH``
+    when ``-P`` would otherwise lose it (``python -m streams`` run from a source checkout)."""
+    out = dict(env)
+    root = str(Path(streams.__file__).resolve().parent.parent)
+    # Without -P (sys.flags.safe_path), sys.path[0] is the working or script directory: -P drops it.
+    kept = sys.path if sys.flags.safe_path else sys.path[1:]
+    if not any(p and Path(p).resolve() == Path(root) for p in kept):
+        out["PYTHONPATH"] = os.pathsep.join(p for p in (root, out.get("PYTHONPATH", "")) if p)
+    return out
 
 
 class Child:
-    """A ``python -m streams <command>`` child process with its own log file."""
+    """A ``livelearn <command>`` child process (``argv`` overrides it) with its own log file.
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    >>> import sys, tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "hello.log"
+    >>> child = Child(["hello"], {}, log, argv=[sys.executable, "-c", "print('hi')"])
+    >>> child.proc.wait(30), child.stop(), log.read_text()
+    (0, 0, 'hi\\n')
+    >>> child.exit_reason()
+    'exit code 0'
+    """
+
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], log: Path, argv: list[str] | None = None
+    ) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         self.args = args
         self.log_path = log
         self.log = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", *args], env=env, stdout=self.log,
+            argv or child_command(args), env=child_env(env), stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def exit_reason(self) -> str:
+        """``exit code N`` or ``killed by SIGNAME`` (empty while it runs)."""
+        return exit_reason(self.proc.poll())
+
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM (clean shutdown), then SIGKILL after ``timeout_s``; the exit code."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+            except ProcessLookupError:  # it exited between poll() and killpg()
+                self.proc.wait(10)
+        else:  # it died by itself: what it started in its session must not outlive it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
         return self.proc.returncode
 
 
-def status_table(settings: Settings, bootstrap: str, children: list[Child] | None = None) -> Table:
-    """Topics, lag, model versions and the last alerts, as one rich table."""
-    from streams.status import snapshot
+def exit_reason(code: int | None) -> str:
+    """How a process ended, from its return code ('' while it runs).
 
-    snap = snapshot(settings, bootstrap, last=3)
-    table = Table(title=f"livelearn at {bootstrap}", show_lines=False, expand=False)
+    >>> exit_reason(None), exit_reason(1), exit_reason(-9)
+    ('', 'exit code 1', 'killed by SIGKILL')
+    """
+    if code is None:
+        return ""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Process(Protocol):
+    """What the supervisor needs of a running thing (:class:`Child`, :class:`BrokerProcess`)."""
+
+    proc: subprocess.Popen[bytes]
+
+    def alive(self) -> bool: ...
+
+    def exit_reason(self) -> str: ...
+
+    def stop(self, timeout_s: float = 60.0) -> int | None: ...
+
+
+class BrokerProcess:
+    """The embedded broker that ``up`` started, supervised like a child: starting it again
+    keeps its port and its data on disk, so the children reconnect by themselves."""
+
+    def __init__(self, broker: LocalBroker) -> None:
+        self.broker = broker
+        broker.start()  # waits until it answers (reuses it when it already runs)
+        if broker.proc is None:
+            raise BrokerError("the embedded broker runs, but not as a process of this one")
+        self.proc = broker.proc
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def exit_reason(self) -> str:
+        return exit_reason(self.proc.poll())
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM (a clean shutdown), then SIGKILL; the exit code."""
+        if self.proc.poll() is None:
+            self.broker.stop(min(timeout_s, 30.0))
+        self.broker.proc = None
+        return self.proc.poll()
+
+
+def tail(path: Path, lines: int = 20, max_bytes: int = 64_000) -> str:
+    """The last ``lines`` lines of a (log) file, '' when there is none."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+# -- the supervisor: children and their restarts ----------------------------------------------
+
+ChildState = Literal["running", "restarting", "failed", "stopped"]
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What to run: ``livelearn <args>`` (or ``argv``, or ``start()``) with ``env``, logging to
+    ``log`` (where each run's first line is marked, unless ``mark_log`` is false)."""
+
+    name: str
+    args: list[str]
+    env: Mapping[str, str]
+    log: Path
+    argv: list[str] | None = None
+    start: Callable[[], Process] | None = None
+    mark_log: bool = True
+
+
+@dataclass(frozen=True)
+class ChildStatus:
+    """One child as the status table and ``supervisor.json`` show it (wall-clock times)."""
+
+    name: str
+    state: ChildState
+    pid: int | None = None
+    restarts: int = 0
+    started_at: float | None = None  # when the current (or last) process started
+    restart_at: float | None = None  # state "restarting": when it starts again
+    last_exit: str = ""  # how the last process ended, e.g. "killed by SIGKILL"
+    log: str = ""
+
+    def describe(self, now: float) -> str:
+        """``running, pid 12, up 3m05s, restarts 1`` / ``restarting in 4 s (...)`` / ..."""
+        restarts = f"restarts {self.restarts}"
+        if self.state == "running":
+            up = _duration(now - (self.started_at or now))
+            return f"running, pid {self.pid}, up {up}, {restarts}"
+        if self.state == "restarting":
+            wait = max(0.0, (self.restart_at or now) - now)
+            return f"restarting in {wait:.0f} s ({self.last_exit}), {restarts}"
+        if self.state == "failed":
+            return f"failed ({self.last_exit}), {restarts}"
+        return f"stopped ({self.last_exit or 'by livelearn up'}), {restarts}"
+
+
+def _duration(seconds: float) -> str:
+    """``12s``, ``3m05s``, ``2h07m``.
+
+    >>> _duration(12.4), _duration(185), _duration(7620)
+    ('12s', '3m05s', '2h07m')
+    """
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+@dataclass
+class _Slot:
+    """A child's process and history (monotonic times, for the decisions)."""
+
+    spec: ChildSpec
+    child: Process | None = None
+    state: ChildState = "stopped"
+    restarts: int = 0
+    crashes: list[float] = field(default_factory=list)
+    started_wall: float | None = None
+    restart_mono: float | None = None
+    restart_wall: float | None = None
+    last_exit: str = ""
+
+
+class Supervisor:
+    """Runs children and restarts those that exit, as :class:`RestartPolicy` says.
+
+    The loop calls :meth:`tick` a few times a second; it returns what happened, in words.
+    Nothing here blocks longer than starting a process (the embedded broker's: until it
+    answers), so a signal is acted on at the next tick.
+
+    >>> import sys, tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "crash.log"
+    >>> spec = ChildSpec("crash", [], {}, log, argv=[sys.executable, "-c", "raise SystemExit(3)"])
+    >>> sup = Supervisor([spec], RestartPolicy(base_s=0.1, jitter=0, max_restarts=1))
+    >>> sup.start()  # what went wrong starting them: nothing
+    []
+    >>> while not sup.failed():
+    ...     events = sup.tick()
+    ...     time.sleep(0.05)
+    >>> [(c.state, c.restarts, c.last_exit) for c in sup.statuses()]
+    [('failed', 1, 'exit code 3')]
+    >>> print(sup.failure_message("crash"))  # doctest: +ELLIPSIS
+    crash failed: it crashed 2 times within 300 s (last: exit code 3); the end of .../crash.log:
+    --- livelearn up: crash start at ... ---
+    --- livelearn up: crash restart 1 (after exit code 3) at ... ---
+    """
+
+    def __init__(
+        self, specs: Sequence[ChildSpec], policy: RestartPolicy,
+        rand: Callable[[], float] | None = None,
+    ) -> None:  # fmt: skip
+        self.policy = policy
+        self.rand = rand or random.random
+        self.slots = {spec.name: _Slot(spec) for spec in specs}
+
+    def start(self) -> list[str]:
+        """Start every child, in order; what went wrong, in words (those are restarting)."""
+        events = []
+        for slot in self.slots.values():
+            failed = self._spawn(slot, "start")
+            if failed:
+                events.append(self._on_exit(slot, failed, time.monotonic()))
+        return events
+
+    def _spawn(self, slot: _Slot, why: str) -> str:
+        """Start ``slot``'s process; '' or, if it could not start, why (a crash, then)."""
+        spec = slot.spec
+        spec.log.parent.mkdir(parents=True, exist_ok=True)
+        if spec.mark_log:
+            with spec.log.open("ab") as log:  # marks where each run's lines begin
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                log.write(f"--- livelearn up: {spec.name} {why} at {stamp} ---\n".encode())
+        slot.restart_mono = slot.restart_wall = None
+        slot.state, slot.started_wall = "running", time.time()
+        try:
+            if spec.start is not None:
+                slot.child = spec.start()
+            else:
+                slot.child = Child(spec.args, spec.env, spec.log, argv=spec.argv)
+        except Exception as exc:  # e.g. a broker that does not come up: counted as a crash
+            slot.child = None
+            return f"could not start: {exc}"
+        return ""
+
+    def _on_exit(self, slot: _Slot, reason: str, now: float) -> str:
+        """Record a crash and decide: restarting (when) or failed; what happened, in words."""
+        slot.last_exit = reason
+        decision = self.policy.decide(slot.crashes, now, self.rand())
+        slot.crashes = [t for t in slot.crashes if now - t <= self.policy.window_s] + [now]
+        if isinstance(decision, GiveUp):
+            slot.state = "failed"
+            return self.failure_message(slot.spec.name)
+        slot.state = "restarting"
+        slot.restart_mono = now + decision.delay_s
+        slot.restart_wall = time.time() + decision.delay_s
+        return (f"{slot.spec.name} exited ({reason}); restart {slot.restarts + 1} in "
+                f"{decision.delay_s:.1f} s")  # fmt: skip
+
+    def tick(self) -> list[str]:
+        """Notice exits, decide, start the children whose wait is over; what happened."""
+        events: list[str] = []
+        for slot in self.slots.values():
+            now = time.monotonic()
+            if slot.state == "running" and slot.child is not None and not slot.child.alive():
+                reason = slot.child.exit_reason()
+                slot.child.stop()  # closes its log
+                events.append(self._on_exit(slot, reason, now))
+            elif slot.state == "restarting" and now >= (slot.restart_mono or now):
+                slot.restarts += 1
+                failed = self._spawn(slot, f"restart {slot.restarts} (after {slot.last_exit})")
+                if failed:
+                    events.append(self._on_exit(slot, failed, time.monotonic()))
+                    continue
+                pid = slot.child.proc.pid if slot.child else None
+                events.append(f"{slot.spec.name} restarted (pid {pid}, restart {slot.restarts})")
+        return events
+
+    def failed(self) -> list[str]:
+        """Names of the children that crashed too often."""
+        return [name for name, slot in self.slots.items() if slot.state == "failed"]
+
+    def failure_message(self, name: str, lines: int = 20) -> str:
+        """Why ``name`` failed, with the last ``lines`` lines of its log."""
+        slot = self.slots[name]
+        n = len([t for t in slot.crashes if slot.crashes[-1] - t <= self.policy.window_s])
+        return (f"{name} failed: it crashed {n} times within {self.policy.window_s:.0f} s "
+                f"(last: {slot.last_exit}); the end of {slot.spec.log}:\n"
+                f"{tail(slot.spec.log, lines)}")  # fmt: skip
+
+    def statuses(self) -> list[ChildStatus]:
+        out = []
+        for name, slot in self.slots.items():
+            running = slot.state == "running" and slot.child is not None
+            out.append(ChildStatus(
+                name, slot.state, slot.child.proc.pid if running and slot.child else None,
+                slot.restarts, slot.started_wall, slot.restart_wall, slot.last_exit,
+                str(slot.spec.log),
+            ))  # fmt: skip
+        return out
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop every child (SIGTERM, then SIGKILL after ``timeout_s``), last started first;
+        a child waiting for its restart is not started again."""
+        for slot in reversed(list(self.slots.values())):
+            if slot.state == "running" and slot.child is not None:
+                died = slot.child.exit_reason()  # '' while it runs
+                slot.child.stop(timeout_s)
+                slot.last_exit = died or "stopped by livelearn up"
+            slot.state = "stopped" if slot.state != "failed" else "failed"
+            slot.restart_mono = slot.restart_wall = None
+
+
+# -- the state file: what `livelearn status` shows from another shell --------------------------
+
+
+@dataclass(frozen=True)
+class SupervisorState:
+    """What ``livelearn up`` writes to ``<data dir>/supervisor.json``."""
+
+    pid: int
+    bootstrap: str
+    started_at: float
+    updated_at: float
+    children: list[ChildStatus]
+    kafka: str = ""  # the last Kafka problem in words ('' when the status could be read)
+    stopped: bool = False
+
+    def alive(self) -> bool:
+        """Whether the ``livelearn up`` that wrote this still runs."""
+        if self.stopped:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except PermissionError:
+            return True
+        except OSError:
+            return False
+        return True
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.data_dir / "supervisor.json"
+
+
+def write_state(path: Path, state: SupervisorState) -> None:
+    """Write ``state`` atomically (a reader sees the old file or the new one, never a mix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(asdict(state)))
+    os.replace(tmp, path)
+
+
+def read_state(path: Path) -> SupervisorState | None:
+    """The state last written by ``livelearn up``, None when there is none (or not ours).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "supervisor.json"
+    >>> children = [ChildStatus("worker", "running", pid=12)]
+    >>> write_state(path, SupervisorState(1, "b:9092", 0.0, 1.0, children))
+    >>> read_state(path).children[0].state
+    'running'
+    """
+    try:
+        raw: dict[str, Any] = orjson.loads(path.read_bytes())
+        children = [ChildStatus(**c) for c in raw.pop("children")]
+        return SupervisorState(children=children, **raw)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+# -- the Kafka side of the table, in a thread -------------------------------------------------
+
+
+class KafkaPoller:
+    """Reads topics, lag, versions and alerts every ``every_s`` seconds in a thread.
+
+    :attr:`latest` is the last :class:`~streams.status.Snapshot` or
+    :class:`~streams.status.KafkaProblem`; :meth:`unreachable_s` is how long no broker has
+    answered (0 while one does, even if it is still starting).
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, every_s: float = 5.0) -> None:
+        self.settings, self.bootstrap, self.every_s = settings, bootstrap, every_s
+        self.latest: Snapshot | KafkaProblem | None = None
+        self._answered = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kafka-status", daemon=True)
+
+    def start(self) -> KafkaPoller:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            result = try_snapshot(self.settings, self.bootstrap, last=3)
+            if not (isinstance(result, KafkaProblem) and result.state == "unreachable"):
+                self._answered = time.monotonic()
+            self.latest = result
+            self._stop.wait(self.every_s)
+
+    def unreachable_s(self) -> float:
+        latest = self.latest
+        if isinstance(latest, KafkaProblem) and latest.state == "unreachable":
+            return time.monotonic() - self._answered
+        return 0.0
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Ask the thread to stop and wait for it (a daemon: one stuck on a lost broker does
+        not hold ``up`` for longer than ``timeout_s``)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+
+def status_table(
+    kafka: Snapshot | KafkaProblem | None, bootstrap: str,
+    children: Sequence[ChildStatus] = (), note: str = "", kafka_note: str = "reading ...",
+) -> Table:  # fmt: skip
+    """Processes, topics, lag, model versions and the last alerts, as one rich table
+    (``kafka_note`` stands for the Kafka rows when ``kafka`` is None)."""
+    now = time.time()
+    table = Table(title=f"livelearn at {bootstrap}", caption=note or None, expand=False)
     table.add_column("what")
     table.add_column("state")
-    for child in children or []:
-        state = "running" if child.alive() else f"exited ({child.proc.returncode})"
-        table.add_row(f"process {child.args[0]}", f"{state} pid {child.proc.pid}")
-    for name, (parts, records) in snap.topics.items():
+    for child in children:
+        table.add_row(f"process {child.name}", child.describe(now))
+    if kafka is None:
+        table.add_row("kafka", kafka_note)
+        return table
+    if isinstance(kafka, KafkaProblem):
+        table.add_row("kafka", str(kafka))
+        return table
+    for name, (parts, records) in kafka.topics.items():
         table.add_row(f"topic {name}", f"{records} records, {parts} partitions")
-    for lag in snap.lags:
+    for lag in kafka.lags:
         behind = "no commit yet" if lag.lag is None else f"{lag.lag} behind"
         table.add_row(f"group {lag.group}", f"{behind} on {lag.topic}")
-    table.add_row("serving version", snap.serving or "none yet (the online model answers)")
-    for v in snap.versions:
+    table.add_row("serving version", kafka.serving or "none yet (the online model answers)")
+    for v in kafka.versions:
         table.add_row(f"version {v['version']}", f"{v['status']} {v['kind']} {v['metrics']}")
-    for a in snap.alerts:
+    for a in kafka.alerts:
         table.add_row(f"alert {a.get('detector')}",
                       f"{a.get('severity')} {a.get('signal')} value {a.get('value', 0):.3f} "
                       f"action {a.get('action')}")  # fmt: skip
-    for u in snap.updates:
+    for u in kafka.updates:
         table.add_row(f"update {u.get('kind')}", f"{u.get('status')} {u.get('model_version')}")
     return table
 
 
+# -- the loop ---------------------------------------------------------------------------------
+
+
+def _child_specs(settings: Settings, bootstrap: str, trainer: bool) -> list[ChildSpec]:
+    env = dict(os.environ, LIVELEARN_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
+               LIVELEARN_DATA_DIR=str(settings.data_dir))  # fmt: skip
+    logs = settings.data_dir / "logs"
+    specs = [ChildSpec("worker", ["worker"], env, logs / "worker.log")]
+    if trainer:
+        port = settings.metrics_port + 1 if settings.metrics_port else 0
+        specs.append(ChildSpec("trainer", ["trainer"], dict(env, LIVELEARN_METRICS_PORT=str(port)),
+                               logs / "trainer.log"))  # fmt: skip
+    return specs
+
+
+def _exit_code(
+    supervisor: Supervisor, poller: KafkaPoller, policy: SupervisorSettings, console: Console
+) -> int:
+    """Why ``up`` must stop now (a child failed, Kafka lost), said on ``console``; 0: it goes on."""
+    if supervisor.failed():
+        console.print("[red]a child keeps crashing[/]: stopping everything")
+        return EXIT_CHILD_FAILED
+    lost_s = poller.unreachable_s()
+    if policy.on_broker_loss == "exit" and lost_s >= policy.broker_loss_s:
+        console.print(f"[red]Kafka lost[/]: {escape(str(poller.latest))} for {lost_s:.0f} s; "
+                      "stopping everything")  # fmt: skip
+        return EXIT_BROKER_LOST
+    return 0
+
+
 def run_up(settings: Settings, trainer: bool = True, refresh_s: float = 5.0,
            console: Console | None = None) -> int:  # fmt: skip
-    """Run until Ctrl-C/SIGTERM or until a child dies; returns the exit code."""
+    """Run until Ctrl-C/SIGTERM (0), a child failed (1) or Kafka was lost (3, if so set)."""
     console = console or Console()
     broker: LocalBroker | None = None
     bootstrap = settings.kafka.bootstrap_servers
@@ -100,46 +672,58 @@ def run_up(settings: Settings, trainer: bool = True, refresh_s: float = 5.0,
         if already:
             broker = None  # someone else's broker (`livelearn broker up`): leave it running
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
-    env = dict(os.environ, LIVELEARN_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
-               LIVELEARN_DATA_DIR=str(settings.data_dir))  # fmt: skip
-    logs = settings.data_dir / "logs"
-    children = [Child(["worker"], env, logs / "worker.log")]
-    if trainer:
-        port = settings.metrics_port + 1 if settings.metrics_port else 0
-        children.append(Child(["trainer"], dict(env, LIVELEARN_METRICS_PORT=str(port)),
-                              logs / "trainer.log"))  # fmt: skip
-    console.print(f"[green]✓[/] Kafka at {bootstrap}; worker HTTP :{settings.web_port}; logs in "
-                  f"{logs}; Ctrl-C stops everything cleanly")  # fmt: skip
+    policy = settings.supervisor
+    specs = _child_specs(settings, bootstrap, trainer)
+    if broker is not None:  # ours: supervised too, started first and stopped last
+        own, state = broker, broker.state()
+        log = Path(state.log_file) if state is not None else own.root / "kafka.log"
+        specs.insert(0, ChildSpec("kafka", [], {}, log, start=lambda: BrokerProcess(own),
+                                  mark_log=False))  # fmt: skip
+    supervisor = Supervisor(specs, RestartPolicy.from_settings(policy))
+    poller = KafkaPoller(settings, bootstrap, refresh_s)
+    state_file, started = state_path(settings), time.time()
     stopping: list[int] = []
 
-    def on_term(signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, _frame: Any) -> None:  # also during a restart or the stop
         stopping.append(signum)
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def save(stopped: bool = False) -> None:
+        latest = poller.latest
+        kafka = str(latest) if isinstance(latest, KafkaProblem) else ""
+        write_state(state_file, SupervisorState(os.getpid(), bootstrap, started, time.time(),
+                                                supervisor.statuses(), kafka, stopped))  # fmt: skip
+
     code = 0
     try:
+        for event in supervisor.start():
+            console.print(event, markup=False, highlight=False)
+        poller.start()
+        logs = settings.data_dir / "logs"
+        console.print(f"[green]✓[/] Kafka at {bootstrap}; worker HTTP :{settings.web_port}; "
+                      f"logs in {logs}; Ctrl-C stops everything cleanly")  # fmt: skip
         with Live(console=console, refresh_per_second=1) as live:
             while not stopping:
-                dead = [c for c in children if not c.alive()]
-                if dead:
-                    console.print(f"[red]{dead[0].args[0]} exited[/]; see {dead[0].log_path}")
-                    code = 1
+                for event in supervisor.tick():
+                    console.print(event, markup=False, highlight=False)
+                save()
+                live.update(status_table(poller.latest, bootstrap, supervisor.statuses()))
+                code = _exit_code(supervisor, poller, policy, console)
+                if code:
                     break
-                try:
-                    live.update(status_table(settings, bootstrap, children))
-                except Exception as exc:  # status is best effort; the services go on
-                    live.update(f"status unavailable: {exc}")
-                deadline = time.monotonic() + refresh_s
+                deadline = time.monotonic() + 0.5
                 while time.monotonic() < deadline and not stopping:
-                    time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
+                    time.sleep(0.1)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         with console.status("stopping: the services finish their batches and commit ..."):
-            for child in reversed(children):
-                child.stop()
+            poller.stop(timeout_s=0)  # no new snapshot while the children stop
+            supervisor.stop()
+            poller.stop()
+            save(stopped=True)
             if broker is not None:
                 broker.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         console.print("[green]✓[/] stopped")
     return code

@@ -55,7 +55,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "kind": "retrain",
         "reason": "drift",
         "data": {"topic": "events", "offsets": {"0": [0, 100], "1": [0, 80]}},
-        "base_version": "v0001",
+        "base_version": "v0001-0123abcd",
     },
     "model-updates": {
         "job_id": "j1",

@@ -88,6 +88,7 @@ __all__ = [
     "JobResult",
     "Predictor",
     "evaluate",
+    "is_transient",
     "load_serving_predictor",
     "make_batches",
     "run_job",
@@ -215,6 +216,7 @@ class JobResult:
     reason: str | None = None  # the gate's reason
     train_stats: dict[str, Any] = field(default_factory=dict)
     reused: bool = False  # True when the job id was already registered (nothing trained)
+    retryable: bool = False  # a failure that may go away on a retry (see is_transient)
 
     def to_update(self, model_name: str, ts: float | None = None) -> dict[str, Any]:
         """The ``model-updates`` contract value for this result."""
@@ -231,6 +233,26 @@ class JobResult:
             "error": self.error,
             "ts": time.time() if ts is None else ts,
         }
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a job that raised ``exc`` may succeed if it runs again later.
+
+    I/O (a replay that stalled, a full or vanished disk), memory (host or GPU) and CUDA errors
+    are transient; a bad job (no labelled data, an unknown base version, a task or class the
+    model does not have, an invalid config) fails the same way every time, and so does a bug.
+
+    >>> is_transient(TimeoutError("replay stalled")), is_transient(MemoryError())
+    (True, True)
+    >>> is_transient(TrainingJobError("no labelled examples")), is_transient(KeyError("x"))
+    (False, False)
+    """
+    if isinstance(exc, OSError | MemoryError | torch.OutOfMemoryError):
+        return True
+    if isinstance(exc, RuntimeError) and not isinstance(exc, NotImplementedError):
+        text = str(exc)
+        return "CUDA" in text or "out of memory" in text
+    return False
 
 
 def _json_safe(m: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -619,7 +641,9 @@ def run_job(
             config, staging, on_progress,
         )  # fmt: skip
         staging = None  # moved into the registry
-        return _result_from_version(_decide(registry, model_name, version), reused=False)
+        if version.reused:  # another trainer registered this job while this one trained
+            log.info("job %s was registered meanwhile as %s", job_id, version.version)
+        return _result_from_version(_decide(registry, model_name, version), version.reused)
     except Exception as exc:  # a failed job is a result, not a crash of the runner
         log.exception("training job %s failed", job_id)
         return JobResult(
@@ -629,6 +653,7 @@ def run_job(
             version=None,
             error=f"{type(exc).__name__}: {exc}",
             data=data or None,
+            retryable=is_transient(exc),
         )
     finally:
         if staging is not None:

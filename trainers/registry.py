@@ -9,9 +9,18 @@ Layout::
     root/<model>/.tmp-*                      a version being written (ignored, cleaned)
 
 A version is built in a temporary folder next to its final place, fsynced, then renamed
-into place, so a crash leaves either the whole version or none. Manifest status updates and
-the ``SERVING`` pointer are written to a temporary file and ``os.replace``-d. Mutations of
-one model are serialised by an ``flock`` on ``root/<model>/.lock``.
+into place, so a crash leaves either the whole version or none. Registering is idempotent by
+job id: under the lock, a job that already has a version gets that version back (two trainers
+that ran the same job register it once).
+
+Names that come from outside (a job's ``base_version``, the ``SERVING`` pointer, a manifest's
+artifact paths) are checked on every read: a version name must match ``vNNNN-xxxxxxxx``, and a
+version folder and its artifacts must resolve inside the model's folder, so no record can make
+the registry hand out a model from elsewhere (``base_version: "../../planted"`` is refused).
+
+Manifest status updates and the ``SERVING`` pointer are written to a temporary file and
+``os.replace``-d. Mutations of one model are serialised by an ``flock`` on
+``root/<model>/.lock``.
 
 >>> import tempfile
 >>> reg = ModelRegistry(tempfile.mkdtemp())
@@ -36,19 +45,29 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from trainers.exceptions import RegistryError
 
-__all__ = ["STATUSES", "ModelRegistry", "Version", "version_id"]
+__all__ = [
+    "STATUSES",
+    "VERSION_PATTERN",
+    "ModelRegistry",
+    "Version",
+    "check_version_name",
+    "version_id",
+]
 
 STATUSES = ("candidate", "promoted", "rejected", "failed", "retired")
 MANIFEST = "manifest.json"
 SERVING = "SERVING"
 _TMP_PREFIX = ".tmp-"
-_VERSION_RE = re.compile(r"^v(\d{4,})-[0-9a-f]{8}$")
+#: What every version name looks like (also the ``base_version`` pattern of the training-jobs
+#: contract, which a unit test keeps equal to this).
+VERSION_PATTERN = r"^v[0-9]{4,}-[0-9a-f]{8}$"
+_VERSION_RE = re.compile(VERSION_PATTERN)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -65,6 +84,37 @@ def version_id(number: int, job_id: str) -> str:
     return f"v{number:04d}-{job_hash(job_id)}"
 
 
+def check_version_name(version: object) -> str:
+    """``version`` if it is a version name (``vNNNN-xxxxxxxx``), else :class:`RegistryError`.
+
+    Examples
+    --------
+    >>> check_version_name("v0003-0123abcd")
+    'v0003-0123abcd'
+    >>> check_version_name("../../planted")
+    Traceback (most recent call last):
+    ...
+    trainers.exceptions.RegistryError: '../../planted' is not a version name ...
+    """
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+        raise RegistryError(
+            f"{str(version)[:200]!r} is not a version name (v<number>-<8 hex digits>, "
+            "e.g. v0003-0123abcd); see `livelearn models` for the versions the registry holds"
+        )
+    return version
+
+
+def _inside(path: Path, folder: Path, what: str) -> Path:
+    """``path`` resolved, if it lies inside ``folder`` (symbolic links followed)."""
+    resolved, top = path.resolve(), folder.resolve()
+    if resolved != top and top not in resolved.parents:
+        raise RegistryError(
+            f"{what} resolves to {resolved}, outside {top}; the registry serves only what it "
+            "holds (was the folder or its manifest edited by hand?)"
+        )
+    return resolved
+
+
 def job_hash(job_id: str) -> str:
     """Eight hex digits identifying ``job_id`` in version ids."""
     return hashlib.sha1(job_id.encode("utf-8")).hexdigest()[:8]
@@ -78,6 +128,8 @@ class Version:
     version: str
     path: Path
     manifest: Mapping[str, Any]
+    #: ``True`` when :meth:`ModelRegistry.register` found the job already registered.
+    reused: bool = field(default=False, compare=False)
 
     @property
     def status(self) -> str:
@@ -105,7 +157,18 @@ class Version:
         rel = (self.manifest.get("artifacts") or {}).get(name)
         if rel is None:
             raise RegistryError(f"{self.model}/{self.version} has no {name!r} artifact")
-        return self.path / rel
+        if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+            raise RegistryError(
+                f"{self.model}/{self.version}: artifact {name!r} is {rel!r}; the manifest must "
+                "name a path relative to the version folder"
+            )
+        path = self.path / rel
+        resolved = _inside(path, self.path, f"{self.model}/{self.version} artifact {name!r}")
+        if resolved == self.path.resolve():
+            raise RegistryError(
+                f"{self.model}/{self.version}: artifact {name!r} is the version folder itself"
+            )
+        return path
 
 
 def _fsync_path(path: Path) -> None:
@@ -197,7 +260,10 @@ class ModelRegistry:
         return path
 
     def _read(self, model: str, version: str) -> Version:
-        path = self._model_dir(model) / version
+        mdir = self._model_dir(model)
+        path = mdir / check_version_name(version)
+        if path.exists():
+            _inside(path, mdir, f"{model}/{version}")
         try:
             manifest = json.loads((path / MANIFEST).read_text())
         except FileNotFoundError:
@@ -211,7 +277,7 @@ class ModelRegistry:
         mdir = self._model_dir(model)
         if not mdir.is_dir():
             return []
-        names = [p.name for p in mdir.iterdir() if _VERSION_RE.match(p.name)]
+        names = [p.name for p in mdir.iterdir() if _VERSION_RE.fullmatch(p.name)]
         return sorted(names, key=lambda n: int(n[1:].split("-")[0]))
 
     def _set_status(self, v: Version, status: str, **extra: Any) -> Version:
@@ -258,6 +324,10 @@ class ModelRegistry:
         Returns
         -------
         Version
+            The new version; or, when ``manifest`` names a ``job_id`` that already has a
+            version (checked under the model's lock), that version, with ``reused`` set and
+            ``artifact_dir`` left alone (removed when ``move``): a job registers once, however
+            many trainers ran it.
         """
         src = Path(artifact_dir)
         if not src.is_dir():
@@ -267,6 +337,11 @@ class ModelRegistry:
             raise RegistryError(f"status {status!r} is not one of {STATUSES}")
         job_id = str(manifest.get("job_id") or uuid.uuid4().hex)
         with self._locked(model) as mdir:
+            existing_version = self.find_by_job(job_id, model)
+            if existing_version is not None:
+                if move:
+                    shutil.rmtree(src, ignore_errors=True)
+                return replace(existing_version, reused=True)
             tmp = mdir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
             try:
                 if move:

@@ -1,5 +1,6 @@
-"""Helpers for integration tests: consumer-group progress, a real text corpus, and what a
-Milvus collection holds compared with what the docs should have produced."""
+"""Helpers for integration tests: consumer-group progress, a real text corpus, what a Milvus
+collection holds compared with what the docs should have produced, predictions and the
+learner's checkpoint."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import closing
 from typing import Any
 
 import orjson
 
 from retrieval.corpus import stdlib_corpus
 from streams import status
+from streams.sdk import LiveLearnClient
 from streams.settings import Settings
+from trainers.service import load_checkpoint
 
 __all__ = [
     "collection_state",
@@ -21,6 +25,8 @@ __all__ = [
     "group_lag",
     "stdlib_corpus",
     "wait_caught_up",
+    "wait_checkpoint",
+    "wait_predicted",
 ]
 
 
@@ -75,3 +81,36 @@ def collection_state(uri: str, collection: str) -> dict[str, str]:
     )  # fmt: skip
     state: dict[str, str] = orjson.loads(out.stdout)
     return state
+
+
+def wait_predicted(
+    settings: Settings, ids: set[str], timeout_s: float = 120
+) -> dict[str, list[dict[str, Any]]]:
+    """Predictions by event id, once every id in ``ids`` has one (``timeout_s`` without a new
+    prediction: fail)."""
+    client = LiveLearnClient(settings)
+    seen: dict[str, list[dict[str, Any]]] = {}
+    missing = set(ids)
+    with closing(client.subscribe("predictions", from_beginning=True, timeout_s=timeout_s)) as it:
+        for p in it:
+            seen.setdefault(p["id"], []).append(p)
+            missing.discard(p["id"])
+            if not missing:
+                break
+    assert not missing, f"{len(missing)} events never predicted, e.g. {sorted(missing)[:5]}"
+    return seen
+
+
+def wait_checkpoint(settings: Settings, n_records: int, timeout_s: float = 60) -> dict[str, Any]:
+    """The learner's checkpoint once its offsets cover ``n_records`` records of ``events``."""
+    path = settings.data_dir / "online" / f"{settings.models.name}.ckpt"
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        state = load_checkpoint(path)
+        if state is not None and sum(state["offsets"].values()) >= n_records:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(
+        f"checkpoint never covered {n_records} records: {state and state['offsets']}"
+    )

@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,8 @@ from tests.integration.helpers import (
     stdlib_corpus,
     wait_caught_up,
 )
+from tests.integration.helpers import wait_checkpoint as _wait_checkpoint
+from tests.integration.helpers import wait_predicted as _wait_predicted
 from tests.integration.worker import WorkerProcess
 from trainers.learner import OnlineLearner
 from trainers.service import load_checkpoint
@@ -85,39 +86,6 @@ def _records(settings: Settings, topic: str, timeout_s: float = 3.0) -> list[dic
 
 def _dead_letters(settings: Settings, topic: str) -> list[dict[str, Any]]:
     return _records(settings, settings.topics.dlq(topic))
-
-
-def _wait_predicted(
-    settings: Settings, ids: set[str], timeout_s: float = 120
-) -> dict[str, list[dict[str, Any]]]:
-    """Predictions by event id, once every id in ``ids`` has one (``timeout_s`` without a new
-    prediction: fail)."""
-    client = LiveLearnClient(settings)
-    seen: dict[str, list[dict[str, Any]]] = {}
-    missing = set(ids)
-    with closing(client.subscribe("predictions", from_beginning=True, timeout_s=timeout_s)) as it:
-        for p in it:
-            seen.setdefault(p["id"], []).append(p)
-            missing.discard(p["id"])
-            if not missing:
-                break
-    assert not missing, f"{len(missing)} events never predicted, e.g. {sorted(missing)[:5]}"
-    return seen
-
-
-def _wait_checkpoint(settings: Settings, n_records: int, timeout_s: float = 60) -> dict[str, Any]:
-    """The learner's checkpoint once its offsets cover ``n_records`` records of ``events``."""
-    path = settings.data_dir / "online" / f"{settings.models.name}.ckpt"
-    deadline = time.monotonic() + timeout_s
-    state = None
-    while time.monotonic() < deadline:
-        state = load_checkpoint(path)
-        if state is not None and sum(state["offsets"].values()) >= n_records:
-            return state
-        time.sleep(0.5)
-    raise AssertionError(
-        f"checkpoint never covered {n_records} records: {state and state['offsets']}"
-    )
 
 
 def _wait_logged(worker: WorkerProcess, text: str, times: int = 1, timeout_s: float = 120) -> None:

@@ -12,28 +12,16 @@ from typing import Any
 
 import orjson
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
-from river import datasets
 
 from streams import contracts
 from streams.kafka import admin_client, producer
 from streams.sdk import LiveLearnClient
-from streams.settings import ModelSettings, Settings, TriggerSettings
-from streams.topics import ensure_topics, topic_specs
+from streams.settings import Settings
 from streams.trainer import TrainerWorker, manual_job
-from tests.conftest import make_settings
+from tests.integration.test_serving import ROWS, _settings
 from tests.integration.worker import WorkerProcess
 from trainers.learner import OnlineLearner
 from trainers.service import load_checkpoint
-
-ROWS = list(datasets.Phishing())
-QUIET = TriggerSettings(volume_threshold=0, warning_action="none", drift_action="none")
-
-
-def _settings(tmp_path: Path, bootstrap: str, **models: Any) -> Settings:
-    s = make_settings(tmp_path, bootstrap, partitions=1, models=ModelSettings(**models),
-                      trigger=QUIET)  # fmt: skip
-    ensure_topics(admin_client(s, bootstrap), topic_specs(s.topics))
-    return s
 
 
 def _finite(value: Any) -> bool:
@@ -144,19 +132,24 @@ def test_poison_records_cost_only_themselves(tmp_path: Path, kafka_bootstrap: st
     assert len(learner.model["LogisticRegression"].weights) <= 1024 + len(x0)
 
 
-def _refuse_writes(s: Settings, topics: list[str], refuse: bool) -> None:
-    """Make the broker refuse every write to ``topics`` (INVALID_TIMESTAMP: a record may be
-    at most 0 ms older than the broker's clock), or take that back. Nothing refused is
-    written, so a record sent again is in the topic once."""
+def _topic_config(s: Settings, topics: list[str], name: str, value: str | None) -> None:
+    """Set (or, with None, remove) one config of ``topics`` on the broker."""
     admin = admin_client(s, s.kafka.bootstrap_servers)
-    op = AlterConfigOpType.SET if refuse else AlterConfigOpType.DELETE
+    op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE
     resources = [
         ConfigResource(ConfigResource.Type.TOPIC, t, incremental_configs=[
-            ConfigEntry("message.timestamp.before.max.ms", "0", incremental_operation=op)])
+            ConfigEntry(name, value or "", incremental_operation=op)])
         for t in topics
     ]  # fmt: skip
     for future in admin.incremental_alter_configs(resources).values():
         future.result(30)
+
+
+def _refuse_writes(s: Settings, topics: list[str], refuse: bool) -> None:
+    """Make the broker refuse every write to ``topics`` (INVALID_TIMESTAMP: a record may be
+    at most 0 ms older than the broker's clock), or take that back. Nothing refused is
+    written, so a record sent again is in the topic once."""
+    _topic_config(s, topics, "message.timestamp.before.max.ms", "0" if refuse else None)
 
 
 def test_outputs_kafka_refuses_are_sent_again_and_land_exactly_once(
@@ -295,11 +288,12 @@ def test_unlabelled_large_texts_stay_within_the_byte_budget(
     assert rss[n] - rss[0] < 512, growth
 
 
-def test_a_batch_cut_short_by_a_shutdown_is_not_acknowledged(
+def test_a_batch_whose_outputs_cannot_be_delivered_is_not_acknowledged(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    """faust's take_events acknowledges a batch whatever its body did: a worker stopped while
-    its answers are still refused must leave those queries uncommitted for the next one."""
+    """faust's take_events acknowledges a batch whatever its body did, and the worker commits
+    what is acknowledged every second. A batch whose answers Kafka refuses for good (over the
+    topic's size limit) must stay uncommitted, for a worker to answer once that is mended."""
     s = _settings(tmp_path, kafka_bootstrap, serving="online")
     client = LiveLearnClient(s)
     worker = WorkerProcess(s, tmp_path / "worker1.log").start()
@@ -307,18 +301,19 @@ def test_a_batch_cut_short_by_a_shutdown_is_not_acknowledged(
     try:
         client.produce("queries", {"id": "warm", "question": "anyone there?"}, wait=True)
         _collect(client, "answers", {"warm"}, 90)
-        _refuse_writes(s, [s.topics.answers], True)
+        _topic_config(s, [s.topics.answers], "max.message.bytes", "64")  # no answer fits
         for q in queries:
             client.produce("queries", {"id": q, "question": "what does compaction keep?"})
         client.flush()
         deadline = time.monotonic() + 60
         log1 = tmp_path / "worker1.log"
-        while "sending them again" not in log1.read_text(errors="replace"):
+        while "a retry cannot succeed" not in log1.read_text(errors="replace"):
             assert time.monotonic() < deadline, "the answers were never refused"
             time.sleep(0.5)
+        time.sleep(5)  # several commit intervals of the worker
     finally:
-        worker.stop()  # SIGTERM while the batch waits for its answers' delivery
-    _refuse_writes(s, [s.topics.answers], False)
+        worker.stop()
+    _topic_config(s, [s.topics.answers], "max.message.bytes", None)
     worker = WorkerProcess(s, tmp_path / "worker2.log").start()
     try:
         answers = _collect(client, "answers", set(queries), 120)

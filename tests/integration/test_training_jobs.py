@@ -140,3 +140,34 @@ def test_trainer_killed_mid_job_finishes_it_once(settings: Settings, tmp_path: P
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(30)
+
+
+def test_a_retrain_over_a_long_history_reads_a_bounded_newest_part(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """LIVELEARN_LIMITS__MAX_TRAIN_RECORDS bounds what one job holds in memory: a retrain over
+    600 events with a bound of 200 reads the newest 200, and its lineage says so."""
+    from streams.settings import LimitSettings
+
+    s = settings.model_copy(update={"limits": LimitSettings(max_train_records=200)})
+    client = LiveLearnClient(s)
+    _send(client, _phishing(0, 600), 0)
+    worker = TrainerWorker(s, s.kafka.bootstrap_servers, {"epochs": 4, "seed": 1})
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        job = manual_job(s, client.bootstrap, "retrain")
+        client.produce("training-jobs", job, wait=True)
+        update = _wait_update(client, job["job_id"])
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert update["status"] in ("promoted", "rejected"), update
+    version = ModelRegistry(s.data_dir / "registry").find_by_job(job["job_id"], s.models.name)
+    assert version is not None
+    data = version.manifest["data"]
+    assert data["offsets_asked"] == job["data"]["offsets"]
+    read = {p: hi - lo for p, (lo, hi) in data["offsets"].items()}
+    assert 190 <= sum(read.values()) <= 200
+    for p, (_lo, hi) in data["offsets"].items():  # the newest records, up to the same end
+        assert hi == job["data"]["offsets"][p][1]

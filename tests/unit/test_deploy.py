@@ -116,14 +116,27 @@ def _docker_compose_available() -> bool:
 
 @pytest.mark.skipif(not _docker_compose_available(), reason="docker compose plugin not installed")
 def test_docker_compose_config_accepts_the_file() -> None:
+    # The admin passwords have no default: compose needs them from the environment (or .env).
+    required = {"MINIO_ROOT_PASSWORD": "test-only-1", "GRAFANA_ADMIN_PASSWORD": "test-only-2"}
     result = subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
         capture_output=True,
         text=True,
         cwd=ROOT,
         check=False,
+        env={**os.environ, **required, "WEB_TOKEN": ""},
     )
     assert result.returncode == 0, result.stderr
+    without = {k: v for k, v in os.environ.items() if k not in required}
+    refused = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE_FILE), "--env-file", os.devnull, "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        env=without,
+    )
+    assert refused.returncode != 0 and "PASSWORD" in refused.stderr, refused.stderr
 
 
 def test_compose_dependencies_and_volumes_exist(compose: dict[str, Any]) -> None:
@@ -201,6 +214,64 @@ def test_compose_health_checks_probe_the_configured_ports(
         port = int(match.group(1))
         expected = settings.web_port if "/healthz" in probe else settings.metrics_port
         assert port == expected, f"{name} probes port {port}, serves on {expected}"
+
+
+REQUIRED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]+\}")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN")
+
+
+def _default_secrets(compose: dict[str, Any]) -> list[str]:
+    """``service.VAR`` of every secret-looking variable that has a value without the shell."""
+    found = []
+    for name, svc in compose["services"].items():
+        raw = svc.get("environment") or {}
+        for key, value in raw.items():
+            if not SECRET_NAME.search(key):
+                continue
+            text = str(value)
+            if REQUIRED.fullmatch(text):  # ${VAR:?message}: no value, compose refuses to start
+                continue
+            match = INTERPOLATION.fullmatch(text)
+            if key in SECRET_ENV and match and not match.group(2):  # ${VAR:-}: empty = off
+                continue
+            found.append(f"{name}.{key}={text}")
+    return found
+
+
+def test_compose_has_no_default_passwords(compose: dict[str, Any]) -> None:
+    assert _default_secrets(compose) == []
+    minio = compose["services"]["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
+    grafana = compose["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert REQUIRED.fullmatch(minio) and REQUIRED.fullmatch(grafana)
+    # The check catches the old defaults.
+    broken = copy.deepcopy(compose)
+    broken["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] = (
+        "${GRAFANA_ADMIN_PASSWORD:-admin}"
+    )
+    broken["services"]["minio"]["environment"]["MINIO_ROOT_PASSWORD"] = "minioadmin"
+    assert len(_default_secrets(broken)) == 2
+
+
+def test_compose_containers_listen_on_every_address_with_an_optional_token(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, svc in _livelearn_services(compose).items():
+        settings = _settings_from_env(_env(svc), monkeypatch)
+        assert settings.web.host == "0.0.0.0", name
+        if name != "topics":
+            token = (svc.get("environment") or {})["LIVELEARN_WEB__TOKEN"]
+            assert INTERPOLATION.fullmatch(token), f"{name}: the token comes from the shell"
+    # Prometheus sends the same token, from a compose secret made of the same variable.
+    prometheus = compose["services"]["prometheus"]
+    assert "web_token" in prometheus["secrets"]
+    token_var = INTERPOLATION.fullmatch(
+        compose["services"]["worker"]["environment"]["LIVELEARN_WEB__TOKEN"]
+    )
+    assert token_var and compose["secrets"]["web_token"]["environment"] == token_var.group(1)
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        if job["job_name"].startswith("livelearn"):
+            assert job["authorization"]["credentials_file"] == "/run/secrets/web_token"
 
 
 def test_compose_trainer_reserves_an_nvidia_gpu(compose: dict[str, Any]) -> None:
@@ -734,3 +805,263 @@ def test_pod_monitor_scrapes_the_metrics_port(
         assert selector.items() <= _pod(deployment)["metadata"]["labels"].items()
         ports = {p["name"] for p in _container(deployment)["ports"]}
         assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+
+
+# -- hardening: images, service accounts, network policies, TLS, Kafka principals ------------
+
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def test_images_are_pinned_by_digest() -> None:
+    text = (K8S / "kustomization.yaml").read_text()
+    kustomization = yaml.safe_load(text)
+    for image in kustomization["images"]:
+        assert DIGEST.fullmatch(image.get("digest", "")), f"{image['name']}: no sha256 digest"
+        assert "newTag" not in image, f"{image['name']}: a tag can move; the digest cannot"
+        reference = f"{image['newName']}@{image['digest']}"  # what kustomize writes
+        assert "@sha256:" in reference and ":" not in image["newName"].split("/")[-1]
+    # The digests in git are placeholders, and say so: the README says how to set them.
+    for line in text.splitlines():
+        if "digest:" in line and "sha256:" + "0" * 64 in line:
+            assert "PLACEHOLDER" in line
+    assert "@sha256:" in (ROOT / "README.md").read_text()
+
+
+def test_pods_mount_no_service_account_token(
+    core: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    for name in ("livelearn-worker", "livelearn-trainer"):
+        spec = _pod(core[("Deployment", name)])["spec"]
+        assert spec["automountServiceAccountToken"] is False, name
+        account = core[("ServiceAccount", spec["serviceAccountName"])]
+        assert account["automountServiceAccountToken"] is False
+    assert not [key for key in core if key[0] in ("Role", "RoleBinding", "ClusterRoleBinding")]
+
+
+def _policy_for(core: dict[tuple[str, str], dict[str, Any]], deployment: str) -> dict[str, Any]:
+    labels = _pod(core[("Deployment", deployment)])["metadata"]["labels"]
+    (policy,) = [
+        doc
+        for (kind, _name), doc in core.items()
+        if kind == "NetworkPolicy"
+        and doc["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    return policy
+
+
+def test_network_policies_let_in_only_what_needs_the_ports(
+    core: dict[tuple[str, str], dict[str, Any]], config_env: dict[str, str]
+) -> None:
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    for name in ("livelearn-worker", "livelearn-trainer"):
+        policy = _policy_for(core, name)["spec"]
+        assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+        ports = {p["name"] for p in _container(core[("Deployment", name)])["ports"]}
+        allowed: dict[str, list[dict[str, Any]]] = {}
+        for rule in policy["ingress"]:
+            assert rule.get("from"), f"{name}: an ingress rule open to every pod"
+            assert rule.get("ports"), f"{name}: an ingress rule on every port"
+            for port in rule["ports"]:
+                assert port["port"] in ports, f"{name}: {port['port']} is no container port"
+                allowed.setdefault(port["port"], []).extend(rule["from"])
+        # /metrics: from the monitoring namespace only.
+        assert allowed["metrics"] == [{"namespaceSelector": {"matchLabels": monitoring}}]
+        # Egress: DNS, the Kafka brokers on the bootstrap port, and (workers) Milvus.
+        egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+        kafka_port = int(config_env["LIVELEARN_KAFKA__BOOTSTRAP_SERVERS"].rsplit(":", 1)[1])
+        assert {53, kafka_port} <= egress_ports
+        if name == "livelearn-worker":
+            milvus_port = int(config_env["LIVELEARN_MILVUS__URI"].rsplit(":", 1)[1])
+            assert milvus_port in egress_ports
+            # HTTP: only from pods that say they are clients, never from everyone.
+            (peer,) = allowed["http"]
+            assert peer["podSelector"]["matchLabels"] == {"livelearn.dev/http-client": "true"}
+            assert set(allowed) == {"http", "metrics"}
+        else:
+            assert set(allowed) == {"metrics"}, "the trainers serve no HTTP"
+
+
+def test_network_policy_check_catches_an_open_port(
+    core: dict[tuple[str, str], dict[str, Any]], config_env: dict[str, str]
+) -> None:
+    broken = copy.deepcopy(core)
+    policy = _policy_for(broken, "livelearn-worker")
+    policy["spec"]["ingress"].append({"ports": [{"port": "http"}]})
+    with pytest.raises(AssertionError, match="open to every pod"):
+        test_network_policies_let_in_only_what_needs_the_ports(broken, config_env)
+
+
+def test_kafka_is_sasl_ssl_with_the_cluster_ca_mounted(
+    core: dict[tuple[str, str], dict[str, Any]],
+    config_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _settings_from_env(config_env, monkeypatch)
+    assert settings.kafka.security_protocol == "SASL_SSL"
+    ca = Path(settings.kafka.ssl_ca_location)
+    (kafka,) = _by_kind(K8S / "strimzi")["Kafka"]
+    ca_secret = f"{kafka['metadata']['name']}-cluster-ca-cert"  # Strimzi's name for it
+    assert all(listener["tls"] for listener in kafka["spec"]["kafka"]["listeners"])
+    for name in ("livelearn-worker", "livelearn-trainer"):
+        deployment = core[("Deployment", name)]
+        volumes = {v["name"]: v for v in _pod(deployment)["spec"]["volumes"]}
+        (mount,) = [
+            m for m in _container(deployment)["volumeMounts"] if ca.parent == Path(m["mountPath"])
+        ]
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == ca_secret
+        assert not secret.get("optional", False), f"{name} would start without the CA"
+        assert {"key": "ca.crt", "path": ca.name} in secret["items"]
+    # KEDA's lag checks trust the same CA, from the scale targets' environment.
+    (auth,) = _by_kind(K8S / "keda")["TriggerAuthentication"]
+    (ca_param,) = [e for e in auth["spec"]["env"] if e["parameter"] == "ca"]
+    for name in ("livelearn-worker", "livelearn-trainer"):
+        env = {e["name"]: e for e in _container(core[("Deployment", name)])["env"]}
+        ref = env[ca_param["name"]]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": ca_secret, "key": "ca.crt"}
+
+
+def _kafka_users() -> dict[str, dict[str, Any]]:
+    users = _by_kind(K8S / "strimzi")["KafkaUser"] + _by_kind(K8S / "kafka-users")["KafkaUser"]
+    return {u["metadata"]["name"]: u for u in users}
+
+
+def _allows(user: dict[str, Any], rtype: str, name: str, operation: str) -> bool:
+    """Whether Kafka's simple authorizer lets ``user`` do ``operation`` on a resource."""
+    for acl in user["spec"]["authorization"]["acls"]:
+        resource = acl["resource"]
+        if resource["type"] != rtype:
+            continue
+        if rtype != "cluster":
+            pattern = resource.get("patternType", "literal")
+            if pattern == "literal" and resource["name"] not in ("*", name):
+                continue
+            if pattern == "prefix" and not name.startswith(resource["name"]):
+                continue
+        operations = acl.get("operations") or [acl.get("operation")]
+        implied = {"Describe": {"Read", "Write", "Delete", "Alter"}}.get(operation, set())
+        if operation in operations or "All" in operations or implied & set(operations):
+            return True
+    return False
+
+
+def test_one_kafka_principal_per_role_with_the_acls_it_needs(
+    core: dict[tuple[str, str], dict[str, Any]], config_env: dict[str, str]
+) -> None:
+    users = _kafka_users()
+    (kafka,) = _by_kind(K8S / "strimzi")["Kafka"]
+    assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
+    assert not kafka["spec"]["kafka"]["authorization"].get("superUsers")
+    worker = config_env["LIVELEARN_KAFKA__SASL_USERNAME"]
+    trainer_env = {
+        e["name"]: e for e in _container(core[("Deployment", "livelearn-trainer")])["env"]
+    }
+    trainer = trainer_env["LIVELEARN_KAFKA__SASL_USERNAME"]["value"]
+    # Strimzi writes a generated password into a Secret named like the user, key `password`.
+    assert trainer_env["LIVELEARN_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": trainer,
+        "key": "password",
+    }
+    assert set(users) == {worker, trainer, "livelearn-cli", "livelearn-producer"}
+    for user in users.values():
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        assert user["spec"]["authorization"]["type"] == "simple"
+        for acl in user["spec"]["authorization"]["acls"]:
+            assert "All" not in acl["operations"], acl
+            if acl["resource"]["type"] == "cluster":
+                assert "Create" not in acl["operations"], "create any topic: too much"
+
+    t = TopicSettings()
+    prefix = config_env["LIVELEARN_KAFKA__GROUP_PREFIX"]
+    control = (t.training_jobs, t.model_updates)
+
+    def writers(topic: str) -> set[str]:
+        return {n for n, u in users.items() if _allows(u, "topic", topic, "Write")}
+
+    # Only the workers (the learner's triggers), the trainers and the CLI write control topics.
+    assert writers(t.training_jobs) == {worker, "livelearn-cli"}
+    assert writers(t.model_updates) == {trainer, "livelearn-cli"}
+    producer = users["livelearn-producer"]
+    for topic in (t.docs, t.events, t.queries):
+        assert _allows(producer, "topic", topic, "Write")
+        assert writers(topic) == {"livelearn-producer", "livelearn-cli"}, topic
+    for topic in (t.predictions, t.answers, t.drift_alerts):
+        assert _allows(producer, "topic", topic, "Read")
+        assert writers(topic) == {worker}, topic
+    assert not any(_allows(producer, "topic", topic, "Write") for topic in control)
+    # Every role sees every livelearn topic (it checks they exist on start); only the CLI may
+    # create them.
+    for spec in topic_specs(t):
+        for name, user in users.items():
+            assert _allows(user, "topic", spec.name, "Describe"), (name, spec.name)
+            assert _allows(user, "topic", spec.name, "Create") == (name == "livelearn-cli")
+
+    # What each role's code does, it may do (group names as in streams/).
+    model = ModelSettings().name
+    needs = {
+        worker: [
+            *[("topic", x, "Read") for x in (t.docs, t.events, t.queries, t.model_updates)],
+            *[("topic", x, "Write") for x in (t.predictions, t.answers, t.drift_alerts)],
+            *[("topic", t.dlq(x), "Write") for x in (t.docs, t.events, t.queries)],
+            ("topic", t.training_jobs, "Write"),
+            ("topic", t.dlq(t.model_updates), "Write"),
+            *[("topic", f"{prefix}.lease.{model}", op) for op in ("Read", "Write")],
+            ("topic", f"{prefix}-worker-__assignor-__leader", "Create"),
+            *[
+                ("group", g, "Read")
+                for g in (
+                    f"{prefix}-worker",
+                    f"{prefix}-learner-{model}",
+                    f"{prefix}-learner-updates",
+                    f"{prefix}-lease-{model}",
+                    f"{prefix}-predictors-{model}",
+                )
+            ],  # fmt: skip
+            ("group", f"{prefix}-trainers", "Describe"),  # KEDA's lag checks
+        ],
+        trainer: [
+            ("topic", t.training_jobs, "Read"),
+            ("topic", t.events, "Read"),
+            ("topic", t.model_updates, "Write"),
+            ("topic", t.dlq(t.training_jobs), "Write"),
+            ("group", f"{prefix}-trainers", "Read"),
+            ("group", f"{prefix}-replay", "Read"),
+        ],
+        "livelearn-cli": [("topic", x, "Read") for x in (t.predictions, t.model_updates)],
+        "livelearn-producer": [("group", "livelearn-sdk-0123abcd", "Read")],
+    }
+    for name, wanted in needs.items():
+        for rtype, resource, operation in wanted:
+            assert _allows(users[name], rtype, resource, operation), (name, operation, resource)
+    for pattern in (r"group_prefix\}-replay\"", r"group_prefix\}-trainers\""):
+        assert re.search(pattern, (ROOT / "streams/trainer.py").read_text())
+    for pattern in (r"group_prefix\}-learner-", r"group_prefix\}-lease-", r"-predictors-"):
+        assert re.search(pattern, (ROOT / "streams/learner.py").read_text())
+    assert '"livelearn-sdk-' in (ROOT / "streams/sdk.py").read_text()
+
+
+def test_kafka_acl_check_catches_a_producer_that_may_ask_for_training() -> None:
+    producer = copy.deepcopy(_kafka_users()["livelearn-producer"])
+    assert not _allows(producer, "topic", "training-jobs", "Write")
+    producer["spec"]["authorization"]["acls"].append(
+        {"resource": {"type": "topic", "name": "training-", "patternType": "prefix"},
+         "operations": ["Write"]}
+    )  # fmt: skip
+    assert _allows(producer, "topic", "training-jobs", "Write")
+
+
+def test_http_and_metrics_token_comes_from_the_secret(
+    core: dict[tuple[str, str], dict[str, Any]],
+    config_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _settings_from_env(config_env, monkeypatch)
+    assert settings.web.host == "0.0.0.0"
+    secret = core[("Secret", "livelearn-secrets")]["stringData"]
+    assert "LIVELEARN_WEB__TOKEN" in secret
+    assert "LIVELEARN_WEB__TOKEN" not in core[("ConfigMap", "livelearn-config")]["data"]
+    (monitor,) = _by_kind(K8S / "monitoring")["PodMonitor"]
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        credentials = endpoint["authorization"]["credentials"]
+        assert credentials == {"name": "livelearn-secrets", "key": "LIVELEARN_WEB__TOKEN"}

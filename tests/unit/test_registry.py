@@ -150,3 +150,117 @@ def test_bad_inputs_say_what_to_do(tmp_path: Path) -> None:
         reg.register("m", tmp_path / "missing", _manifest("j"))
     with pytest.raises(RegistryError, match="status"):
         reg.register("m", _artifact(tmp_path), _manifest("j", status="bogus"))
+
+
+# -- names and paths from outside the registry ------------------------------------------------
+
+
+def _planted(tmp_path: Path) -> Path:
+    """A complete version folder next to the registry (``root/m/../../planted``)."""
+    planted = _artifact(tmp_path, "planted", b"attacker")
+    (planted / "manifest.json").write_text(json.dumps({"artifacts": {"model": "model"}}))
+    return planted
+
+
+def test_a_version_name_that_is_a_path_is_refused_on_every_read(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg")
+    v = reg.register("m", _artifact(tmp_path), _manifest("j"))
+    _planted(tmp_path)
+    assert (tmp_path / "reg" / "m" / ".." / ".." / "planted" / "manifest.json").is_file()
+    for name in ("../../planted", "../m/" + v.version, v.version + "/..", "", f"{v.version}\n"):
+        with pytest.raises(RegistryError, match="not a version name"):
+            reg.get("m", name)
+    # The SERVING pointer is read back through the same check (a hand-edited pointer).
+    reg.promote("m", v.version)
+    pointer = tmp_path / "reg" / "m" / "SERVING"
+    pointer.write_text(json.dumps({"version": "../../planted", "history": []}))
+    with pytest.raises(RegistryError, match="not a version name"):
+        reg.serving("m")
+    pointer.write_text(json.dumps({"version": v.version, "history": ["../../planted"]}))
+    with pytest.raises(RegistryError, match="not a version name"):
+        reg.rollback("m")
+    assert reg.serving("m") == reg.get("m", v.version)
+
+
+def test_a_version_folder_or_artifact_outside_the_registry_is_refused(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg")
+    planted = _planted(tmp_path)
+    # A version folder that is a link to elsewhere.
+    (tmp_path / "reg" / "m").mkdir(parents=True)
+    (tmp_path / "reg" / "m" / "v0007-0123abcd").symlink_to(planted, target_is_directory=True)
+    with pytest.raises(RegistryError, match="outside"):
+        reg.get("m", "v0007-0123abcd")
+    # Artifacts a manifest names outside its version folder: relative, absolute, via a link.
+    v = reg.register("m", _artifact(tmp_path), _manifest("j"))
+    manifest_path = v.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for bad, match in (
+        ("../../../planted/model", "outside"),
+        (str(planted / "model"), "relative"),
+        (".", "version folder itself"),
+        ("", "relative"),
+        (7, "relative"),
+    ):
+        manifest_path.write_text(json.dumps(manifest | {"artifacts": {"model": bad}}))
+        with pytest.raises(RegistryError, match=match):
+            reg.get("m", v.version).artifact("model")
+    (v.path / "escape").symlink_to(planted / "model", target_is_directory=True)
+    manifest_path.write_text(json.dumps(manifest | {"artifacts": {"model": "escape"}}))
+    with pytest.raises(RegistryError, match="outside"):
+        reg.get("m", v.version).artifact("model")
+    manifest_path.write_text(json.dumps(manifest))
+    assert (reg.get("m", v.version).artifact("model") / "model.safetensors").read_bytes() == b"w"
+
+
+def test_a_job_registers_once_however_many_trainers_ran_it(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg")
+    first = reg.register("m", _artifact(tmp_path, "a", b"first"), _manifest("job-x"))
+    assert not first.reused
+    stage = reg.staging_dir()
+    (stage / "model").mkdir()
+    (stage / "model" / "model.safetensors").write_bytes(b"second")
+    again = reg.register("m", stage, _manifest("job-x"), move=True)
+    assert again.reused and again == first
+    assert not stage.exists()  # the loser's files are dropped, not left as a temp folder
+    assert [v.version for v in reg.list("m")] == [first.version]
+    assert (first.artifact("model") / "model.safetensors").read_bytes() == b"first"
+    assert reg.register("m", _artifact(tmp_path, "b"), _manifest("job-y")).version.startswith(
+        "v0002-"
+    )
+
+
+def test_concurrent_registrations_of_one_job_yield_one_version(tmp_path: Path) -> None:
+    root = tmp_path / "reg"
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from trainers.registry import ModelRegistry\n"
+        "reg = ModelRegistry(sys.argv[1])\n"
+        "art = Path(sys.argv[2])\n"
+        "(art / 'model').mkdir(parents=True)\n"
+        "(art / 'model' / 'w').write_bytes(b'x' * 1_000_000)\n"
+        "v = reg.register('m', art, {'job_id': 'same-job'})\n"
+        "print(v.version, v.reused)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(root), str(tmp_path / f"art{i}")],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )
+        for i in range(4)
+    ]
+    outputs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len({version for version, _reused in outputs}) == 1, outputs
+    assert sorted(reused for _version, reused in outputs) == ["False", "True", "True", "True"]
+    assert len(ModelRegistry(root).list("m")) == 1
+
+
+def test_the_contract_pattern_of_base_version_is_the_registry_pattern() -> None:
+    from streams.contracts import schema
+
+    props = schema("training-jobs")["properties"]
+    assert props["base_version"]["pattern"] == registry_module.VERSION_PATTERN
+    assert props["model"]["pattern"] == registry_module._NAME_RE.pattern
