@@ -71,6 +71,28 @@ that point is back within ``--tolerance`` (2 points) of that level (so at least 
   is deemed instant: its result is fed back right after the micro-batch whose ``tick`` emitted
   it (``--job-lag-batches`` delays it), the best case for the reaction; each job's wall time is
   recorded. Kafka (the topic replay, ``model-updates``) is the only part not exercised.
+
+**Event order** (``event_order``; abrupt streams): the stream as a fast burst into
+``--partitions`` (6) partitions reaches a consumer: each event goes to a partition by its id's
+hash, and the consumer gets the partitions interleaved in fetch-sized chunks (1 to
+``--fetch-chunk``, 2,000, records of one partition at a time, seeded), ~1k records out of
+order on average as on a real broker. It is fed to a fresh service (i) as it arrives and (ii)
+through the learner's :class:`streams.ordering.EventTimeMerger` (default ``lateness_s``,
+``ts`` = the record number), in ``--batch-size`` takes. Reported: prequential accuracy of each
+against ``river.evaluate.progressive_val_score`` of the same model on the true order
+(``accuracy_gap_points``, target within 0.5), late records, and the first drift alert (in
+true-order records) against river's ADWIN on the true order (``delay_excess_batches``, target
+<= 1) and alerts before the change (target 0). ``tests/integration/test_event_order.py`` does
+the same through a real broker.
+
+**Labels late** (``label_free``; abrupt streams, plus a ``shift`` stream whose change moves
+the inputs): every event comes without its label, and the label comes as its own record
+``--label-delay`` (5,000) events later. Reported: the first label-free alert
+(``trainers.label_free``: prediction shift, CBPE estimated accuracy) after the change, in
+events, whether it came before the first label of the new concept, and label-free alerts
+before the change (false alarms). A change of the concept alone (SEA, Agrawal, STAGGER,
+Hyperplane: the same inputs, other labels) is invisible without labels by construction: the
+figure is expected to be a miss there, and the concept monitor alerts once the labels come.
 """
 
 from __future__ import annotations
@@ -86,7 +108,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +117,7 @@ if str(ROOT) not in sys.path:  # ``python bench/bench_drift.py`` from a plain ch
     sys.path.insert(0, str(ROOT))
 
 from bench.common import machine_info, write_result  # noqa: E402
+from streams.ordering import EventTimeMerger  # noqa: E402
 from streams.processing import DecodedRecord  # noqa: E402
 from trainers.drift_monitor import DETECTORS, _detector  # noqa: E402
 
@@ -547,6 +570,234 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -----------------------------------------------------------------------------------------
+# event order and late labels
+
+
+def burst_arrivals(records: Sequence[DecodedRecord], partitions: int, max_chunk: int,
+                   seed: int) -> list[DecodedRecord]:  # fmt: skip
+    """The stream as a consumer of ``partitions`` gets a fast burst: by id hash, then
+    interleaved in chunks of one partition at a time."""
+    import random
+    import zlib
+
+    rng = random.Random(seed)
+    parts: dict[int, list[DecodedRecord]] = {p: [] for p in range(partitions)}
+    for r in records:
+        p = zlib.crc32(str(r.value["id"]).encode()) % partitions
+        parts[p].append(DecodedRecord(p, len(parts[p]), r.value))
+    cursor = {p: 0 for p in parts}
+    out: list[DecodedRecord] = []
+    while len(out) < len(records):
+        p = rng.choice([q for q in parts if cursor[q] < len(parts[q])])
+        n = rng.randint(1, max_chunk)
+        out.extend(parts[p][cursor[p] : cursor[p] + n])
+        cursor[p] += n
+    return out
+
+
+def _service(args: argparse.Namespace, tmp: str) -> Any:
+    from streams.app import make_online_service
+
+    return make_online_service(make_settings(args, Path(tmp)))
+
+
+def _feed(
+    service: Any, batches: Iterator[list[Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Predictions by id, and the drift alerts, of a service fed ``batches``."""
+    predicted: dict[str, Any] = {}
+    alerts: list[dict[str, Any]] = []
+    for batch in batches:
+        for contract, key, value in service.process(batch):
+            if contract == "predictions":
+                predicted[key] = value["prediction"]
+            elif contract == "drift-alerts":
+                alerts.append(value)
+    return predicted, alerts
+
+
+def _merged(arrivals: Sequence[DecodedRecord], batch: int, lateness: float,
+            partitions: int) -> Iterator[list[Any]]:  # fmt: skip
+    merger = EventTimeMerger(lateness)
+    merger.assign({p: 0 for p in range(partitions)})
+    for lo in range(0, len(arrivals), batch):
+        merger.push(arrivals[lo : lo + batch], now=0.0)
+        yield merger.pop(now=0.0)
+    yield merger.pop(ends={p: 0 for p in range(partitions)}, now=0.0)  # all read: the end
+
+
+def run_event_order(spec: StreamSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """Accuracy and first alert through the merge, in arrival order, and river's on the true
+    order."""
+    from river import evaluate, metrics
+
+    from streams.settings import ModelSettings
+    from trainers.learner import build_model, to_features
+
+    # Event times as a producer on this host stamps a burst (``--produce-rate`` events/s).
+    records = [DecodedRecord(0, r.offset, {**r.value, "ts": 1.8e9 + r.offset / args.produce_rate})
+               for r in events(spec)]  # fmt: skip
+    index = {r.value["id"]: i for i, r in enumerate(records)}
+    labels = [r.value["label"] for r in records]
+    data = [(to_features(r.value), r.value["label"]) for r in records]
+    online = ModelSettings().online
+    river_accuracy = evaluate.progressive_val_score(data, build_model(online), metrics.Accuracy())
+    model, det, errors = build_model(online), _detector(args.detector, args.drift_sensitivity), []
+    river_first = None
+    for i, (x, y) in enumerate(data, start=1):
+        errors.append(0.0 if _same(model.predict_one(x), y) else 1.0)
+        det.update(errors[-1])
+        model.learn_one(x, y)
+        if river_first is None and spec.start is not None and i > spec.start \
+                and det.drift_detected:  # fmt: skip
+            river_first = i
+    arrivals = burst_arrivals(records, args.partitions, args.fetch_chunk, spec.seed)
+    disorder = [max(0, index[a.value["id"]] - k) for k, a in enumerate(arrivals)]
+    row: dict[str, Any] = {
+        "name": spec.name, "seed": spec.seed, "records": len(records),
+        "change_start": spec.start, "partitions": args.partitions,
+        "mean_disorder_records": statistics.fmean(disorder), "max_disorder_records": max(disorder),
+        "river_accuracy": river_accuracy.get(), "river_first_alert": river_first,
+    }  # fmt: skip
+    lateness = ModelSettings().lateness_s
+    for mode in ("merged", "arrival"):
+        with tempfile.TemporaryDirectory(prefix="bench-order-") as tmp:
+            service = _service(args, tmp)
+            batches = (_merged(arrivals, args.batch_size, lateness, args.partitions)
+                       if mode == "merged" else
+                       (arrivals[lo : lo + args.batch_size]
+                        for lo in range(0, len(arrivals), args.batch_size)))  # fmt: skip
+            predicted, alerts = _feed(service, batches)
+        hits = [_same(predicted[r.value["id"]], y) for r, y in zip(records, labels, strict=True)]
+        accuracy = sum(hits) / len(hits)
+        at = sorted(index[a["window"]["event_id"]] + 1 for a in alerts)
+        drifts = sorted(index[a["window"]["event_id"]] + 1 for a in alerts
+                        if a["severity"] == "drift" and a["signal"] == "concept")  # fmt: skip
+        first = next((d for d in drifts if spec.start is None or d > spec.start), None)
+        excess = None if first is None or river_first is None else \
+            (first - river_first) / args.batch_size  # fmt: skip
+        row[mode] = {
+            "accuracy": accuracy,
+            "accuracy_gap_points": 100 * (accuracy - river_accuracy.get()),
+            "first_alert": first, "delay_excess_batches": excess,
+            "alerts_before_change": sum(1 for a in at if spec.start is not None
+                                        and a <= spec.start),
+        }  # fmt: skip
+    return row
+
+
+def _shift_stream(length: int, position: int, seed: int) -> list[tuple[dict[str, float], bool]]:
+    """Two Gaussian classes; at ``position`` the inputs move to where the model is unsure and
+    mostly says True, and the labels follow another rule (a covariate shift)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(length):
+        if i < position:
+            y = rng.random() < 0.5
+            m = 1.0 if y else -1.0
+            out.append(({"x1": rng.gauss(m, 1.0), "x2": rng.gauss(m, 1.0)}, y))
+        else:
+            x = {"x1": rng.gauss(1.5, 1.0), "x2": rng.gauss(-0.8, 1.0)}
+            out.append((x, x["x2"] > -0.8))
+    return out
+
+
+def run_late_labels(name: str, stream: Sequence[tuple[dict[str, Any], Any]], start: int,
+                    seed: int, args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """Label-free alerts on a stream whose labels come ``label_delay`` events late."""
+    from trainers.label_free import LABEL_FREE_SIGNALS
+
+    delay = args.label_delay
+    records: list[DecodedRecord] = []
+    first_new_label = start + delay  # events produced when the new concept's first label comes
+    for i, (x, _y) in enumerate(stream):
+        records.append(DecodedRecord(0, len(records), {"id": f"e{i}", "ts": float(len(records)),
+                                                       "features": x}))  # fmt: skip
+        j = i - delay
+        if j >= 0:
+            records.append(DecodedRecord(0, len(records), {"id": f"e{j}", "label": stream[j][1],
+                                                           "ts": float(len(records))}))  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-late-") as tmp:
+        _pred, alerts = _feed(_service(args, tmp), (records[lo : lo + args.batch_size]
+                              for lo in range(0, len(records), args.batch_size)))  # fmt: skip
+    free = [a for a in alerts if a["signal"] in LABEL_FREE_SIGNALS]
+    at = sorted(int(a["window"]["event_id"][1:]) + 1 for a in free)
+    after = [a for a in at if a > start]
+    first = after[0] if after else None
+    return {
+        "name": name, "seed": seed, "change_start": start, "label_delay": delay,
+        "first_new_label_at": first_new_label,
+        "label_free_delay": None if first is None else first - start,
+        "before_new_labels": first is not None and first_new_label is not None
+        and first < first_new_label,
+        "false_alarms": sum(1 for a in at if a <= start),
+        "signals": sorted({a["signal"] for a in free}),
+    }  # fmt: skip
+
+
+def run_extras(args: argparse.Namespace) -> dict[str, Any]:
+    """The event-order and late-label figures over the abrupt streams of this run."""
+    abrupt = [s for s in plan(args) if s.kind == "abrupt"]
+    order = []
+    for spec in abrupt:
+        order.append(run_event_order(spec, args))
+        r = order[-1]
+        print(f"event order {spec.name} seed {spec.seed}: accuracy merged "
+              f"{r['merged']['accuracy']:.4f}, arrival {r['arrival']['accuracy']:.4f}, river "
+              f"{r['river_accuracy']:.4f}", file=sys.stderr)  # fmt: skip
+    # The change comes once the model has learned from labels for a while, and the stream
+    # goes on until the new concept's first labels have come.
+    delay = args.label_delay
+    position = max(args.position, delay + 7 * delay // 5)
+    length = position + delay + delay // 5
+    late = []
+    for spec in abrupt:
+        spec = replace(spec, position=position, length=length, width=100)
+        assert spec.start is not None
+        late.append(run_late_labels(spec.name, list(generate(spec)), spec.start, spec.seed, args))
+    for seed in args.seeds:
+        late.append(run_late_labels("shift:inputs", _shift_stream(length, position, seed),
+                                    position, seed, args))  # fmt: skip
+    gaps = [abs(r["merged"]["accuracy_gap_points"]) for r in order]
+    excess = [r["merged"]["delay_excess_batches"] for r in order
+              if r["merged"]["delay_excess_batches"] is not None]  # fmt: skip
+    return {
+        "event_order": {
+            "streams": order,
+            "overall": {
+                "streams": len(order),
+                "max_accuracy_gap_points_merged": max(gaps, default=None),
+                "max_accuracy_gap_points_arrival": max(
+                    (abs(r["arrival"]["accuracy_gap_points"]) for r in order), default=None),
+                "max_delay_excess_batches_merged": max(excess, default=None),
+                "missed_merged": sum(r["merged"]["first_alert"] is None for r in order),
+                "alerts_before_change_merged":
+                    sum(r["merged"]["alerts_before_change"] for r in order),
+                "alerts_before_change_arrival":
+                    sum(r["arrival"]["alerts_before_change"] for r in order),
+                "meets_target": bool(order) and max(gaps) <= 0.5
+                and all(e <= TARGET_EXCESS_BATCHES for e in excess)
+                and len(excess) == len(order)
+                and sum(r["merged"]["alerts_before_change"] for r in order) == 0,
+            },
+        },
+        "label_free": {
+            "streams": late,
+            "overall": {
+                "streams": len(late),
+                "before_new_labels": sum(r["before_new_labels"] for r in late),
+                "before_new_labels_input_shift": sum(
+                    r["before_new_labels"] for r in late if r["name"] == "shift:inputs"),
+                "input_shift_streams": sum(r["name"] == "shift:inputs" for r in late),
+                "false_alarms": sum(r["false_alarms"] for r in late),
+            },
+        },
+    }  # fmt: skip
+
+
+# -----------------------------------------------------------------------------------------
 # output
 
 
@@ -614,7 +865,75 @@ def print_report(result: dict[str, Any]) -> None:
     )  # fmt: skip
     summary.add_row("jobs run (promoted)", f"{o['jobs']} ({o['jobs_promoted']})", "", "")
     console.print(summary)
+    if "event_order" in result:
+        _print_extras(console, result)
     console.print(f"wall {result['wall_s']:.1f} s; wrote {result['out']}")
+
+
+def _print_extras(console: Any, result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    order = result["event_order"]
+    table = Table(
+        title=f"event order: a burst over {result['params']['partitions']} partitions "
+        "(prequential accuracy vs river on the true order; first drift alert)"
+    )
+    for col in (
+        "stream",
+        "seed",
+        "disorder mean/max",
+        "river",
+        "merged",
+        "arrival",
+        "alert merged",
+        "river alert",
+        "excess (batches)",
+        "before change m/a",
+    ):
+        table.add_column(col, justify="left" if col == "stream" else "right")
+    for r in order["streams"]:
+        m, a = r["merged"], r["arrival"]
+        table.add_row(
+            r["name"], str(r["seed"]),
+            f"{r['mean_disorder_records']:.0f}/{r['max_disorder_records']}",
+            f"{r['river_accuracy']:.4f}", f"{m['accuracy']:.4f} ({m['accuracy_gap_points']:+.2f})",
+            f"{a['accuracy']:.4f} ({a['accuracy_gap_points']:+.2f})", _num(m["first_alert"]),
+            _num(r["river_first_alert"]), _num(m["delay_excess_batches"], 2),
+            f"{m['alerts_before_change']}/{a['alerts_before_change']}",
+        )  # fmt: skip
+    console.print(table)
+    o = order["overall"]
+    console.print(
+        f"event order: max gap {_num(o['max_accuracy_gap_points_merged'], 2)} points merged "
+        f"(arrival {_num(o['max_accuracy_gap_points_arrival'], 2)}; target <= 0.5), max excess "
+        f"{_num(o['max_delay_excess_batches_merged'], 2)} batches (<= 1), alerts before the "
+        f"change {o['alerts_before_change_merged']} merged / {o['alerts_before_change_arrival']}"
+        f" arrival: {'PASS' if o['meets_target'] else 'FAIL'}"
+    )
+    late = result["label_free"]
+    table = Table(title=f"labels {result['params']['label_delay']} events late: label-free alerts")
+    for col in (
+        "stream",
+        "seed",
+        "first new label at",
+        "label-free delay",
+        "before labels",
+        "false alarms",
+        "signals",
+    ):
+        table.add_column(col, justify="left" if col in ("stream", "signals") else "right")
+    for r in late["streams"]:
+        table.add_row(r["name"], str(r["seed"]), _num(r["first_new_label_at"]),
+                      _num(r["label_free_delay"]), _num(r["before_new_labels"]),
+                      str(r["false_alarms"]), ", ".join(r["signals"]) or "-")  # fmt: skip
+    console.print(table)
+    lo = late["overall"]
+    console.print(
+        f"labels late: alerted before the new labels on {lo['before_new_labels']} of "
+        f"{lo['streams']} streams ({lo['before_new_labels_input_shift']} of "
+        f"{lo['input_shift_streams']} with an input shift; a concept change alone is invisible "
+        f"without labels), {lo['false_alarms']} false alarms"
+    )
 
 
 # -----------------------------------------------------------------------------------------
@@ -647,18 +966,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--job-lag-batches", type=int, default=0,
                     help="micro-batches between a job's emission and its promotion")  # fmt: skip
     ap.add_argument("--device", default="auto", help="device of the jobs (JobConfig.device)")
+    ap.add_argument("--partitions", type=int, default=6, help="event order: partitions")
+    ap.add_argument("--fetch-chunk", type=int, default=2000,
+                    help="event order: most records of one partition per fetch")  # fmt: skip
+    ap.add_argument("--produce-rate", type=float, default=25_000.0,
+                    help="event order: events/s of the burst (their ts)")  # fmt: skip
+    ap.add_argument("--label-delay", type=int, default=None,
+                    help="labels late: events between an event and its label")  # fmt: skip
+    ap.add_argument("--no-extras", action="store_true",
+                    help="skip the event-order and late-label figures")  # fmt: skip
     ap.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = ap.parse_args(list(argv) if argv is not None else None)
     if args.smoke:  # one short abrupt SEA stream and a stationary one
         args.quick = True
         args.generators = args.generators if args.generators != list(GENERATORS) else ["stagger"]
         args.kinds = args.kinds if args.kinds != list(KINDS) else ["abrupt", "stationary"]
-        defaults = {"seeds": [1], "position": 1500, "length": 4000, "gradual_width": 500}
+        defaults = {"seeds": [1], "position": 1500, "length": 4000, "gradual_width": 500,
+                    "label_delay": 1000}  # fmt: skip
     elif args.quick:
-        defaults = {"seeds": [1, 2], "position": 3000, "length": 8000, "gradual_width": 1000}
+        defaults = {"seeds": [1, 2], "position": 3000, "length": 8000, "gradual_width": 1000,
+                    "label_delay": 5000}  # fmt: skip
     else:
         defaults = {"seeds": [1, 2, 3, 4, 5], "position": 5000, "length": 14000,
-                    "gradual_width": 2000}  # fmt: skip
+                    "gradual_width": 2000, "label_delay": 5000}  # fmt: skip
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -694,8 +1024,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(run.jobs)} job(s), {time.perf_counter() - started:.0f} s",
             file=sys.stderr,
         )
+    extras = {} if args.no_extras or "abrupt" not in args.kinds else run_extras(args)
     settings = make_settings(args, Path(tempfile.gettempdir()))
     result: dict[str, Any] = {
+        **extras,
         "streams": rows,
         "overall": aggregate(rows),
         "by_kind": {k: aggregate([r for r in rows if r["kind"] == k]) for k in args.kinds},
@@ -726,6 +1058,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "detect_window": args.detect_window,
             "job_lag_batches": args.job_lag_batches,
             "job_device": args.device,
+            "partitions": args.partitions,
+            "fetch_chunk": args.fetch_chunk,
+            "label_delay": args.label_delay,
+            "lateness_s": settings.models.lateness_s,
         },
         "quick": bool(args.quick),
         "smoke": bool(args.smoke),

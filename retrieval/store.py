@@ -54,6 +54,25 @@ TEXT_MAX_BYTES = 65535
 LABEL_MAX_BYTES = 2048  # title and source
 UPSERT_BATCH = 500  # milvus-lite is ~6x faster in batches of 100-1000 than row by row
 PAGE_SIZE = 1000
+
+
+class _UnimplementedRpcFilter(logging.Filter):
+    """milvus-lite's in-process gRPC server does not implement every call the client tries
+    (``AllocTimestamp`` at start-up); the client falls back by itself, yet grpc logs each
+    such call as an ERROR with a traceback. They are harmless: logged at DEBUG instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, NotImplementedError) and "Method not implemented" in str(exc):
+            logging.getLogger(__name__).debug("milvus-lite: %s (not implemented, harmless)",
+                                              record.getMessage())  # fmt: skip
+            return False
+        return True
+
+
+_GRPC_SERVER_LOG = logging.getLogger("grpc._server")
+if not any(isinstance(f, _UnimplementedRpcFilter) for f in _GRPC_SERVER_LOG.filters):
+    _GRPC_SERVER_LOG.addFilter(_UnimplementedRpcFilter())
 QUERY_LIMIT = 16384  # Milvus caps offset + limit of one query at 16384
 METRICS = ("COSINE", "IP", "L2")
 COLLECTION_NOT_LOADED = 101  # Milvus's error code, which milvus-lite uses too

@@ -195,11 +195,14 @@ def _embedding_alerts(
     if monitor is None or vectors is None or not len(vectors):
         return []
     s = services.settings
-    out = []
+    out: list[OutRecord] = []
+    now = time.monotonic()  # the batch's vectors came together (a bulk load is one reference)
     for vector in vectors:
-        signal = monitor.update(vector.tolist())
+        signal = monitor.update(vector.tolist(), now)
         if signal is not None:  # at most one per episode
             alert = signal.to_alert(s.models.embedding, "embedder", "none", records[-1])
+            if any(o.key == alert["alert_id"] for o in out):
+                continue  # one alert per id: the batch's record names it
             metrics.DRIFT_ALERTS.labels("docs", signal.detector, signal.severity).inc()
             log.warning("embedding drift on %s: %s", s.topics.docs, alert)
             out.append(OutRecord(s.topics.drift_alerts, alert["alert_id"], alert))
@@ -279,6 +282,7 @@ def make_online_service(settings: Settings) -> Any:
     """The learner's domain object, resumed from its checkpoint when there is one."""
     from trainers.data_drift import FeatureDriftMonitor
     from trainers.drift_monitor import ConceptDriftMonitor
+    from trainers.label_free import LabelFreeMonitors
     from trainers.learner import OnlineLearner
     from trainers.service import OnlineService
     from trainers.serving import ServingPolicy
@@ -304,6 +308,7 @@ def make_online_service(settings: Settings) -> Any:
             schedule_seconds=t.schedule_s or None, cooldown_seconds=t.cooldown_s,
             warning_action=t.warning_action, drift_action=t.drift_action,
             data_drift_action=t.data_drift_action, drift_min_records=t.drift_min_records,
+            label_free_action=t.label_free_action,
         ),
         data_monitor=FeatureDriftMonitor(t.data_drift_window, t.data_drift_window)
         if t.data_drift else None,
@@ -313,6 +318,8 @@ def make_online_service(settings: Settings) -> Any:
         reaction=m.drift_reaction, reaction_window=m.reaction_window,
         label_store_bytes=int(m.label_store_mb * 2**20),
         lineage=_promoted_lineage(settings),
+        label_free=LabelFreeMonitors(m.task, t.label_free_window, t.label_free_min_labels)
+        if t.label_free else None,
     )  # fmt: skip
     if service.policy.serving_version is None:  # a version promoted before this state began
         from trainers.registry import ModelRegistry

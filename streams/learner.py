@@ -37,6 +37,7 @@ from streams.kafka import (
     produce_or_wait,
     producer,
 )
+from streams.ordering import EventTimeMerger
 from streams.processing import OutRecord, RawRecord, dead, decode_batch
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
@@ -52,6 +53,9 @@ OUTPUT_LINGER_MS = 1
 
 class OnlineProcessor(Protocol):
     """What the loop needs from the domain side (``trainers.service.OnlineService``)."""
+
+    #: The event-time merge's state as of the records processed (saved with the checkpoint).
+    ordering_state: dict[str, Any] | None
 
     def offsets(self) -> dict[int, int]:
         """Next offset to process per partition of ``events`` (from the checkpoint)."""
@@ -205,6 +209,8 @@ class LearnerLoop(_EventsLoop):
     ) -> None:
         super().__init__("learner", settings, bootstrap, batch_size)
         self.make_processor = make_processor
+        self._held_raw: dict[tuple[int, int], RawRecord] = {}  # of the records the merge holds
+        self._released_raw: list[RawRecord] = []  # of the records it released last
 
     def _run(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -217,6 +223,7 @@ class LearnerLoop(_EventsLoop):
         prod = producer(s, self.bootstrap, **{"linger.ms": OUTPUT_LINGER_MS})
         updates = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-updates")
         processor: OnlineProcessor | None = None
+        merger = EventTimeMerger(0.0)
         last_run = 0.0
         try:
             while not self.stop_event.is_set():
@@ -237,19 +244,21 @@ class LearnerLoop(_EventsLoop):
                         [TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in range(n)]
                     )
                     log.info("learning %s from offsets %s", topic, start or "the beginning")
+                    merger = self._merger(processor, start, n)
                     self._follow_updates(updates)
                 for m in updates.consume(100, 0):
                     if m.error() is None:
                         self._model_update(processor, m, prod)
-                batch = self._take(events, 0.1)
+                batch = self._take(events, 0.0 if merger.more_ready else 0.1)
                 # Idle, the processor still runs once a second: schedules and swaps are due
                 # whether records flow or not.
-                if batch or time.monotonic() - last_run >= 1.0:
+                if batch or merger.buffered or time.monotonic() - last_run >= 1.0:
                     last_run = time.monotonic()
                     good, bad = self._decode(batch) if batch else ([], [])
+                    good = self._in_event_order(merger, events, batch, good)
                     outputs = processor.process(good)
                     n_before = len(bad)
-                    bad.extend(self._rejected(processor, batch))
+                    bad.extend(self._rejected(processor, self._released_raw))
                     for rec in bad:
                         produce_or_wait(prod, rec.topic, rec.encoded(), _key(rec.key))
                         metrics.DEAD_LETTERS.labels(topic).inc()
@@ -266,7 +275,7 @@ class LearnerLoop(_EventsLoop):
                     for out_topic, n_out in sent.items():
                         metrics.RECORDS_OUT.labels(out_topic).inc(n_out)
                     prod.poll(0)  # delivery reports; the records go out in the background
-                    _export_latency_and_lag(events, topic, batch)
+                    _export_latency_and_lag(events, topic, good)  # as learned (after the merge)
                     metrics.RECORDS_IN.labels(topic, "ok").inc(len(good) - n_rejected)
                     metrics.RECORDS_IN.labels(topic, "dead").inc(len(bad))
                     _export_status(s.models.name, processor.status())
@@ -278,6 +287,7 @@ class LearnerLoop(_EventsLoop):
                 if processor.checkpoint_due():
                     deliver_or_retry(prod, lambda: self.stop_event.is_set() or not lease.poll(),
                                      on_retry=_count_retries)  # fmt: skip
+                    processor.ordering_state = merger.state()
                     if processor.maybe_checkpoint():
                         self._commit_for_lag(events, processor.offsets(), topic)
             if processor is not None and lease.held:
@@ -286,12 +296,52 @@ class LearnerLoop(_EventsLoop):
                 except DeliveryError as exc:  # no checkpoint past outputs Kafka lacks
                     log.warning("stopping without a last checkpoint: %s", exc)
                 else:
+                    processor.ordering_state = merger.state()
                     processor.maybe_checkpoint(force=True)
         finally:
             prod.flush(10)
             events.close()
             updates.close()
             lease.close()
+
+    def _merger(self, processor: OnlineProcessor, start: dict[int, int], n: int
+                ) -> EventTimeMerger:  # fmt: skip
+        """The event-time merge, resumed from the checkpoint's state (lateness 0 when the
+        learner learns in arrival order)."""
+        m = self.settings.models
+        lateness = m.lateness_s if m.event_order == "event-time" else 0.0
+        merger = EventTimeMerger(lateness, getattr(processor, "ordering_state", None))
+        merger.assign({p: start.get(p, 0) for p in range(n)})
+        self._held_raw = {}
+        return merger
+
+    def _in_event_order(self, merger: EventTimeMerger, events: Any, batch: list[RawRecord],
+                        good: list[Any]) -> list[Any]:  # fmt: skip
+        """Hand the batch to the merge; take what may be learned now, in event-time order."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        topic = self.settings.topics.events
+        merger.consumed((r.partition, r.offset) for r in batch)
+        merger.push(good, time.monotonic())
+        raw = {(r.partition, r.offset): r for r in batch}
+        for r in good:  # kept while held: a record the processor rejects is dead-lettered raw
+            self._held_raw[(r.partition, r.offset)] = raw[(r.partition, r.offset)]
+        ends: dict[int, int] = {}
+        if merger.buffered and merger.lateness_s:
+            for p in merger.partitions:
+                try:  # the end of log as of the last fetch: a partition there holds nothing
+                    _low, high = events.get_watermark_offsets(TopicPartition(topic, p),
+                                                              cached=True)  # fmt: skip
+                except KafkaException:
+                    continue
+                if high is not None and high >= 0:
+                    ends[p] = high
+        late = merger.late
+        out = merger.pop(ends, time.monotonic(), self.batch_size)
+        self._released_raw = [self._held_raw.pop((r.partition, r.offset)) for r in out]
+        if merger.late > late:
+            metrics.LATE_EVENTS.labels(topic).inc(merger.late - late)
+        return out
 
     def _rejected(self, processor: OnlineProcessor, batch: list[RawRecord]) -> list[OutRecord]:
         """Dead letters for the valid records the processor could not take."""
@@ -360,7 +410,8 @@ class PredictorLoop(_EventsLoop):
     answers from the learner's latest snapshot (:class:`trainers.service.SnapshotPredictor`).
     Offsets are committed after Kafka acknowledged the predictions: at least once, keyed by
     event id. Bad records are dead-lettered by the learner, which reads every record; a
-    replica skips them.
+    replica skips them. A replica answers in arrival order: it learns nothing, so the order
+    of its partitions changes none of its answers (and holding events would only delay them).
     """
 
     def __init__(self, settings: Settings, bootstrap: str, make_predictor: Callable[[], Any],
@@ -400,7 +451,7 @@ class PredictorLoop(_EventsLoop):
 _served: dict[str, str] = {}
 
 
-def _export_latency_and_lag(events: Any, topic: str, batch: list[RawRecord]) -> None:
+def _export_latency_and_lag(events: Any, topic: str, batch: list[Any]) -> None:
     """Produce-to-prediction latency per record, and the lag left per partition."""
     from confluent_kafka import TopicPartition
 

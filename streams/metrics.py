@@ -20,6 +20,7 @@ __all__ = [
     "BATCH_SECONDS",
     "CONSUMER_LAG",
     "RETRIES",
+    "LATE_EVENTS",
     "DRIFT_ALERTS",
     "MODEL_METRIC",
     "SERVING_VERSION",
@@ -70,6 +71,11 @@ RETRIES = Counter(
     "livelearn_retries_total", "Transient failures retried with backoff, by dependency",
     ["dependency"],
 )  # fmt: skip
+LATE_EVENTS = Counter(
+    "livelearn_late_events_total",
+    "Events learned after one with a later ts (they came past the event-time merge's lateness)",
+    ["topic"],
+)
 
 DRIFT_ALERTS = Counter(
     "livelearn_drift_alerts_total", "Drift alerts raised, by model, detector and severity",

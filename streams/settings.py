@@ -201,6 +201,16 @@ class ModelSettings(_Frozen):
         description="who answers events: the learner (predict, then learn) or predict-only "
         "replicas in every worker, from the learner's snapshots (scales over partitions)",
     )
+    event_order: Literal["event-time", "arrival"] = Field(
+        "event-time",
+        description="order the learner learns events in: by their ts across partitions "
+        "(a watermark merge; events without ts keep arrival order), or as they arrive",
+    )
+    lateness_s: float = Field(
+        2.0, ge=0,
+        description="how long (in ts seconds, and at most in wall-clock seconds) an event may "
+        "wait for earlier ones from other partitions; later ones are learned late, and counted",
+    )  # fmt: skip
     per_key: str = Field(
         "", description="feature whose value selects a model of its own (e.g. tenant); '' = one"
     )
@@ -260,6 +270,20 @@ class TriggerSettings(_Frozen):
     )
     data_drift_action: Literal["none", "finetune", "retrain"] = Field(
         "none", description="job an input-distribution shift alone asks for"
+    )
+    label_free: bool = Field(
+        True, description="watch predictions without labels: class shares (or predicted "
+        "values), and the CBPE-estimated accuracy of events whose labels have not arrived",
+    )  # fmt: skip
+    label_free_window: int = Field(
+        1000, ge=50, description="predictions in each of the two windows the label-free "
+        "monitors compare (the recent one, and the one before)",
+    )  # fmt: skip
+    label_free_min_labels: int = Field(
+        500, ge=0, description="labels learned before any label-free alert (warm-up)"
+    )
+    label_free_action: Literal["none", "finetune", "retrain"] = Field(
+        "none", description="job a label-free signal asks for (alerts are raised anyway)"
     )
     embedding_drift: bool = Field(True, description="watch the docs stream's embeddings")
     embedding_drift_window: int = Field(

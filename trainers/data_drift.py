@@ -29,6 +29,7 @@ the reference again or the reference is reset.
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -211,6 +212,13 @@ class EmbeddingDriftMonitor:
     to it. A recent window whose mean distance is ``z_threshold`` standard errors above the
     reference mean, and at least ``min_increase`` above it (a real effect, not just a
     significant one), has moved somewhere new (new topics, a new language, a broken upstream).
+    An episode ends when the window is back within half of both margins (no flapping).
+
+    Given the time (``update(v, now)``), the reference is the whole first load: a uniform
+    sample of every vector until the stream first pauses for ``settle_s`` (or has brought
+    ``20 * reference_size`` vectors), so a one-off bulk load of a corpus, topic after topic,
+    is the reference, not a drift from its first topic. Without the time, the reference is
+    the first ``reference_size`` vectors.
 
     >>> import random
     >>> rng = random.Random(0)
@@ -228,8 +236,14 @@ class EmbeddingDriftMonitor:
         window_size: int = 200,
         z_threshold: float = 6.0,
         min_increase: float = 0.05,
+        settle_s: float = 5.0,
+        seed: int = 0,
     ) -> None:
         self.reference_size = reference_size
+        self.settle_s = settle_s
+        self._rng = random.Random(seed)
+        self._offered = 0  # vectors offered to the reference sample
+        self._last_seen: float | None = None
         self.window_size = window_size
         self.z_threshold = z_threshold
         self.min_increase = min_increase
@@ -250,22 +264,53 @@ class EmbeddingDriftMonitor:
 
     def reset_reference(self) -> None:
         self._ref, self.centroid = [], None
+        self._offered = 0
         self.recent.clear()
         self.in_episode = False
 
-    def update(self, vector: Sequence[float]) -> DriftSignal | None:
-        """Add one embedding; a signal when a drift episode starts here."""
+    # Class defaults for monitors restored from checkpoints older than these attributes.
+    settle_s = 5.0
+    _offered = 0
+    _last_seen: float | None = None
+
+    def _settled(self, now: float | None) -> bool:
+        """Whether the reference is complete (before this vector is offered to it)."""
+        if now is None:
+            return len(self._ref) >= self.reference_size
+        paused = self._last_seen is not None and now - self._last_seen >= self.settle_s
+        self._last_seen = now
+        full = len(self._ref) >= self.reference_size
+        return full and (paused or self._offered >= 20 * self.reference_size)
+
+    def _freeze(self) -> None:
+        dim = len(self._ref[0])
+        self.centroid = [sum(v[i] for v in self._ref) / len(self._ref) for i in range(dim)]
+        d = [self._distance(v, self.centroid) for v in self._ref]
+        self.ref_mean = sum(d) / len(d)
+        self.ref_std = math.sqrt(sum((x - self.ref_mean) ** 2 for x in d) / len(d))
+        self._ref = []
+
+    def update(self, vector: Sequence[float], now: float | None = None) -> DriftSignal | None:
+        """Add one embedding (``now``: a clock in seconds, see above); a signal when a drift
+        episode starts here."""
         self.n += 1
         if self.centroid is None:
-            self._ref.append(list(vector))
-            if len(self._ref) >= self.reference_size:
-                dim = len(self._ref[0])
-                self.centroid = [sum(v[i] for v in self._ref) / len(self._ref) for i in range(dim)]
-                d = [self._distance(v, self.centroid) for v in self._ref]
-                self.ref_mean = sum(d) / len(d)
-                self.ref_std = math.sqrt(sum((x - self.ref_mean) ** 2 for x in d) / len(d))
-                self._ref = []
-            return None
+            if not self._settled(now):
+                self._offered += 1  # a reservoir sample: uniform over what was offered
+                if len(self._ref) < self.reference_size:
+                    self._ref.append(list(vector))
+                else:
+                    slot = self._rng.randrange(self._offered)
+                    if slot < self.reference_size:
+                        self._ref[slot] = list(vector)
+                if now is not None or len(self._ref) < self.reference_size:
+                    return None
+            self._freeze()
+            if now is None:
+                return None
+        elif now is not None:
+            self._last_seen = now
+        assert self.centroid is not None
         self.recent.append(self._distance(vector, self.centroid))
         if len(self.recent) < self.window_size:
             return None
@@ -273,7 +318,8 @@ class EmbeddingDriftMonitor:
         stderr = (self.ref_std or 1e-9) / math.sqrt(len(self.recent))
         z = (mean - self.ref_mean) / stderr
         if z < self.z_threshold or mean - self.ref_mean < self.min_increase:
-            self.in_episode = False
+            if z < self.z_threshold / 2 or mean - self.ref_mean < self.min_increase / 2:
+                self.in_episode = False  # back to normal: the next shift is a new episode
             return None
         if self.in_episode:
             return None

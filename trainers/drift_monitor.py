@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from trainers.exceptions import ModelSpecError
 
-__all__ = ["DETECTORS", "ConceptDriftMonitor", "DriftSignal"]
+__all__ = ["DETECTORS", "ConceptDriftMonitor", "DriftSignal", "KeyedDriftMonitors"]
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,22 @@ class DriftSignal:
     severity: Literal["warning", "drift"]
     index: int
     baseline: float
+    key: str | None = None  # the per-key segment it is about (``LIVELEARN_MODELS__PER_KEY``)
 
     def to_alert(self, model: str, model_version: str, action: str, rec: Any) -> dict[str, Any]:
         """The ``drift-alerts`` record for this signal, raised at record ``rec``.
 
-        The alert id is derived from where it fired, so a replay raises the same alert.
+        The alert id is derived from where it fired (and what about), so a replay raises the
+        same alert, and two signals never share an id.
         """
+        about = f"{self.detector}:{self.signal}:{self.severity}"
+        if self.key is not None:
+            about += f":key={self.key}"
         alert_id = hashlib.sha1(
-            f"{model}:{self.detector}:{self.severity}:{rec.partition}:{rec.offset}".encode()
+            f"{model}:{about}:{rec.partition}:{rec.offset}".encode()
         ).hexdigest()[:16]
-        return {
+        extra = {} if self.key is None else {"model_key": self.key}
+        return {**extra,
             "alert_id": alert_id, "ts": time.time(), "model": model,
             "model_version": model_version, "detector": self.detector, "signal": self.signal,
             "value": self.value, "threshold": self.threshold, "severity": self.severity,
@@ -178,9 +184,62 @@ class ConceptDriftMonitor:
                 self._reference_n += 1
         return signal
 
+    def fresh(self) -> ConceptDriftMonitor:
+        """A new monitor with the same parameters (and nothing seen)."""
+        return ConceptDriftMonitor(
+            self.detector, self.warning_sensitivity, self.drift_sensitivity, self.min_samples,
+            self.min_increase, self.quiet_records, self.window, self.warning_min_increase,
+        )  # fmt: skip
+
     def _signal(self, severity: Literal["warning", "drift"], recent: float, baseline: float,
                 threshold: float) -> DriftSignal:  # fmt: skip
         return DriftSignal(
             detector=self.detector, signal="concept", value=recent, threshold=threshold,
             severity=severity, index=self.n, baseline=baseline,
         )  # fmt: skip
+
+
+class KeyedDriftMonitors:
+    """The error stream watched per key as well (one :class:`ConceptDriftMonitor` each):
+    a drift in one segment (a tenant, a region) shows there long before it moves the overall
+    error, if it ever does.
+
+    Parameters
+    ----------
+    template
+        The overall monitor: each key's monitor has its parameters.
+    max_keys
+        Keys watched (the rest are watched overall only).
+
+    Examples
+    --------
+    >>> import random
+    >>> rng = random.Random(2)
+    >>> keyed = KeyedDriftMonitors(ConceptDriftMonitor(), max_keys=10)
+    >>> signals = []
+    >>> for i in range(12000):  # key "b" goes wrong after its 3000th record; "a" stays right
+    ...     key = "ab"[i % 2]
+    ...     bad = 0.5 if key == "b" and i >= 6000 else 0.1
+    ...     s = keyed.update(key, float(rng.random() < bad))
+    ...     signals += [(s.key, s.severity)] if s else []
+    >>> signals
+    [('b', 'drift')]
+    """
+
+    def __init__(self, template: ConceptDriftMonitor, max_keys: int = 1000) -> None:
+        self.template = template
+        self.max_keys = max_keys
+        self.monitors: dict[str, ConceptDriftMonitor] = {}
+
+    def update(self, key: str, error: float) -> DriftSignal | None:
+        """Feed one error of ``key``'s stream; its signal (naming the key), if any."""
+        monitor = self.monitors.get(key)
+        if monitor is None:
+            if len(self.monitors) >= self.max_keys:
+                return None
+            monitor = self.monitors[key] = self.template.fresh()
+        signal = monitor.update(error)
+        if signal is None:
+            return None
+        return DriftSignal(signal.detector, signal.signal, signal.value, signal.threshold,
+                           signal.severity, signal.index, signal.baseline, key)  # fmt: skip

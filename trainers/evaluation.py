@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainers.datasets import Example
 
-__all__ = ["LOWER_IS_BETTER", "GateDecision", "classification_metrics", "gate", "score"]
+__all__ = [
+    "LOWER_IS_BETTER",
+    "GateDecision",
+    "classification_metrics",
+    "gate",
+    "score",
+    "trivial_metrics",
+]
 
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "loss"})
 
@@ -26,6 +33,8 @@ class GateDecision:
 
     promote: bool
     reason: str
+    #: The trivial model's metrics on the same slice, when the candidate was held to them.
+    trivial: dict[str, float] | None = field(default=None, repr=False)
 
 
 def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any]) -> dict[str, float]:
@@ -98,6 +107,31 @@ def score(model: Any, val_examples: Sequence[Example], task: str) -> dict[str, f
     return classification_metrics(truth, preds)
 
 
+def trivial_metrics(
+    train_labels: Sequence[Any], val_examples: Sequence[Example], task: str
+) -> dict[str, float]:
+    """Metrics, on the held-out slice, of the trivial model: always the training data's
+    majority class (classification) or its mean (regression). A first version must beat it.
+
+    Examples
+    --------
+    >>> val = [Example((0, i), 0.0, "t", None, y) for i, y in enumerate("aab")]
+    >>> trivial_metrics(["b", "b", "a"], val, "classification")["accuracy"]
+    0.333...
+    >>> trivial_metrics([1.0, 3.0], [Example((0, 0), 0.0, "t", None, 4.0)], "regression")["mae"]
+    2.0
+    """
+    truth = [e.label for e in val_examples]
+    if task == "regression":
+        mean = sum(float(y) for y in train_labels) / len(train_labels) if train_labels else 0.0
+        return regression_metrics(truth, [mean] * len(truth))
+    counts: dict[Any, int] = {}
+    for y in train_labels:
+        counts[y] = counts.get(y, 0) + 1
+    majority = max(counts, key=lambda y: counts[y]) if counts else None
+    return classification_metrics(truth, [majority] * len(truth))
+
+
 def gate(
     candidate_metrics: Mapping[str, float],
     baseline_metrics: Mapping[str, float] | None,
@@ -105,17 +139,24 @@ def gate(
     margin: float = 0.0,
     higher_is_better: bool = True,
     min_samples: int = 0,
+    trivial: Mapping[str, float] | None = None,
 ) -> GateDecision:
     """Promote the candidate when it beats the serving model by at least ``margin``.
 
-    A tie passes at ``margin=0``: the candidate saw fresher data. No baseline (nothing
-    serving yet) promotes; a missing or NaN candidate metric rejects; so does a held-out
-    slice smaller than ``min_samples`` (its ``n``): too few records to judge.
+    A tie passes at ``margin=0``: the candidate saw fresher data. With nothing serving yet,
+    the candidate must do strictly better than the ``trivial`` model (the majority class,
+    :func:`trivial_metrics`) on the same slice, when one is given; a missing or NaN candidate
+    metric rejects; so does a held-out slice smaller than ``min_samples`` (its ``n``): too few
+    records to judge.
 
     Examples
     --------
     >>> gate({"accuracy": 0.8}, None)
     GateDecision(promote=True, reason='no serving model to compare with')
+    >>> gate({"accuracy": 0.25}, None, trivial={"accuracy": 0.5}).reason
+    'no serving model; accuracy 0.25 vs the majority class 0.5 fails (needs > 0.5)'
+    >>> gate({"accuracy": 0.8}, None, trivial={"accuracy": 0.5}).promote
+    True
     >>> gate({"accuracy": 0.8}, {"accuracy": 0.79}, margin=0.02).promote
     False
     >>> gate({"accuracy": 1.0, "n": 6}, {"accuracy": 0.0, "n": 6}, min_samples=20)
@@ -130,7 +171,16 @@ def gate(
     if value is None or math.isnan(float(value)):
         return GateDecision(False, f"candidate has no {metric} to compare on")
     if baseline_metrics is None:
-        return GateDecision(True, "no serving model to compare with")
+        base = None if trivial is None else trivial.get(metric)
+        if base is None or math.isnan(float(base)):
+            return GateDecision(True, "no serving model to compare with")
+        ok = float(value) > base if higher_is_better else float(value) < base
+        what = "the majority class" if higher_is_better else "the mean"
+        return GateDecision(
+            ok, f"no serving model; {metric} {float(value):g} vs {what} {float(base):g} "
+            f"{'passes' if ok else 'fails'} (needs {'>' if higher_is_better else '<'} "
+            f"{float(base):g})", dict(trivial or {}),
+        )  # fmt: skip
     base = baseline_metrics.get(metric)
     if base is None or math.isnan(float(base)):
         return GateDecision(True, f"serving model has no {metric} on this slice")

@@ -68,7 +68,7 @@ from trainers.datasets import (
     split_at_change,
     split_by_time,
 )
-from trainers.evaluation import LOWER_IS_BETTER, GateDecision, gate, score
+from trainers.evaluation import LOWER_IS_BETTER, GateDecision, gate, score, trivial_metrics
 from trainers.exceptions import JobConfigError, RegistryError, TrainingJobError
 from trainers.models import (
     MINILM_ID,
@@ -488,10 +488,15 @@ def evaluate(
     serving: BatchModel | None,
     val: Sequence[Example],
     config: JobConfig,
+    train: Sequence[Example] = (),
 ) -> tuple[dict[str, float], dict[str, float] | None, GateDecision]:
-    """Score candidate and serving model on the same held-out slice, then gate."""
+    """Score candidate and serving model on the same held-out slice, then gate (with nothing
+    serving, against the trivial model of the ``train`` labels: a first version must beat
+    it; its metrics are the decision's ``trivial``)."""
     metrics = score(candidate, val, config.task)
     baseline = score(serving, val, config.task) if serving is not None else None
+    trivial = trivial_metrics([e.label for e in train], val, config.task) \
+        if serving is None and train else None  # fmt: skip
     metric = config.gate_metric
     decision = gate(
         metrics,
@@ -500,6 +505,7 @@ def evaluate(
         margin=config.margin,
         higher_is_better=metric not in LOWER_IS_BETTER,
         min_samples=config.min_eval_samples,
+        trivial=trivial,
     )
     return metrics, baseline, decision
 
@@ -738,7 +744,7 @@ def _train_and_register(
         model.merge()
 
     serving_model = _load_on(serving_version, device) if serving_version else None
-    metrics, baseline, decision = evaluate(model, serving_model, val, config)
+    metrics, baseline, decision = evaluate(model, serving_model, val, config, train_set)
     log.info("job %s: %s", job.get("job_id"), decision.reason)
     model.save(staging / "model")
 
@@ -756,6 +762,7 @@ def _train_and_register(
         "metrics": metrics,
         "baseline_metrics": baseline,
         "gate": {"promote": decision.promote, "reason": decision.reason,
+                 "trivial_metrics": decision.trivial,
                  "metric": config.gate_metric, "margin": config.margin},
         "config": config.to_dict(),
         "examples": {"train": len(train_set) - n_replay, "replay": n_replay, "val": len(val)},

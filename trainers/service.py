@@ -39,8 +39,9 @@ from typing import Any
 import orjson
 
 from trainers.data_drift import FeatureDriftMonitor
-from trainers.drift_monitor import ConceptDriftMonitor, DriftSignal
+from trainers.drift_monitor import ConceptDriftMonitor, DriftSignal, KeyedDriftMonitors
 from trainers.exceptions import CheckpointError, ModelSpecError
+from trainers.label_free import LabelFreeMonitors
 from trainers.learner import Challenger, LabelJoiner, OnlineLearner
 from trainers.serving import ServingPolicy
 from trainers.trigger import TriggerPolicy
@@ -168,7 +169,7 @@ def _waiting(item: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None, A
 
 def _with_knobs(saved: TriggerPolicy, configured: TriggerPolicy) -> TriggerPolicy:
     for knob in ("topic", "volume_threshold", "schedule_seconds", "cooldown_seconds",
-                 "warning_action", "drift_action", "data_drift_action",
+                 "warning_action", "drift_action", "data_drift_action", "label_free_action",
                  "drift_min_records"):  # fmt: skip
         setattr(saved, knob, getattr(configured, knob))
     return saved
@@ -212,12 +213,14 @@ class OnlineService:
         reaction_window: int = 200,
         label_store_bytes: int = 64 * 2**20,
         lineage: Callable[[str], dict[str, list[int]] | None] | None = None,
+        label_free: LabelFreeMonitors | None = None,
     ) -> None:
         self.learner = learner
         self.lineage = lineage
         self.serving = serving or ServingPolicy("online", learner.task)
         self.monitor = monitor or ConceptDriftMonitor()
         self.data_monitor = data_monitor
+        self.label_free = label_free  # predictions and estimated accuracy, before labels
         self.emit_predictions = emit_predictions  # False: predictor replicas answer events
         # Per-key models: one learner per value of the feature ``per_key`` (events without it,
         # and keys beyond ``max_keys``, use the shared model ``self.learner``).
@@ -225,6 +228,8 @@ class OnlineService:
         self.max_keys = max_keys
         self.learners: dict[str, OnlineLearner] = {}
         self.overflow_keys = 0
+        self.key_monitors = KeyedDriftMonitors(self.monitor, min(max_keys, 1000)) \
+            if per_key else None  # fmt: skip
         # The online model's own reaction to a concept drift: ``fresh`` races a new model
         # trained on the recent window against it and switches when the new one is better.
         if reaction not in ("none", "fresh"):
@@ -242,6 +247,8 @@ class OnlineService:
         self.every_records = every_records
         self.every_seconds = every_seconds
         self._offsets: dict[int, int] = {}
+        # The learner loop's event-time merge, as of the records processed (set by the loop).
+        self.ordering_state: dict[str, Any] | None = None
         self.orphan_labels = 0
         self.duplicates_skipped = 0
         self._since_checkpoint = 0
@@ -259,10 +266,15 @@ class OnlineService:
                 self.joiner.ttl_seconds = label_ttl_seconds
                 self.rejected_total = state.get("rejected_total", 0)
                 self._offsets = dict(state["offsets"])
+                self.ordering_state = state.get("ordering")
                 self.orphan_labels = state.get("orphan_labels", 0)
                 self.monitor = state.get("monitor", self.monitor)
                 if self.data_monitor is not None:
                     self.data_monitor = state.get("data_monitor") or self.data_monitor
+                if self.label_free is not None:
+                    self.label_free = state.get("label_free") or self.label_free
+                if self.key_monitors is not None:
+                    self.key_monitors = state.get("key_monitors") or self.key_monitors
                 # Settings may have changed since; keep the state, take the new knobs.
                 self.policy = _with_knobs(state.get("policy", self.policy), self.policy)
                 log.info("resumed %s from checkpoint at offsets %s", self.learner.version,
@@ -370,6 +382,10 @@ class OnlineService:
                 self.serving.score(label, pred.prediction, batch_answer[0])
             self._react(x, label, pred.prediction, key)
             outputs.extend(self._watch(pred.prediction, label, rec, key))
+        if self.label_free is not None:
+            for shift in self.label_free.on_prediction(event["id"], pred.prediction, pred.proba,
+                                                       label):  # fmt: skip
+                outputs.extend(self.on_signal(shift, rec, data=True))
         if self.emit_predictions:
             if source == "batch":
                 answer, version = batch_answer, str(self.serving.version)
@@ -393,6 +409,8 @@ class OnlineService:
     def _join_label(self, rec: Any, event_id: str, label: Any
                     ) -> list[tuple[str, str, dict[str, Any]]]:  # fmt: skip
         """A late label: learn it with the event that waited for it, once."""
+        if self.label_free is not None:
+            self.label_free.on_label(event_id, label)
         waiting = self.joiner.pop(event_id)
         if waiting is None:
             self.orphan_labels += 1
@@ -464,9 +482,12 @@ class OnlineService:
         else:
             error = abs(float(label) - float(prediction or 0.0))
         signal = self.monitor.update(error)
-        if signal is None:
-            return []
-        return self.on_signal(signal, rec)
+        out = [] if signal is None else self.on_signal(signal, rec)
+        if key is not None and self.key_monitors is not None:  # the key's own errors too
+            keyed = self.key_monitors.update(key, error)
+            if keyed is not None:
+                out.extend(self.on_signal(keyed, rec))
+        return out
 
     def on_signal(
         self, signal: DriftSignal, rec: Any, data: bool = False
@@ -479,16 +500,17 @@ class OnlineService:
         )
         detail = (
             f"{signal.detector} {signal.severity}: {what} at offset {rec.offset} of partition "
-            f"{rec.partition}"
+            f"{rec.partition}" + (f" (key {signal.key})" if signal.key is not None else "")
         )
-        if not data and signal.severity == "drift" and self.reaction == "fresh" \
+        if not data and signal.key is None and signal.severity == "drift" \
+                and self.reaction == "fresh" \
                 and self.challenger is None:  # fmt: skip
             warmup = list(self.recent)[-(self.reaction_window // 2) :]  # mostly the new concept
             race = max(20, self.reaction_window // 2)
             self.challenger = Challenger(self.learner.clone_fresh(), warmup, min_samples=race)
-        job = self.policy.on_drift(signal.severity, detail, data=data)
+        job = self.policy.on_drift(signal.severity, detail, data=data, signal=signal.signal)
         # The action asked for (the job may start later, once enough new data arrived).
-        action = self.policy.action_for(signal.severity, data)
+        action = self.policy.action_for(signal.severity, data, signal.signal)
         alert = signal.to_alert(self.learner.name, self.learner.version, action, rec)
         alert_id = alert["alert_id"]
         out: list[tuple[str, str, dict[str, Any]]] = [("drift-alerts", alert_id, alert)]
@@ -560,10 +582,13 @@ class OnlineService:
                 "recent": self.recent,
                 "joiner": self.joiner,
                 "offsets": dict(self._offsets),
+                "ordering": self.ordering_state,
                 "orphan_labels": self.orphan_labels,
                 "rejected_total": self.rejected_total,
                 "monitor": self.monitor,
                 "data_monitor": self.data_monitor,
+                "label_free": self.label_free,
+                "key_monitors": self.key_monitors,
                 # What serves, for predictor replicas that answer from this snapshot.
                 "serving_choice": self.serving.choose(),
                 "batch_version": self.serving.version,

@@ -37,6 +37,8 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from trainers.label_free import LABEL_FREE_SIGNALS
+
 log = logging.getLogger(__name__)
 
 __all__ = ["JobRequest", "TriggerPolicy"]
@@ -82,6 +84,8 @@ class TriggerPolicy:
         What a drift warning / a drift asks for: ``none``, ``finetune`` or ``retrain``.
     data_drift_action
         What a shift of the input distribution alone asks for (alerts are raised anyway).
+    label_free_action
+        What a label-free signal (predictions' shift, estimated accuracy) asks for.
     drift_min_records
         Labelled records to wait for after a drift signal before its job starts, so that the
         job's data holds enough of the new concept to learn it and to judge it (0 = at once).
@@ -95,6 +99,7 @@ class TriggerPolicy:
     warning_action: str = "finetune"
     drift_action: str = "retrain"
     data_drift_action: str = "none"
+    label_free_action: str = "none"
     drift_min_records: int = 0
     next_offsets: dict[int, int] = field(default_factory=dict)
     trained_offsets: dict[int, int] = field(default_factory=dict)
@@ -104,6 +109,8 @@ class TriggerPolicy:
     _drift_blocked_noted: bool = field(default=False, init=False, repr=False)
     # Where the stream stood when the pending drift was signalled (per partition).
     drift_since: dict[int, int] | None = field(default=None, init=False, repr=False)
+    # The last suppression logged: the same one again (every tick of a cooldown) is debug.
+    _suppressed: str | None = field(default=None, init=False, repr=False)
     in_flight: JobRequest | None = None
     in_flight_started: bool = False
     last_job_at: float | None = None
@@ -165,8 +172,14 @@ class TriggerPolicy:
     def _job(self, kind: str, reason: str, detail: str, now: float) -> JobRequest | None:
         blocked = self._blocked(kind, now)
         if blocked is not None:
-            self._decide(f"{reason}: {kind} suppressed, {blocked}")
+            why = f"{reason}: {kind} suppressed, {blocked.split(' (')[0]}"
+            if getattr(self, "_suppressed", None) == why:
+                log.debug("trigger %s: %s: %s suppressed, %s", self.model, reason, kind, blocked)
+            else:
+                self._suppressed = why
+                self._decide(f"{reason}: {kind} suppressed, {blocked}")
             return None
+        self._suppressed = None
         if self.in_flight is not None:
             self._decide(f"{reason}: retrain supersedes pending fine-tune {self.in_flight.job_id}")
         if kind == "finetune" and self.serving_version is None:
@@ -190,11 +203,13 @@ class TriggerPolicy:
         return job
 
     def on_drift(
-        self, severity: str, detail: str, now: float | None = None, data: bool = False
-    ) -> JobRequest | None:
+        self, severity: str, detail: str, now: float | None = None, data: bool = False,
+        signal: str = "",
+    ) -> JobRequest | None:  # fmt: skip
         """A drift signal: start the job its severity (or, for input drift, the
-        ``data_drift_action``) calls for, if any."""
-        action = self.action_for(severity, data)
+        ``data_drift_action``; for a label-free ``signal``, the ``label_free_action``) calls
+        for, if any."""
+        action = self.action_for(severity, data, signal)
         if action == "none":
             self._decide(f"drift: {severity} needs no job ({detail})")
             return None
@@ -236,8 +251,10 @@ class TriggerPolicy:
             self.in_flight = job
         return job
 
-    def action_for(self, severity: str, data: bool = False) -> str:
+    def action_for(self, severity: str, data: bool = False, signal: str = "") -> str:
         """The job kind a signal asks for (``none``, ``finetune`` or ``retrain``)."""
+        if signal in LABEL_FREE_SIGNALS:
+            return self.label_free_action
         if data:
             return self.data_drift_action
         return self.drift_action if severity == "drift" else self.warning_action

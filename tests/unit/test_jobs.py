@@ -150,7 +150,14 @@ def test_a_drift_retrain_learns_what_came_after_the_change(tmp_path: Path) -> No
         if since is not None:
             j["data"]["since"] = since
         res = run_job(j, recs, [], reg, "m", JobConfig.from_dict(TAB))
-        assert res.status == "promoted", res
+        if since is None:
+            # Judged on the new concept it never learned, the plain retrain does worse than
+            # the majority class: a first version is not promoted then (issue 18). Promoted
+            # by hand here, to show what it learned.
+            assert res.status == "rejected", res
+            reg.promote("m", res.version or "")
+        else:
+            assert res.status == "promoted", res
         predictor = load_serving_predictor(reg, "m", device="cpu")
         answers = [predictor.predict_one(v["features"])[0] for v in probe]
         return sum(a == y for a, y in zip(answers, truth, strict=True)) / len(truth)
