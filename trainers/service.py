@@ -243,6 +243,7 @@ class OnlineService:
         self.joiner = LabelJoiner(label_ttl_seconds, max_bytes=label_store_bytes)
         self.rejected_total = 0
         self._rejected: list[Rejected] = []
+        self._batch_time = 0.0
         self.checkpoint_path = checkpoint_path
         self.every_records = every_records
         self.every_seconds = every_seconds
@@ -299,6 +300,7 @@ class OnlineService:
         # A promoted version swaps in here, between micro-batches: each event below is
         # answered by exactly one version.
         self.serving.apply_pending()
+        self._batch_time = time.time()  # every prediction of the micro-batch carries it
         fresh = self._fresh(records)
         for rec, batch_answer in zip(fresh, self._batch_answers(fresh), strict=True):
             try:
@@ -392,7 +394,7 @@ class OnlineService:
             else:
                 answer, version = (pred.prediction, pred.proba), learner.version
             outputs.append(("predictions", event["id"], prediction_record(
-                event["id"], self.learner.name, version, source, answer, started, time.time(),
+                event["id"], self.learner.name, version, source, answer, started, self._batch_time,
                 key)))  # fmt: skip
         return outputs
 

@@ -66,8 +66,12 @@ def test_poison_records_cost_only_themselves(tmp_path: Path, kafka_bootstrap: st
                         for i, (x, y) in enumerate(ROWS[:300])])  # fmt: skip
         job = manual_job(s, kafka_bootstrap, "retrain")
         client.produce("training-jobs", job, wait=True)
-        updates = _collect(client, "model-updates", {job["job_id"]}, 240, key="job_id")
-        final = [u for u in updates if u["status"] in ("promoted", "rejected", "failed")]
+        final: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 240
+        while not final and time.monotonic() < deadline:  # "started" comes first
+            updates = _collect(client, "model-updates", {job["job_id"]}, 30, key="job_id")
+            final = [u for u in updates if u["job_id"] == job["job_id"]
+                     and u["status"] in ("promoted", "rejected", "failed")]  # fmt: skip
         assert final and final[-1]["status"] == "promoted", final
         # Wait until the promoted tabular model answers events.
         deadline = time.monotonic() + 90
