@@ -36,11 +36,15 @@ Record = tuple[int, int, dict[str, Any]]
 
 
 def read_ranges(
-    settings: Settings, bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int]]
+    settings: Settings,
+    bootstrap: str,
+    topic: str,
+    ranges: Mapping[int, tuple[int, int]],
+    contract: str = "events",
 ) -> list[Record]:
     """Read ``[from, to)`` of each partition of ``topic``: ``(partition, offset, value)``.
 
-    Records that are not valid ``events`` are skipped (they were dead-lettered when they
+    Records that are not valid ``contract`` records are skipped (they were dead-lettered when they
     arrived); the result is ordered by partition, then offset.
     """
     from confluent_kafka import TopicPartition
@@ -70,7 +74,7 @@ def read_ranges(
                     remaining.discard(p)
                     continue
                 try:
-                    value = contracts.decode("events", m.value(), m.key())
+                    value = contracts.decode(contract, m.value(), m.key())
                 except ContractError:
                     continue
                 out.append((p, off, value))
@@ -147,6 +151,25 @@ class TrainerWorker:
         finally:
             c.close()
 
+    def _generator_runner(self) -> Callable[..., Any]:
+        """``run_job``'s signature over :func:`trainers.generator.run_generator_job`, with the
+        generator's config (``config["generator"]``) and the house style of the settings."""
+        from trainers.generator import GeneratorConfig, run_generator_job
+
+        s = self.settings
+        overrides = {"base_model": s.models.generator, **dict(self.config.get("generator", {}))}
+        gen_config = GeneratorConfig.from_dict(
+            {"max_new_tokens": s.models.generator_max_new_tokens, **overrides}
+        )
+        check = s.style.check()
+
+        def run(job: Any, records: Any, replay: Any, registry: Any, model: str, _config: Any,
+                progress: Any) -> Any:  # fmt: skip
+            return run_generator_job(job, records, replay, registry, model, gen_config, check,
+                                     progress)  # fmt: skip
+
+        return run
+
     def _announce(self, prod: Any, value: dict[str, Any]) -> None:
         prod.produce(
             self.settings.topics.model_updates,
@@ -174,7 +197,18 @@ class TrainerWorker:
         started = time.monotonic()
         ranges = {int(p): (int(lo), int(hi)) for p, (lo, hi) in job["data"]["offsets"].items()}
         topic = job["data"]["topic"]
-        config = JobConfig.from_dict({"progress": False, "task": s.models.task, **self.config})
+        generator_job = model == s.models.generator_name or topic == s.topics.style_examples
+        if generator_job:
+            run: Callable[..., Any] = self._generator_runner()
+            config: Any = None
+            contract = "style-examples"
+            replay_ratio = float(self.config.get("generator", {}).get("replay_ratio", 0.5))
+        else:
+            config = JobConfig.from_dict(
+                {"progress": False, "task": s.models.task,
+                 **{k: v for k, v in self.config.items() if k != "generator"}}
+            )  # fmt: skip
+            run, contract, replay_ratio = run_job, "events", config.replay_ratio
         # Keep the group membership alive while a long job runs: pause, and poll meanwhile.
         assignment = c.assignment()
         c.pause(assignment)
@@ -182,11 +216,12 @@ class TrainerWorker:
 
         def work() -> None:
             registry = ModelRegistry(self.registry_root)
-            records = read_ranges(s, self.bootstrap, topic, ranges)
+            records = read_ranges(s, self.bootstrap, topic, ranges, contract)
             replay: list[Record] = []
             if job["kind"] == "finetune":
-                n = int(len(records) * config.replay_ratio)
-                replay = read_ranges(s, self.bootstrap, topic, replay_sample_ranges(ranges, {}, n))
+                n = int(len(records) * replay_ratio)
+                older = replay_sample_ranges(ranges, {}, n)
+                replay = read_ranges(s, self.bootstrap, topic, older, contract)
             last_progress = [0.0]
 
             def progress(p: dict[str, Any]) -> None:
@@ -196,7 +231,7 @@ class TrainerWorker:
                                           "ts": time.time()})  # fmt: skip
 
             for attempt in range(self.max_retries + 1):
-                result = run_job(job, records, replay, registry, model, config, progress)
+                result = run(job, records, replay, registry, model, config, progress)
                 if result.status != "failed":
                     break
                 log.warning("job %s failed (attempt %d): %s", job["job_id"], attempt + 1,
