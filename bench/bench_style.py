@@ -214,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"the job failed: {result.error}", file=sys.stderr)
             return 1
         stats = result.train_stats
+        manifest = registry.get("generator", str(result.version)).manifest
+        registry_samples = list(manifest.get("sample_answers") or [])
         # Throughput: the same training examples the job trained on, encoded the same way.
         model_tok = load_lm(base, device)[1]
         from trainers.datasets import split_by_time
@@ -244,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "perplexity_before": before.get("perplexity"),
         "perplexity_after": after.get("perplexity"),
         "held_out": after.get("n"),
+        "sample_answers": registry_samples,
         "throughput_ratio": job_best / bare_best,
         "job_tokens_per_s": job_best,
         "bare_tokens_per_s": bare_best,

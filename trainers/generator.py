@@ -653,6 +653,7 @@ def _apply_lora(model: Any, config: GeneratorConfig) -> Any:
         if targets == "auto"
         else (list(targets) if isinstance(targets, tuple) else targets),
         task_type="CAUSAL_LM",
+        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",  # Conv1D layers
     )
     return get_peft_model(model, lora)
 
