@@ -627,8 +627,9 @@ def gate_generator(
 def _serving_path(
     registry: ModelRegistry, model_name: str, config: GeneratorConfig, version: str | None = None
 ) -> tuple[str, str | None]:
-    """Weights a fine-tune continues from: a given version, the serving one, or the base."""
-    if version:
+    """Weights a fine-tune continues from: a given version, the serving one, or the base
+    (``base``: the configured weights, what serves before any job)."""
+    if version and version != "base":
         return str(registry.get(model_name, version).artifact("model")), version
     serving = registry.serving(model_name)
     if serving is not None:

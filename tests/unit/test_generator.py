@@ -74,7 +74,7 @@ def test_finetune_registers_an_adapter_with_lineage_and_is_idempotent(
     registry = ModelRegistry(tmp_path / "reg")
     records = _records(12)
     old = _records(4, start=100)
-    job = _job("g-ft-1", "finetune", 12)
+    job = {**_job("g-ft-1", "finetune", 12), "base_version": "base"}  # as the trigger says
     result = run_generator_job(job, records, old, registry, "generator", _config(tiny_lm), CHECK)
     assert result.status in ("promoted", "rejected"), result.error
     version = registry.get("generator", str(result.version))
