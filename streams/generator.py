@@ -25,8 +25,6 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
-
 from streams import metrics
 from streams.processing import OutRecord
 from streams.settings import Settings
@@ -43,14 +41,9 @@ __all__ = [
     "route_feedback_records",
 ]
 
-FEEDBACK_ROUTES = Counter("livelearn_feedback_routes_total", "Feedback records by route", ["route"])
-GENERATOR_RATING = Histogram(
-    "livelearn_generator_rating", "Ratings of generated answers", ["version"],
-    buckets=(0, 1, 2, 3, 4, 5),
-)  # fmt: skip
-STYLE_ADHERENCE = Gauge(
-    "livelearn_generator_style_adherence", "Rolling style adherence of generated answers"
-)
+FEEDBACK_ROUTES = metrics.FEEDBACK_ROUTES
+GENERATOR_RATING = metrics.GENERATOR_RATING
+STYLE_ADHERENCE = metrics.STYLE_ADHERENCE
 
 
 class AnswerLog:
