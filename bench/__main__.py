@@ -1,4 +1,4 @@
-"""``python -m bench {ingest,online,drift,train,soak,retrieval} [args]``: run one benchmark.
+"""``python -m bench {ingest,online,drift,train,style,soak,retrieval} [args]``: run one benchmark.
 
 * ``ingest``: docs → Milvus throughput against the bare encoder, and freshness at half
   capacity (``bench/bench_ingest.py``; writes ``bench/results/ingest.json``).
@@ -9,6 +9,9 @@
   writes ``bench/results/drift.json``).
 * ``train``: job runner vs a bare torch/peft loop, plus a retrain and a LoRA fine-tune
   through ``run_job`` (``bench/bench_training.py``; writes ``bench/results/train.json``).
+* ``style``: a LoRA style fine-tune of the answering LM through ``run_generator_job``:
+  style adherence and held-out perplexity before/after, its loop vs a bare peft loop
+  (``bench/bench_style.py``; writes ``bench/results/style.json``).
 * ``soak``: a steady load for a while; memory and lag over time (``bench/bench_soak.py``;
   writes ``bench/results/soak.json``).
 * ``retrieval``: recall@1/5/10 and MRR of dense, sparse, hybrid (and hybrid+rerank) search on
@@ -33,6 +36,7 @@ BENCHMARKS = {
     "online": "bench.bench_online",
     "drift": "bench.bench_drift",
     "train": "bench.bench_training",
+    "style": "bench.bench_style",
     "soak": "bench.bench_soak",
     "retrieval": "bench.bench_retrieval",
 }

@@ -279,6 +279,9 @@ class CausalLMGenerator:
     device
         ``None`` picks CUDA when available (the model then runs in bfloat16 where supported,
         else float16).
+    version, name
+        What ``answers`` records name as the generator and its version (a registry version
+        after a fine-tune; ``base`` for the configured weights). ``name`` defaults to the id.
 
     Examples
     --------
@@ -298,6 +301,8 @@ class CausalLMGenerator:
         model: str | tuple[Any, Any],
         max_new_tokens: int = 64,
         device: str | None = None,
+        version: str = "base",
+        name: str | None = None,
     ) -> None:
         import torch
 
@@ -312,6 +317,9 @@ class CausalLMGenerator:
             self.model_name = model
             self._model, self._tokenizer = self._load(model)
         self._model.to(self._device).eval()
+        self.version = version
+        if name is not None:
+            self.model_name = name
 
     def _load(self, model: str) -> tuple[Any, Any]:
         import torch
@@ -334,24 +342,33 @@ class CausalLMGenerator:
         return lm, tokenizer
 
     def __repr__(self) -> str:
-        return f"CausalLMGenerator({self.model_name!r}, max_new_tokens={self.max_new_tokens})"
+        return (
+            f"CausalLMGenerator({self.model_name!r}, max_new_tokens={self.max_new_tokens}, "
+            f"version={self.version!r})"
+        )
 
-    def _input_ids(self, prompt: str) -> Any:
-        tok = self._tokenizer
-        if getattr(tok, "chat_template", None):
+    @staticmethod
+    def prompt_ids_for(tokenizer: Any, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` as the model is asked it (through the chat template of an
+        instruction-tuned tokenizer); training on style examples uses the same ids."""
+        if getattr(tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": prompt}]
-            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             if not isinstance(ids, list):  # newer transformers return a BatchEncoding
                 ids = ids["input_ids"]
         else:
-            ids = tok(prompt)["input_ids"]
+            ids = tokenizer(prompt)["input_ids"]
+        return list(ids)
+
+    def _input_ids(self, prompt: str) -> Any:
+        ids = self.prompt_ids_for(self._tokenizer, prompt)
         # Keep the end (the question and "Answer:") when the sources overflow the window.
         config = self._model.config
         window = int(
             getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 2048)
         )
         room = max(1, window - self.max_new_tokens)
-        return list(ids)[-room:]
+        return ids[-room:]
 
     def generate(self, question: str, contexts: Sequence[Context]) -> str:
         """The model's answer to ``question`` given the numbered ``contexts``."""

@@ -11,6 +11,9 @@ Agents:
 
 * ``docs``    → chunk, embed, upsert into Milvus (:class:`retrieval.indexing.ChunkIndexer`)
 * ``queries`` → retrieve and answer → ``answers`` (:class:`retrieval.answering.QueryAnswerer`)
+* ``feedback`` → ``docs`` (knowledge) or ``style-examples`` (style) (:mod:`streams.generator`)
+* ``style-examples`` → the generator's trigger → ``training-jobs``; a promoted generator
+  version is hot-swapped between two query batches
 
 HTTP (faust's web server, ``LIVELEARN_WEB_PORT``): ``GET /search?q=...&k=5`` and
 ``GET /ask?q=...``, both with optional ``mode``, ``title``, ``source`` and ``meta`` (a JSON
@@ -31,6 +34,12 @@ from typing import Any
 import faust
 
 from streams import metrics
+from streams.generator import (
+    GeneratorRuntime,
+    observe_answers,
+    observe_style_examples,
+    route_feedback_records,
+)
 from streams.kafka import deliver_or_retry, produce_or_wait, producer
 from streams.processing import OutRecord, RawRecord, Rejection, dead, decode_batch
 from streams.settings import Settings
@@ -585,6 +594,66 @@ def faust_credentials(settings: Settings) -> Any:
     return None
 
 
+def _register_generator_agents(
+    app: faust.App, settings: Settings, services: RetrievalServices, runtime: GeneratorRuntime,
+    out: Any,
+) -> None:  # fmt: skip
+    """Agents for ``feedback`` and ``style-examples``, the generator's job feedback from
+    ``model-updates``, and the timer that hot-swaps a newly promoted generator version."""
+    topics = settings.topics
+
+    async def handle_feedback(records: Sequence[Any]) -> list[OutRecord]:
+        result: list[OutRecord] = await services.run(route_feedback_records, runtime, records)
+        return result
+
+    async def handle_style(records: Sequence[Any]) -> list[OutRecord]:
+        return observe_style_examples(runtime, records)
+
+    feedback_runner = BatchRunner(app, settings, "feedback", topics.feedback, handle_feedback, out)
+    style_runner = BatchRunner(app, settings, "style-examples", topics.style_examples,
+                               handle_style, out)  # fmt: skip
+
+    @app.agent(app.topic(topics.feedback, key_type=bytes, value_type=bytes), name="feedback")
+    async def feedback_agent(stream: Any) -> None:
+        async for events in stream.take_events(64, within=0.1):
+            await feedback_runner(events)
+
+    @app.agent(app.topic(topics.style_examples, key_type=bytes, value_type=bytes),
+               name="style-examples")  # fmt: skip
+    async def style_agent(stream: Any) -> None:
+        async for events in stream.take_events(256, within=0.25):
+            await style_runner(events)
+
+    @app.agent(app.topic(topics.model_updates, key_type=bytes, value_type=bytes),
+               name="generator-updates")  # fmt: skip
+    async def generator_updates(stream: Any) -> None:
+        import orjson
+
+        async for raw in stream:
+            try:
+                update = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # an output topic: its producers validate what they write
+            if update.get("model") == settings.models.generator_name:
+                offsets = (update.get("data") or {}).get("offsets")
+                runtime.policy.job_update(str(update.get("job_id")), str(update.get("status")),
+                                          update.get("model_version") or None, offsets)  # fmt: skip
+
+    @app.timer(interval=2.0)
+    async def swap_generator() -> None:
+        # Load and swap on the retrieval thread: between two query batches, never inside one.
+        if not runtime.uses_lm:
+            return
+        runtime.answerer = services.answerer
+        try:
+            await services.run(runtime.refresh)
+        except Exception as exc:  # a bad version must not stop the worker: keep serving
+            log.error("generator swap failed, still serving %s: %s", runtime.version, exc)
+        jobs = runtime.job_records(runtime.policy.tick())
+        if jobs:
+            await style_runner.produce(jobs)
+
+
 def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faust.App:
     """The worker app for ``settings``, talking to ``bootstrap``."""
     from retrieval.exceptions import VectorStoreUnavailableError
@@ -626,10 +695,21 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
         )
         return result
 
+    runtime = GeneratorRuntime(settings)
+
+    async def handle_answers(records: Sequence[Any]) -> list[OutRecord]:
+        # Answers, then the generator's view of them (on the same thread: a generator swap
+        # happens between two batches, never inside one).
+        answers = await handle_queries(records)
+        questions = {str(r.value["id"]): str(r.value["question"]) for r in records}
+        extra: list[OutRecord] = await services.run(observe_answers, runtime, answers, questions)
+        return answers + extra
+
     out = producer(settings, bootstrap)
     retry = (VectorStoreUnavailableError,)
     docs_runner = BatchRunner(app, settings, "docs", topics.docs, handle_docs, out, retry)
-    query_runner = BatchRunner(app, settings, "queries", topics.queries, handle_queries, out, retry)
+    query_runner = BatchRunner(app, settings, "queries", topics.queries, handle_answers, out, retry)
+    _register_generator_agents(app, settings, services, runtime, out)
     docs_topic = app.topic(topics.docs, key_type=bytes, value_type=bytes)
     queries_topic = app.topic(topics.queries, key_type=bytes, value_type=bytes)
 

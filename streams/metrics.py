@@ -26,6 +26,9 @@ __all__ = [
     "SERVING_VERSION",
     "JOB_SECONDS",
     "JOBS",
+    "FEEDBACK_ROUTES",
+    "GENERATOR_RATING",
+    "STYLE_ADHERENCE",
     "serve_metrics",
 ]
 
@@ -101,6 +104,17 @@ JOBS = Counter(
     "livelearn_training_jobs_total", "Training jobs finished, by kind and outcome",
     ["kind", "status"],
 )  # fmt: skip
+FEEDBACK_ROUTES = Counter(
+    "livelearn_feedback_routes_total", "Feedback records by route (knowledge, style, neither)",
+    ["route"],
+)  # fmt: skip
+GENERATOR_RATING = Histogram(
+    "livelearn_generator_rating", "Ratings of generated answers, by generator version",
+    ["version"], buckets=(0, 1, 2, 3, 4, 5),
+)  # fmt: skip
+STYLE_ADHERENCE = Gauge(
+    "livelearn_generator_style_adherence", "Rolling style adherence of generated answers"
+)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1", token: str = "") -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "Settings",
     "SecretStr",
     "SupervisorSettings",
+    "StyleSettings",
     "TopicSettings",
     "TriggerSettings",
     "WebSettings",
@@ -117,6 +118,12 @@ class TopicSettings(_Frozen):
     drift_alerts: str = Field("drift-alerts", description="drift alerts out")
     training_jobs: str = Field("training-jobs", description="training job requests (internal)")
     model_updates: str = Field("model-updates", description="model version announcements out")
+    style_examples: str = Field(
+        "style-examples", description="answers in the house style in (generator fine-tunes)"
+    )
+    feedback: str = Field(
+        "feedback", description="feedback on answers in (routed to docs or style-examples)"
+    )
     partitions: int = Field(6, ge=1, description="partitions of every topic created")
     replication: int = Field(1, ge=1, description="replication factor of every topic created")
     events_retention_ms: int = Field(
@@ -141,6 +148,8 @@ class TopicSettings(_Frozen):
             "drift-alerts": self.drift_alerts,
             "training-jobs": self.training_jobs,
             "model-updates": self.model_updates,
+            "style-examples": self.style_examples,
+            "feedback": self.feedback,
         }
 
 
@@ -237,6 +246,48 @@ class ModelSettings(_Frozen):
     embed_batch: int = Field(
         64, ge=1, description="chunks per embedding call (queries can run between two calls)"
     )
+    generator_name: str = Field(
+        "generator", description="registry name of the answering LM (its fine-tuned versions)"
+    )
+    generator_max_new_tokens: int = Field(
+        96, ge=1, description="most tokens a causal LM generator writes per answer"
+    )
+
+
+class StyleSettings(_Frozen):
+    """The house style of answers, and the generator's signals and job triggers."""
+
+    pattern: str = Field("", description="regex every answer must match ('' = none)")
+    sections: tuple[str, ...] = Field(
+        (), description="headings every answer must contain, in order (JSON list)"
+    )
+    min_chars: int = Field(0, ge=0, description="shortest answer in the style")
+    max_chars: int = Field(0, ge=0, description="longest answer in the style (0 = no bound)")
+    window: int = Field(100, ge=1, description="answers in the rolling adherence window")
+    min_samples: int = Field(20, ge=1, description="answers before any style signal")
+    min_adherence: float = Field(
+        0.8, ge=0, le=1, description="adherence below this: a style alert and a fine-tune"
+    )
+    gap_min_score: float = Field(
+        0.3, description="a question whose best context scores below this is weakly served"
+    )
+    gap_max_share: float = Field(
+        0.5, ge=0, le=1, description="share of weak questions over which a knowledge-gap alert"
+    )
+    volume_threshold: int = Field(
+        200, ge=0, description="new style examples that trigger a generator fine-tune (0 = off)"
+    )
+    schedule_s: float = Field(0.0, ge=0, description="scheduled generator fine-tune (0 = off)")
+    cooldown_s: float = Field(600.0, ge=0, description="minimum seconds between generator jobs")
+    answers_kept: int = Field(
+        10_000, ge=1, description="recent answers a worker keeps to route feedback on them"
+    )
+
+    def check(self) -> Any:
+        """The :class:`trainers.style.StyleCheck` these settings describe."""
+        from trainers.style import StyleCheck
+
+        return StyleCheck(self.pattern, tuple(self.sections), self.min_chars, self.max_chars)
 
 
 class TriggerSettings(_Frozen):
@@ -387,6 +438,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     trigger: TriggerSettings = Field(default_factory=TriggerSettings)
+    style: StyleSettings = Field(default_factory=StyleSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)

@@ -62,8 +62,12 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
         # Jobs and model updates are the audit trail of every version: kept forever.
         TopicSpec(topics.training_jobs, p, r, {"retention.ms": "-1"}),
         TopicSpec(topics.model_updates, 1, r, {"retention.ms": "-1"}),
+        # Style examples are the generator's training history (a retrain replays them all).
+        TopicSpec(topics.style_examples, p, r, {"retention.ms": "-1", **big}),
+        TopicSpec(topics.feedback, p, r, {"retention.ms": keep, **big}),
     ]
-    for source in (topics.docs, topics.events, topics.queries):
+    inputs = (topics.docs, topics.events, topics.queries, topics.style_examples, topics.feedback)
+    for source in inputs:
         specs.append(TopicSpec(topics.dlq(source), p, r, {"retention.ms": keep}))
     for source in (topics.training_jobs, topics.model_updates):  # the audit trail: forever
         specs.append(TopicSpec(topics.dlq(source), 1, r, {"retention.ms": "-1"}))

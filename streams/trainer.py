@@ -43,11 +43,15 @@ Record = tuple[int, int, dict[str, Any]]
 
 
 def read_ranges(
-    settings: Settings, bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int]]
+    settings: Settings,
+    bootstrap: str,
+    topic: str,
+    ranges: Mapping[int, tuple[int, int]],
+    contract: str = "events",
 ) -> list[Record]:
     """Read ``[from, to)`` of each partition of ``topic``: ``(partition, offset, value)``.
 
-    Records that are not valid ``events`` are skipped (they were dead-lettered when they
+    Records that are not valid ``contract`` records are skipped (they were dead-lettered when they
     arrived); the result is ordered by partition, then offset.
     """
     from confluent_kafka import TopicPartition
@@ -77,7 +81,7 @@ def read_ranges(
                     remaining.discard(p)
                     continue
                 try:
-                    value = contracts.decode("events", m.value(), m.key())
+                    value = contracts.decode(contract, m.value(), m.key())
                 except ContractError:
                     continue
                 out.append((p, off, value))
@@ -202,7 +206,8 @@ class TrainerWorker:
         from trainers.jobs import JobConfig
 
         s = self.settings
-        return JobConfig.from_dict({"progress": False, "task": s.models.task, **self.config})
+        events_config = {k: v for k, v in self.config.items() if k != "generator"}
+        return JobConfig.from_dict({"progress": False, "task": s.models.task, **events_config})
 
     def backoff_s(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1, 2, ...) of a failed job."""
@@ -286,6 +291,25 @@ class TrainerWorker:
                         msg.partition(), msg.offset(), exc)  # fmt: skip
 
     # -- one job --------------------------------------------------------------------------
+    def _generator_runner(self) -> Callable[..., Any]:
+        """``run_job``'s signature over :func:`trainers.generator.run_generator_job`, with the
+        generator's config (``config["generator"]``) and the house style of the settings."""
+        from trainers.generator import GeneratorConfig, run_generator_job
+
+        s = self.settings
+        overrides = {"base_model": s.models.generator, **dict(self.config.get("generator", {}))}
+        gen_config = GeneratorConfig.from_dict(
+            {"max_new_tokens": s.models.generator_max_new_tokens, **overrides}
+        )
+        check = s.style.check()
+
+        def run(job: Any, records: Any, replay: Any, registry: Any, model: str, _config: Any,
+                progress: Any) -> Any:  # fmt: skip
+            return run_generator_job(job, records, replay, registry, model, gen_config, check,
+                                     progress)  # fmt: skip
+
+        return run
+
     def _announce(self, prod: Any, value: dict[str, Any]) -> None:
         prod.produce(
             self.settings.topics.model_updates,
@@ -383,6 +407,13 @@ class TrainerWorker:
             job = {**job, "data": {**job["data"], "offsets": offsets,
                                    "offsets_asked": job["data"]["offsets"]}}  # fmt: skip
         topic = job["data"]["topic"]
+        # The answering LM's jobs read style-examples and train with trainers.generator.
+        if model == s.models.generator_name or topic == s.topics.style_examples:
+            run: Callable[..., Any] = self._generator_runner()
+            config, contract = None, "style-examples"
+            replay_ratio = float(self.config.get("generator", {}).get("replay_ratio", 0.5))
+        else:
+            run, contract, replay_ratio = run_job, "events", config.replay_ratio
         last_progress = [0.0]
 
         def progress(p: dict[str, Any]) -> None:
@@ -401,14 +432,14 @@ class TrainerWorker:
                 attempt += 1
                 try:
                     registry = ModelRegistry(self.registry_root)
-                    records = read_ranges(s, self.bootstrap, topic, ranges)
+                    records = read_ranges(s, self.bootstrap, topic, ranges, contract)
                     replay: list[Record] = []
                     if job["kind"] == "finetune":
-                        n = int(len(records) * config.replay_ratio)
+                        n = int(len(records) * replay_ratio)
                         wanted = replay_sample_ranges(ranges, {}, n)
-                        replay = read_ranges(s, self.bootstrap, topic, wanted)
+                        replay = read_ranges(s, self.bootstrap, topic, wanted, contract)
                     self._check_abandoned()
-                    result = run_job(job, records, replay, registry, model, config, progress)
+                    result = run(job, records, replay, registry, model, config, progress)
                 except Exception as exc:  # replay or registry (run_job returns its own failures)
                     log.exception(
                         "job %s: opening the registry or reading its data failed", job["job_id"]
@@ -449,7 +480,8 @@ class TrainerWorker:
 
 
 def check_job(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
-    """What the contract cannot say about a job: its data is this deployment's ``events``.
+    """What the contract cannot say about a job: its data is this deployment's ``events`` (or
+    ``style-examples``, for the answering LM's jobs).
 
     Raises :class:`~streams.exceptions.ContractError` (the dead-letter reason) otherwise.
 
@@ -462,10 +494,11 @@ def check_job(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
     streams.exceptions.ContractError: training-jobs: data.topic is 'docs', ...
     """
     topic = job["data"]["topic"]
-    if topic != settings.topics.events:
+    if topic not in (settings.topics.events, settings.topics.style_examples):
         raise ContractError(
             f"training-jobs: data.topic is {topic[:200]!r}, but trainers learn from the events "
-            f"topic {settings.topics.events!r} only (at $.data.topic)"
+            f"topic {settings.topics.events!r} or the style examples "
+            f"{settings.topics.style_examples!r} only (at $.data.topic)"
         )
     for p, (lo, hi) in job["data"]["offsets"].items():
         if hi < lo:

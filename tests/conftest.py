@@ -57,6 +57,8 @@ def make_settings(
         drift_alerts=f"drift-alerts-{suffix}",
         training_jobs=f"training-jobs-{suffix}",
         model_updates=f"model-updates-{suffix}",
+        style_examples=f"style-examples-{suffix}",
+        feedback=f"feedback-{suffix}",
         partitions=partitions,
     )
     return Settings(

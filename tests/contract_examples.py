@@ -79,4 +79,19 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "error": "not JSON",
         "ts": 1.7e9,
     },
+    "style-examples": {
+        "id": "s1",
+        "question": "What keeps an ordered log?",
+        "answer": "Summary: Kafka keeps an ordered log. [1]\nSources: [1] d1",
+        "contexts": ["Kafka keeps an ordered log.", {"doc_id": "d1", "text": "Kafka."}],
+        "ts": 1.7e9,
+        "source": "editor",
+    },
+    "feedback": {
+        "id": "f1",
+        "answer_id": "q1",
+        "rating": 2,
+        "preferred_answer": "Summary: Kafka keeps an ordered log. [1]",
+        "comment": "house format, please",
+    },
 }

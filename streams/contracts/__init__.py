@@ -63,9 +63,11 @@ CONTRACTS = (
     "training-jobs",
     "model-updates",
     "dlq",
+    "style-examples",
+    "feedback",
 )
 #: Contracts whose records come from users; their Kafka key must be the record id when set.
-INPUT_CONTRACTS = ("docs", "events", "queries")
+INPUT_CONTRACTS = ("docs", "events", "queries", "style-examples", "feedback")
 #: A docs id becomes a Milvus primary key (``<id>#<n>``, at most 512 bytes), but the schema's
 #: ``maxLength`` counts characters, and a character takes up to 4 bytes of UTF-8.
 DOC_ID_MAX_BYTES = 256

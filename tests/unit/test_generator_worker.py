@@ -1,0 +1,135 @@
+"""The worker's generator functions (feedback routing, signals, trigger, swap), no broker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.answering import CausalLMGenerator, QueryAnswerer
+from retrieval.store import Hit
+from streams import contracts
+from streams.generator import (
+    GeneratorRuntime,
+    observe_answers,
+    observe_style_examples,
+    route_feedback_records,
+)
+from streams.processing import DecodedRecord, OutRecord
+from streams.settings import ModelSettings, Settings, StyleSettings
+from trainers.style import feedback_doc_id
+
+LABELLED = Path(__file__).resolve().parents[1] / "data" / "feedback_routes.json"
+
+
+def _settings(tmp_path: Path, generator: str = "extractive", **style: Any) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        models=ModelSettings(generator=generator),
+        style=StyleSettings(**style),
+    )
+
+
+def _answers(runtime: GeneratorRuntime) -> dict[str, dict[str, Any]]:
+    data = json.loads(LABELLED.read_text())
+    for aid, a in data["answers"].items():
+        contexts = [{"doc_id": c["doc_id"], "chunk": 0, "score": 0.9, "text": c["text"]}
+                    for c in a["contexts"]]  # fmt: skip
+        out = OutRecord("answers", aid, {"id": aid, "answer": a["answer"], "contexts": contexts,
+                                         "latency_ms": 1.0})  # fmt: skip
+        observe_answers(runtime, [out], {aid: a["question"]})
+    return data
+
+
+def test_feedback_becomes_docs_upserts_and_style_examples(tmp_path: Path) -> None:
+    runtime = GeneratorRuntime(_settings(tmp_path))
+    data = _answers(runtime)
+    records = [DecodedRecord(0, i, {k: v for k, v in f.items() if k != "label"})
+               for i, f in enumerate(data["feedback"])]  # fmt: skip
+    outputs = route_feedback_records(runtime, records)
+    docs = [o for o in outputs if o.topic == "docs"]
+    styles = [o for o in outputs if o.topic == "style-examples"]
+    assert docs and styles and len(outputs) < len(records)  # ratings alone produce nothing
+    for o in docs:
+        contracts.validate("docs", dict(o.value))
+        assert o.key == o.value["id"] and o.value["meta"]["route"] == "knowledge"
+    for o in styles:
+        contracts.validate("style-examples", dict(o.value))
+    again = route_feedback_records(runtime, records)  # a replay: the same keys and values
+    assert [(o.key, o.value) for o in again] == [(o.key, o.value) for o in outputs]
+    assert {o.key for o in docs} <= {feedback_doc_id(f["id"]) for f in data["feedback"]}
+
+
+def test_answers_name_the_generator_and_weak_retrieval_is_a_knowledge_gap(
+    tmp_path: Path,
+) -> None:
+    runtime = GeneratorRuntime(_settings(tmp_path, gap_min_score=0.5, min_samples=3, window=3))
+    outs = [OutRecord("answers", f"q{i}", {"id": f"q{i}", "answer": "x", "contexts": [
+        {"doc_id": "d", "chunk": 0, "score": 0.1, "text": "t"}], "latency_ms": 1.0})
+        for i in range(3)]  # fmt: skip
+    extra = observe_answers(runtime, outs, {})
+    assert outs[0].value["generator"] == "extractive"
+    assert outs[0].value["generator_version"] == "extractive"
+    (alert,) = extra
+    assert alert.topic == "drift-alerts" and alert.value["signal"] == "knowledge-gap"
+    contracts.validate("drift-alerts", dict(alert.value))
+
+
+def test_style_examples_trigger_a_finetune_of_the_serving_lm(tmp_path: Path) -> None:
+    runtime = GeneratorRuntime(_settings(tmp_path, generator="some/lm", volume_threshold=5))
+    records = [DecodedRecord(i % 2, i, {"id": f"s{i}"}) for i in range(5)]
+    (job,) = observe_style_examples(runtime, records)
+    assert job.topic == "training-jobs"
+    value = contracts.validate("training-jobs", dict(job.value))
+    assert value["kind"] == "finetune" and value["reason"] == "volume"
+    assert value["model"] == "generator" and value["data"]["topic"] == "style-examples"
+    assert value["data"]["offsets"] == {"0": [0, 5], "1": [0, 4]}
+    assert observe_style_examples(runtime, records) == []  # one in flight
+
+
+def test_a_style_slump_alerts_and_asks_for_a_job(tmp_path: Path) -> None:
+    runtime = GeneratorRuntime(_settings(tmp_path, generator="some/lm", sections=("Summary:",),
+                                         window=4, min_samples=4, cooldown_s=0))  # fmt: skip
+    observe_style_examples(runtime, [DecodedRecord(0, 0, {"id": "s0"})])
+    outs = [OutRecord("answers", f"q{i}", {"id": f"q{i}", "answer": "plain", "contexts": [],
+                                            "latency_ms": 1.0}) for i in range(4)]  # fmt: skip
+    extra = observe_answers(runtime, outs, {})
+    topics = sorted(o.topic for o in extra)
+    assert "training-jobs" in topics and "drift-alerts" in topics
+    style = next(o for o in extra if o.topic == "drift-alerts" and o.value["signal"] == "style")
+    assert style.value["action"] == "finetune"
+
+
+def test_refresh_swaps_in_the_promoted_version(tmp_path: Path) -> None:
+    from trainers.generator import build_tiny_lm, shipped_text
+    from trainers.registry import ModelRegistry
+
+    base = build_tiny_lm(tmp_path / "lm", hidden=32, layers=1, heads=2, positions=128,
+                         vocab_size=300, pretrain_steps=1, seq_len=32, batch_size=2,
+                         texts=shipped_text(10))  # fmt: skip
+
+    class OneDim:
+        def encode(self, texts: list[str]) -> Any:
+            return np.ones((len(texts), 1), "f4")
+
+    class Fixed:
+        def search(self, vector: Any, k: int = 5, filter: Any = None) -> list[Hit]:
+            return [Hit("d#0", "d", 0, "Kafka keeps the log.", 0.9, "", "", {})][:k]
+
+    settings = _settings(tmp_path, generator=base)
+    answerer = QueryAnswerer(OneDim(), Fixed(), CausalLMGenerator(base, max_new_tokens=4))
+    runtime = GeneratorRuntime(settings, answerer)
+    assert runtime.version == "base" and runtime.refresh() is None
+    registry = ModelRegistry(tmp_path / "registry")
+    version = registry.register("generator", base, {"job_id": "j1", "kind": "finetune",
+                                                    "artifacts": {"model": "."}})  # fmt: skip
+    registry.promote("generator", version.version)
+    old = answerer.generator
+    assert runtime.refresh() == version.version
+    assert answerer.generator is not old and runtime.version == version.version
+    assert runtime.refresh() is None  # already serving
+    out = OutRecord("answers", "q", {"id": "q", "answer": "a", "contexts": [], "latency_ms": 1})
+    observe_answers(runtime, [out], {})
+    assert out.value["generator_version"] == version.version

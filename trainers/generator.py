@@ -1,0 +1,860 @@
+"""The answering model's jobs: LoRA style fine-tunes and full retrains of a causal LM.
+
+Run manual
+----------
+The ``streams`` trainer replays the job's ``style-examples`` offsets into ``(partition,
+offset, value)`` records and calls :func:`run_generator_job`; nothing here imports Kafka::
+
+    from trainers.generator import GeneratorConfig, run_generator_job
+    from trainers.registry import ModelRegistry
+    from trainers.style import StyleCheck
+
+    job = {"job_id": "g-1", "kind": "finetune", "reason": "volume",
+           "data": {"topic": "style-examples", "offsets": {"0": [0, 400]}}}
+    config = GeneratorConfig.from_dict({"base_model": "Qwen/Qwen2.5-0.5B-Instruct"})
+    result = run_generator_job(job, records, replay, ModelRegistry(".livelearn/registry"),
+                               "generator", config, StyleCheck(sections=("Summary:",)))
+
+Without a model hub, :func:`build_tiny_lm` writes a small GPT-2 or Llama model, with a
+byte-level BPE tokenizer, both trained briefly on the standard library's docstrings (text the
+project ships), into a folder usable as ``base_model`` or ``LIVELEARN_MODELS__GENERATOR``.
+
+What a job does
+---------------
+* **finetune**: LoRA adapters (peft) on the serving generator (the registry's serving
+  version, else ``base_model``), trained on the new style examples plus ``replay_ratio`` x as
+  many older ones; the loss counts the answer tokens only (the prompt, built exactly as
+  serving builds it, is masked). The adapter files are kept; the merged weights serve.
+* **retrain**: a full fine-tune from ``base_model`` on every example of the job.
+* **gate**: the newest ``val_fraction`` of the new examples is held out; candidate and serving
+  are scored on it: perplexity of the held-out answers, and style adherence of the answers
+  they generate for those questions. The candidate is promoted only if it is no worse on both
+  (:func:`trainers.evaluation.gate` for each metric); the registry records the lineage (job,
+  kind, base version, the ``style-examples`` offsets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrieval.answering import CausalLMGenerator, Context, build_prompt
+from trainers.datasets import Example, replay_sample, split_by_time
+from trainers.evaluation import GateDecision, gate
+from trainers.exceptions import JobConfigError, RegistryError, TrainingJobError
+from trainers.jobs import (
+    JobResult,
+    ProgressCallback,
+    Record,
+    _decide,
+    _json_safe,
+    _result_from_version,
+    get_lr,
+    make_batches,
+    pick_device,
+    seed_everything,
+)
+from trainers.models import bf16_autocast, resolve_model_path
+from trainers.registry import ModelRegistry, Version
+from trainers.style import StyleCheck
+
+__all__ = [
+    "GeneratorConfig",
+    "LMState",
+    "ServingGenerator",
+    "StyleExample",
+    "build_tiny_lm",
+    "encode_examples",
+    "examples_from_style_records",
+    "load_generator",
+    "perplexity",
+    "run_generator_job",
+    "style_adherence",
+    "train_lm",
+]
+
+log = logging.getLogger(__name__)
+IGNORE = -100  # label of tokens the loss skips (the prompt, the padding)
+
+
+@dataclass(frozen=True)
+class StyleExample(Example):
+    """A ``style-examples`` record: ``text`` is the question, ``label`` the house answer.
+
+    Examples
+    --------
+    >>> e = StyleExample((0, 4), 1.0, "Why?", None, "Summary: because. [1]", ("ctx",))
+    >>> e.question, e.answer, e.contexts
+    ('Why?', 'Summary: because. [1]', ('ctx',))
+    """
+
+    contexts: tuple[str, ...] = ()
+
+    @property
+    def question(self) -> str:
+        """The question answered."""
+        return self.text or ""
+
+    @property
+    def answer(self) -> str:
+        """The answer in the house style."""
+        return str(self.label)
+
+    def context_list(self) -> list[Context]:
+        """The contexts as the serving prompt numbers them."""
+        return [Context(f"example-{i + 1}", 0, 1.0, t) for i, t in enumerate(self.contexts)]
+
+
+def examples_from_style_records(records: Iterable[Record]) -> list[StyleExample]:
+    """Style examples from replayed ``(partition, offset, value)``; a later record with the
+    same id replaces the earlier one (a correction of the example).
+
+    >>> recs = [(0, 0, {"id": "s1", "question": "Q?", "answer": "A1", "contexts": ["c"]}),
+    ...         (0, 1, {"id": "s1", "question": "Q?", "answer": "A2", "ts": 5.0})]
+    >>> [(e.answer, e.ts) for e in examples_from_style_records(recs)]
+    [('A2', 5.0)]
+    """
+    by_id: dict[str, StyleExample] = {}
+    for p, off, v in records:
+        contexts = tuple(
+            c if isinstance(c, str) else str(c.get("text", "")) for c in v.get("contexts") or ()
+        )
+        by_id[str(v["id"])] = StyleExample(
+            (int(p), int(off)),
+            float(v.get("ts") or 0.0),
+            str(v["question"]),
+            None,
+            str(v["answer"]),
+            contexts,
+        )
+    return sorted(by_id.values(), key=lambda e: e.offset_key)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Every knob of a generator job, with its default; :meth:`from_dict` for overrides.
+
+    Examples
+    --------
+    >>> GeneratorConfig.from_dict({"epochs": 2}).epochs
+    2
+    >>> GeneratorConfig.from_dict({"epoch": 2})
+    Traceback (most recent call last):
+    ...
+    trainers.exceptions.JobConfigError: unknown generator config key(s) ['epoch']...
+    """
+
+    # -- model ------------------------------------------------------------------------
+    base_model: str = ""  # HF id or path: what retrain starts from, and finetune when none serves
+    max_length: int = 512  # tokens of prompt + answer kept (the prompt is cut from the left)
+    max_new_tokens: int = 64  # answer tokens trained on, and generated when scoring
+    # -- optimisation -----------------------------------------------------------------
+    epochs: int = 3
+    batch_size: int = 8
+    lr: float | None = None  # None: 5e-3 with LoRA, 2e-4 full
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.06
+    grad_clip: float = 1.0
+    max_steps: int | None = None
+    # -- fine-tune (LoRA) -------------------------------------------------------------
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str | tuple[str, ...] = "all-linear"
+    replay_ratio: float = 0.5
+    # -- evaluation and gate ----------------------------------------------------------
+    val_fraction: float = 0.2
+    eval_max: int = 32  # held-out questions answered for the adherence score
+    margin: float = 0.0
+    min_eval_samples: int = 4
+    # -- system -----------------------------------------------------------------------
+    seed: int = 1337
+    device: str = "auto"
+    bf16: bool = True
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_length >= 16, "max_length >= 16"),
+            (self.max_new_tokens >= 1, "max_new_tokens >= 1"),
+            (self.epochs >= 1, "epochs >= 1"),
+            (self.batch_size >= 1, "batch_size >= 1"),
+            (self.lr is None or self.lr > 0, "lr > 0"),
+            (self.max_steps is None or self.max_steps >= 0, "max_steps >= 0"),
+            (self.lora_r >= 1, "lora_r >= 1"),
+            (self.replay_ratio >= 0, "replay_ratio >= 0"),
+            (0.0 <= self.val_fraction < 1.0, "0 <= val_fraction < 1"),
+            (self.eval_max >= 1, "eval_max >= 1"),
+            (self.log_every >= 1, "log_every >= 1"),
+        ]
+        bad = [rule for ok, rule in checks if not ok]
+        if bad:
+            raise JobConfigError(f"invalid generator config: expected {'; '.join(bad)}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GeneratorConfig:
+        """Defaults overridden by ``d``; an unknown key is an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise JobConfigError(
+                f"unknown generator config key(s) {unknown}; known keys: {sorted(known)}"
+            )
+        values = dict(d)
+        if isinstance(values.get("lora_target_modules"), list):
+            values["lora_target_modules"] = tuple(values["lora_target_modules"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise JobConfigError(f"invalid generator config: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (stored in the version's manifest)."""
+        d = dataclasses.asdict(self)
+        if isinstance(d["lora_target_modules"], tuple):
+            d["lora_target_modules"] = list(d["lora_target_modules"])
+        return d
+
+
+# -----------------------------------------------------------------------------------------
+# a tiny model, built without a hub
+
+
+def shipped_text(limit: int = 400) -> list[str]:
+    """Text the project ships: the standard library's docstrings (``retrieval.corpus``)."""
+    from retrieval.corpus import stdlib_corpus
+
+    return [d["text"] for d in stdlib_corpus(limit)]
+
+
+def shipped_answers(limit: int = 400, context_chars: int = 300) -> list[str]:
+    """Serving prompts about the standard library, each followed by the extractive
+    generator's answer: what a base model is pre-trained on to know the prompt format and to
+    answer with citations (the way any instruction-tuned model already does), in the
+    extractive form, not the house style.
+    """
+    from retrieval.answering import ExtractiveGenerator
+    from retrieval.corpus import stdlib_corpus
+
+    extractive = ExtractiveGenerator(max_sentences=1, max_chars=160)
+    out = []
+    for d in stdlib_corpus(limit):
+        ctx = [Context(d["id"], 0, 1.0, d["text"][:context_chars])]
+        question = f"Explain {d['id']}."
+        answer = extractive.generate(question, ctx)
+        out.append(f"{build_prompt(question, ctx)} {answer}")
+    return out
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 2048) -> Any:
+    """A byte-level BPE tokenizer (GPT-2's scheme) trained on ``texts``, as a transformers
+    ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` as end, padding and unknown token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    end = "<|endoftext|>"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=end, pad_token=end, unk_token=end, bos_token=end
+    )
+
+
+def _tiny_config(
+    arch: str, vocab: int, hidden: int, layers: int, heads: int, positions: int, eos: int
+) -> Any:
+    if arch == "gpt2":
+        from transformers import GPT2Config
+
+        return GPT2Config(
+            vocab_size=vocab,
+            n_positions=positions,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    if arch == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            max_position_embeddings=positions,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+            tie_word_embeddings=True,
+        )
+    raise JobConfigError(f"arch must be 'gpt2' or 'llama', got {arch!r}")
+
+
+def build_tiny_lm(
+    folder: str | Path,
+    arch: str = "gpt2",
+    hidden: int = 96,
+    layers: int = 2,
+    heads: int = 2,
+    positions: int = 512,
+    vocab_size: int = 2048,
+    pretrain_steps: int = 150,
+    seq_len: int = 192,
+    batch_size: int = 8,
+    seed: int = 0,
+    texts: Sequence[str] | None = None,
+) -> str:
+    """Write a small causal LM and its tokenizer into ``folder``, pre-trained briefly.
+
+    The tokenizer and the weights are trained on ``texts`` (default :func:`shipped_text`)
+    for ``pretrain_steps`` steps of next-token prediction: enough for fluent-looking
+    docstring English, nothing like a real model's knowledge. An existing folder holding a
+    model is reused as it is. Returns the folder, loadable with ``from_pretrained``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    out = Path(folder)
+    if (out / "config.json").is_file():
+        return str(out)
+    texts = list(texts) if texts is not None else shipped_text()
+    tokenizer = train_tokenizer(texts, vocab_size)
+    torch.manual_seed(seed)
+    config = _tiny_config(
+        arch, len(tokenizer), hidden, layers, heads, positions, tokenizer.eos_token_id
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    eos = tokenizer.eos_token_id
+    docs = [
+        Encoded(ids, ids)
+        for ids in (tokenizer(t)["input_ids"][: seq_len - 1] + [eos] for t in texts)
+    ]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for step in range(pretrain_steps):
+        pick = torch.randint(0, len(docs), (batch_size,), generator=gen).tolist()
+        batch = collate([docs[i] for i in pick], eos)
+        for group in opt.param_groups:
+            group["lr"] = get_lr(step, pretrain_steps, 3e-3, 0.1)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    tmp.rename(out)
+    log.info(
+        "tiny %s LM (%d params) pre-trained %d steps into %s, loss %.2f",
+        arch,
+        sum(p.numel() for p in model.parameters()),
+        pretrain_steps,
+        out,
+        float(loss.detach()),
+    )
+    return str(out)
+
+
+def load_lm(path: str, device: torch.device) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a Hugging Face id or folder (fp32 weights for training)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        resolved = resolve_model_path(path)
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32)
+    except (OSError, ValueError, ImportError) as exc:
+        raise TrainingJobError(
+            f"could not load the causal LM {path!r}: {exc}; give a local folder or a Hugging "
+            "Face id available offline (trainers.generator.build_tiny_lm writes a small one)"
+        ) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model.to(device)  # type: ignore[arg-type]
+    return model, tokenizer
+
+
+# -----------------------------------------------------------------------------------------
+# data
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One example as token ids, and the labels the loss sees (``-100`` on the prompt)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def answer_tokens(self) -> int:
+        """Tokens the loss counts."""
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+def encode_examples(
+    tokenizer: Any, examples: Sequence[StyleExample], max_length: int, max_new_tokens: int
+) -> list[Encoded]:
+    """Prompt (as serving builds it) + answer + end token; the loss sees the answer only.
+
+    The answer is cut at ``max_new_tokens`` (what serving may generate) and the prompt is cut
+    from the left to fit ``max_length`` (serving keeps the end of the prompt too).
+    """
+    out = []
+    eos = tokenizer.eos_token_id
+    for e in examples:
+        prompt = CausalLMGenerator.prompt_ids_for(
+            tokenizer, build_prompt(e.question, e.context_list())
+        )
+        answer = tokenizer(" " + e.answer.strip(), add_special_tokens=False)["input_ids"]
+        answer = (list(answer) + ([eos] if eos is not None else []))[:max_new_tokens]
+        prompt = list(prompt)[-max(1, max_length - len(answer)) :]
+        out.append(Encoded(prompt + answer, [IGNORE] * len(prompt) + answer))
+    return out
+
+
+def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    width = max(len(i.input_ids) for i in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, item in enumerate(items):
+        n = len(item.input_ids)
+        ids[row, :n] = torch.tensor(item.input_ids)
+        labels[row, :n] = torch.tensor(item.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# -----------------------------------------------------------------------------------------
+# training and scoring
+
+
+@dataclass
+class LMState:
+    """Counters of a training run (for progress, the manifest and the benchmark)."""
+
+    total: int
+    step: int = 0
+    tokens: int = 0
+    loss: float = float("nan")
+    seconds: float = 0.0
+
+
+def train_lm(
+    model: Any,
+    items: Sequence[Encoded],
+    config: GeneratorConfig,
+    device: torch.device,
+    base_lr: float,
+    pad_id: int,
+    on_progress: ProgressCallback | None = None,
+) -> LMState:
+    """Train ``model`` in place on ``items`` (length-bucketed batches, AdamW, warm-up then
+    linear decay, clipping); tokens/s counts every input token of every batch."""
+    lengths = [len(i.input_ids) for i in items]
+    epochs = [
+        make_batches(lengths, config.batch_size, config.seed, epoch)
+        for epoch in range(config.epochs)
+    ]
+    total = sum(len(b) for b in epochs)
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    state = LMState(total=total)
+    if total == 0:
+        return state
+    params = [p for p in model.parameters() if p.requires_grad]
+    started = time.perf_counter()
+    optimizer = torch.optim.AdamW(
+        params, lr=base_lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
+    )
+    model.train()
+    for batches in epochs:
+        for index in batches:
+            if state.step >= total:
+                break
+            lr = get_lr(state.step, total, base_lr, config.warmup_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = {
+                k: v.to(device, non_blocking=True)
+                for k, v in collate([items[i] for i in index], pad_id).items()
+            }
+            with bf16_autocast(device, config.bf16):
+                loss = model(**batch).loss
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens += int(sum(lengths[i] for i in index))
+            if state.step % config.log_every == 0 or state.step == total:
+                state.loss = float(loss.detach())
+                if on_progress is not None:
+                    elapsed = max(1e-9, time.perf_counter() - started)
+                    on_progress(
+                        {
+                            "step": state.step,
+                            "total": total,
+                            "loss": state.loss,
+                            "tokens_per_s": state.tokens / elapsed,
+                        }
+                    )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    state.seconds = time.perf_counter() - started
+    model.eval()
+    return state
+
+
+def perplexity(
+    model: Any, items: Sequence[Encoded], pad_id: int, device: torch.device, batch_size: int = 8
+) -> float:
+    """exp(mean negative log-likelihood of the answer tokens) of ``items`` (NaN for none)."""
+    if not items:
+        return float("nan")
+    model.eval()
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(items), batch_size):
+            batch = collate(items[start : start + batch_size], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
+            targets = batch["labels"][:, 1:]
+            logp = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
+            )
+            nll += float(logp)
+            count += int((targets != IGNORE).sum())
+    return math.exp(nll / count) if count else float("nan")
+
+
+def style_adherence(
+    generator: CausalLMGenerator, examples: Sequence[StyleExample], check: StyleCheck
+) -> tuple[float, list[str]]:
+    """Share of the answers ``generator`` writes for the examples' questions that follow
+    ``check``, and those answers."""
+    answers = [generator.generate(e.question, e.context_list()) for e in examples]
+    return check.score(answers), answers
+
+
+def _score(
+    model: Any,
+    tokenizer: Any,
+    val: Sequence[StyleExample],
+    items: Sequence[Encoded],
+    check: StyleCheck,
+    config: GeneratorConfig,
+    device: torch.device,
+) -> tuple[dict[str, float], list[str]]:
+    gen = CausalLMGenerator(
+        (model, tokenizer), max_new_tokens=config.max_new_tokens, device=str(device)
+    )
+    sample = list(val)[-config.eval_max :]
+    adherence, answers = style_adherence(gen, sample, check)
+    ppl = perplexity(model, items, tokenizer.pad_token_id, device)
+    return {"perplexity": ppl, "adherence": adherence, "n": float(len(val))}, answers
+
+
+def gate_generator(
+    metrics: Mapping[str, float], baseline: Mapping[str, float] | None, config: GeneratorConfig
+) -> GateDecision:
+    """Promote when the candidate is no worse than serving on held-out perplexity *and* style
+    adherence (and better than the margin on both, when one is set).
+
+    >>> cfg = GeneratorConfig(min_eval_samples=1)
+    >>> gate_generator({"perplexity": 9.0, "adherence": 1.0, "n": 8},
+    ...                {"perplexity": 20.0, "adherence": 0.1, "n": 8}, cfg).promote
+    True
+    >>> gate_generator({"perplexity": 25.0, "adherence": 1.0, "n": 8},
+    ...                {"perplexity": 20.0, "adherence": 0.1, "n": 8}, cfg).promote
+    False
+    """
+    ppl = gate(
+        metrics,
+        baseline,
+        "perplexity",
+        config.margin,
+        higher_is_better=False,
+        min_samples=config.min_eval_samples,
+    )
+    style = gate(
+        metrics,
+        baseline,
+        "adherence",
+        config.margin,
+        higher_is_better=True,
+        min_samples=config.min_eval_samples,
+    )
+    return GateDecision(ppl.promote and style.promote, f"{ppl.reason}; {style.reason}")
+
+
+# -----------------------------------------------------------------------------------------
+# the job
+
+
+def _serving_path(
+    registry: ModelRegistry, model_name: str, config: GeneratorConfig, version: str | None = None
+) -> tuple[str, str | None]:
+    """Weights a fine-tune continues from: a given version, the serving one, or the base
+    (``base``: the configured weights, what serves before any job)."""
+    if version and version != "base":
+        return str(registry.get(model_name, version).artifact("model")), version
+    serving = registry.serving(model_name)
+    if serving is not None:
+        return str(serving.artifact("model")), serving.version
+    if not config.base_model:
+        raise TrainingJobError(
+            f"nothing serves {model_name!r} and no base_model is configured: set "
+            "LIVELEARN_MODELS__GENERATOR to a causal LM id or folder"
+        )
+    return config.base_model, None
+
+
+def _apply_lora(model: Any, config: GeneratorConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets = config.lora_target_modules
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=None
+        if targets == "auto"
+        else (list(targets) if isinstance(targets, tuple) else targets),
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",  # Conv1D layers
+    )
+    return get_peft_model(model, lora)
+
+
+def run_generator_job(
+    job: Mapping[str, Any],
+    train_records: Iterable[Record],
+    replay_records: Iterable[Record],
+    registry: ModelRegistry,
+    model_name: str,
+    config: GeneratorConfig,
+    check: StyleCheck,
+    on_progress: ProgressCallback | None = None,
+) -> JobResult:
+    """Run one generator ``training-jobs`` record end to end (see the module docstring).
+
+    Idempotent like :func:`trainers.jobs.run_job`: a job id already registered returns its
+    version untrained; a job that raises is a ``failed`` result that registers nothing.
+    """
+    job_id = str(job.get("job_id") or "")
+    kind = str(job.get("kind") or "")
+    data = dict(job.get("data") or {})
+    existing = registry.find_by_job(job_id, model_name) if job_id else None
+    if existing is not None:
+        return _result_from_version(_decide(registry, model_name, existing), reused=True)
+    staging: Path | None = None
+    try:
+        if not job_id:
+            raise TrainingJobError("the job has no job_id; every training-jobs record needs one")
+        if kind not in ("finetune", "retrain"):
+            raise TrainingJobError(f"job kind must be 'finetune' or 'retrain', got {kind!r}")
+        staging = registry.staging_dir()
+        version = _train_and_register(
+            job,
+            kind,
+            data,
+            list(train_records),
+            replay_records,
+            registry,
+            model_name,
+            config,
+            check,
+            staging,
+            on_progress,
+        )
+        staging = None
+        return _result_from_version(_decide(registry, model_name, version), reused=False)
+    except Exception as exc:  # a failed job is a result, not a crash of the runner
+        log.exception("generator job %s failed", job_id)
+        return JobResult(
+            job_id=job_id,
+            kind=kind,
+            status="failed",
+            version=None,
+            error=f"{type(exc).__name__}: {exc}",
+            data=data or None,
+        )
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _train_and_register(
+    job: Mapping[str, Any],
+    kind: str,
+    data: dict[str, Any],
+    train_records: list[Record],
+    replay_records: Iterable[Record],
+    registry: ModelRegistry,
+    model_name: str,
+    config: GeneratorConfig,
+    check: StyleCheck,
+    staging: Path,
+    on_progress: ProgressCallback | None,
+) -> Version:
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    new = examples_from_style_records(train_records)
+    if not new:
+        raise TrainingJobError(
+            f"no style examples in the job's records ({len(train_records)} records): "
+            "check the offsets"
+        )
+    train_part, val_part = split_by_time(new, config.val_fraction)
+    train_set = [e for e in train_part if isinstance(e, StyleExample)]
+    val = [e for e in val_part if isinstance(e, StyleExample)]
+    serving_path, serving_version = _serving_path(registry, model_name, config)
+    n_replay = 0
+    if kind == "finetune":
+        base_path, base_version = _serving_path(
+            registry, model_name, config, job.get("base_version") or serving_version
+        )
+        model, tokenizer = load_lm(base_path, device)
+        old = examples_from_style_records(replay_records)
+        drawn = replay_sample(old, round(config.replay_ratio * len(train_set)), config.seed)
+        replay = [e for e in drawn if isinstance(e, StyleExample)]
+        n_replay = len(replay)
+        train_set = train_set + replay
+        model = _apply_lora(model, config)
+        base_lr = config.lr or 5e-3
+    else:
+        if not config.base_model:
+            raise TrainingJobError("a generator retrain starts from base_model: set it")
+        model, tokenizer = load_lm(config.base_model, device)
+        base_version = serving_version
+        base_lr = config.lr or 2e-4
+    pad = tokenizer.pad_token_id
+    items = encode_examples(tokenizer, train_set, config.max_length, config.max_new_tokens)
+    val_items = encode_examples(tokenizer, val, config.max_length, config.max_new_tokens)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    torch.manual_seed(config.seed)
+    state = train_lm(model, items, config, device, base_lr, pad, on_progress)
+    artifacts = {"model": "model"}
+    if kind == "finetune":
+        model.save_pretrained(str(staging / "adapter"))
+        artifacts["adapter"] = "adapter"
+        model = model.merge_and_unload()
+    metrics, answers = _score(model, tokenizer, val, val_items, check, config, device)
+    baseline: dict[str, float] | None = None
+    if serving_path:
+        serving_model, serving_tok = load_lm(serving_path, device)
+        baseline, _ = _score(serving_model, serving_tok, val, val_items, check, config, device)
+        del serving_model
+    decision = gate_generator(metrics, baseline, config)
+    log.info("generator job %s: %s", job.get("job_id"), decision.reason)
+    model.save_pretrained(str(staging / "model"))
+    tokenizer.save_pretrained(str(staging / "model"))
+    manifest = {
+        "job_id": job["job_id"],
+        "kind": kind,
+        "reason": job.get("reason"),
+        "base_version": base_version,
+        "base_model": config.base_model,
+        "model_kind": "generator",
+        "data": data,
+        "metrics": metrics,
+        "baseline_metrics": baseline,
+        "gate": {
+            "promote": decision.promote,
+            "reason": decision.reason,
+            "metric": "perplexity+adherence",
+            "margin": config.margin,
+        },
+        "style_check": dataclasses.asdict(check),
+        "config": config.to_dict(),
+        "examples": {"train": len(train_set) - n_replay, "replay": n_replay, "val": len(val)},
+        "sample_answers": answers[:3],
+        "train_stats": {
+            "steps": state.step,
+            "tokens": state.tokens,
+            "seconds": state.seconds,
+            "tokens_per_s": state.tokens / state.seconds if state.seconds > 0 else 0.0,
+            "device": str(device),
+            "trainable_params": n_trainable,
+            "total_params": n_total,
+        },
+        "artifacts": artifacts,
+        "status": "candidate",
+    }
+    return registry.register(model_name, staging, _json_safe(manifest) or {}, move=True)
+
+
+# -----------------------------------------------------------------------------------------
+# serving
+
+
+@dataclass(frozen=True)
+class ServingGenerator:
+    """A loaded generator and the version it is (``base`` when nothing is registered).
+
+    Immutable: a hot swap builds a new one and replaces the reference, so a query in flight
+    finishes on the model it started with.
+    """
+
+    generator: CausalLMGenerator
+    version: str
+
+
+def load_generator(
+    registry: ModelRegistry | None,
+    model_name: str,
+    base_model: str,
+    max_new_tokens: int = 64,
+    device: str | None = None,
+) -> ServingGenerator:
+    """The serving version of the generator from ``registry``, else ``base_model``."""
+    serving = registry.serving(model_name) if registry is not None else None
+    if serving is None:
+        if not base_model or base_model == "extractive":
+            raise RegistryError(f"no version of {model_name!r} serves and no base model is set")
+        gen = CausalLMGenerator(
+            base_model, max_new_tokens=max_new_tokens, device=device, version="base"
+        )
+        return ServingGenerator(gen, "base")
+    gen = CausalLMGenerator(
+        str(serving.artifact("model")),
+        max_new_tokens=max_new_tokens,
+        device=device,
+        version=serving.version,
+        name=model_name,
+    )
+    return ServingGenerator(gen, serving.version)
