@@ -123,8 +123,11 @@ def test_refresh_swaps_in_the_promoted_version(tmp_path: Path) -> None:
     runtime = GeneratorRuntime(settings, answerer)
     assert runtime.version == "base" and runtime.refresh() is None
     registry = ModelRegistry(tmp_path / "registry")
-    version = registry.register("generator", base, {"job_id": "j1", "kind": "finetune",
-                                                    "artifacts": {"model": "."}})  # fmt: skip
+    import shutil
+
+    shutil.copytree(base, tmp_path / "stage" / "model")  # a version holds its model folder
+    version = registry.register("generator", tmp_path / "stage", {"job_id": "j1",
+                                "kind": "finetune", "artifacts": {"model": "model"}})  # fmt: skip
     registry.promote("generator", version.version)
     old = answerer.generator
     assert runtime.refresh() == version.version

@@ -262,5 +262,7 @@ def test_the_contract_pattern_of_base_version_is_the_registry_pattern() -> None:
     from streams.contracts import schema
 
     props = schema("training-jobs")["properties"]
-    assert props["base_version"]["pattern"] == registry_module.VERSION_PATTERN
+    # a registry version name, or "base": the configured base weights (the answering LM's jobs)
+    inner = registry_module.VERSION_PATTERN.removeprefix("^").removesuffix("$")
+    assert props["base_version"]["pattern"] == f"^(base|{inner})$"
     assert props["model"]["pattern"] == registry_module._NAME_RE.pattern
