@@ -231,6 +231,9 @@ class JobResult:
             "artifact": self.artifact,
             "data": self.data,
             "error": self.error,
+            # True: this job was registered before (another trainer, a re-delivery) and is
+            # announced again, not trained again. Announcements are at least once.
+            "reused": self.reused,
             "ts": time.time() if ts is None else ts,
         }
 
