@@ -58,6 +58,8 @@ from trainers.jobs import (
     _decide,
     _json_safe,
     _result_from_version,
+    config_from_dict,
+    config_to_dict,
     get_lr,
     make_batches,
     pick_device,
@@ -203,26 +205,11 @@ class GeneratorConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GeneratorConfig:
         """Defaults overridden by ``d``; an unknown key is an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise JobConfigError(
-                f"unknown generator config key(s) {unknown}; known keys: {sorted(known)}"
-            )
-        values = dict(d)
-        if isinstance(values.get("lora_target_modules"), list):
-            values["lora_target_modules"] = tuple(values["lora_target_modules"])
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise JobConfigError(f"invalid generator config: {exc}") from exc
+        return config_from_dict(cls, d, "generator")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored in the version's manifest)."""
-        d = dataclasses.asdict(self)
-        if isinstance(d["lora_target_modules"], tuple):
-            d["lora_target_modules"] = list(d["lora_target_modules"])
-        return d
+        return config_to_dict(self)
 
 
 # -----------------------------------------------------------------------------------------

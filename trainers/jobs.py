@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -98,6 +98,33 @@ __all__ = [
 log = logging.getLogger(__name__)
 Record = tuple[int, int, Mapping[str, Any]]
 ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+_Config = TypeVar("_Config")
+
+
+def config_from_dict(cls: type[_Config], d: Mapping[str, Any], what: str) -> _Config:
+    """A dataclass config ``cls`` with ``d`` over its defaults: an unknown key, or a value the
+    class refuses, is a :class:`JobConfigError` naming the ``what`` config (job, generator)."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise JobConfigError(f"unknown {what} config key(s) {unknown}; known keys: {sorted(known)}")
+    values = dict(d)
+    if isinstance(values.get("lora_target_modules"), list):
+        values["lora_target_modules"] = tuple(values["lora_target_modules"])
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise JobConfigError(f"invalid {what} config: {exc}") from exc
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config in JSON-ready form (stored in a version's manifest)."""
+    d = dataclasses.asdict(config)
+    if isinstance(d.get("lora_target_modules"), tuple):
+        d["lora_target_modules"] = list(d["lora_target_modules"])
+    return d
 
 
 @dataclass(frozen=True)
@@ -171,26 +198,11 @@ class JobConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobConfig:
         """Defaults overridden by ``d``; an unknown key is an error (typos do not pass)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise JobConfigError(
-                f"unknown job config key(s) {unknown}; known keys: {sorted(known)}"
-            )
-        values = dict(d)
-        if isinstance(values.get("lora_target_modules"), list):
-            values["lora_target_modules"] = tuple(values["lora_target_modules"])
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise JobConfigError(f"invalid job config: {exc}") from exc
+        return config_from_dict(cls, d, "job")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored in the version's manifest)."""
-        d = dataclasses.asdict(self)
-        if isinstance(d["lora_target_modules"], tuple):
-            d["lora_target_modules"] = list(d["lora_target_modules"])
-        return d
+        return config_to_dict(self)
 
     @property
     def gate_metric(self) -> str:
