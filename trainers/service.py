@@ -154,6 +154,18 @@ def prediction_record(
     return value
 
 
+def model_key(event: dict[str, Any], per_key: str) -> str | None:
+    """The value of the ``per_key`` feature that selects the event's own model, or None.
+
+    >>> model_key({"features": {"tenant": 7}}, "tenant"), model_key({"text": "x"}, "tenant")
+    ('7', None)
+    """
+    if not per_key:
+        return None
+    value = (event.get("features") or {}).get(per_key)
+    return None if value is None else str(value)
+
+
 def _waiting(item: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None, Any, str | None]:
     """``(event, features, model input, key)`` of a joiner entry: the compact event this
     version keeps (features derived again when the label comes), or what older checkpoints
@@ -441,10 +453,7 @@ class OnlineService:
         return self._watch(before, label, rec, key)
 
     def _key(self, event: dict[str, Any]) -> str | None:
-        if not self.per_key:
-            return None
-        value = (event.get("features") or {}).get(self.per_key)
-        return None if value is None else str(value)
+        return model_key(event, self.per_key)
 
     def _learner(self, key: str | None) -> OnlineLearner:
         """The model of ``key`` (created on first sight), or the shared one."""
@@ -713,8 +722,7 @@ class SnapshotPredictor:
             return batch_answer, str(self.serving.version), "batch", None
         if self.learner is None:  # no snapshot yet: the learner has not checkpointed anything
             return (None, None), "none", "online", None
-        raw_key = (event.get("features") or {}).get(self.per_key) if self.per_key else None
-        key = None if raw_key is None else str(raw_key)
+        key = model_key(event, self.per_key)
         learner = self.learners.get(key, self.learner) if key is not None else self.learner
         x = learner.features(event)
         if key is not None:
