@@ -23,29 +23,50 @@ milvus-lite)::
    worker's ``livelearn_freshness_seconds`` histogram, interpolated in its buckets), the
    memory slope, and writes ``bench/results/soak.json`` (``--out``).
 
-Exit status 1 when the memory grows: the mean RSS of the last third of the samples more than
-20% above that of the middle third (the first third is left out: caches fill and milvus-lite
-settles). A process whose state is bounded (a fixed set of docs, labelled events that wait for
-nothing) holds a flat RSS once warm; Python's allocator and milvus-lite's segments make it wobble
-by a few percent, and a leak of a few kB per record (200/s) adds 20% of a ~1 GB worker within
-tens of minutes. Also 1 when the worker dies or leaves events unpredicted.
+5. With ``--heap-profile-s`` (60 by default; 0 turns it off) the worker runs with
+   ``LIVELEARN_MEMORY__HEAP_PROFILE_S`` set: ``tracemalloc`` snapshots at that interval
+   (:mod:`streams.heap`); the allocation sites that grew most, the traced heap per package and
+   glibc's heap counters over time go into the results under ``heap``. Also sampled: the RSS
+   of the broker (when the soak started it). milvus-lite 3.x runs inside the worker (threads,
+   no process of its own), so its memory is part of the worker's RSS; its share of the Python
+   heap is the ``milvus_lite`` package in ``heap``.
+
+Exit status 1 when the memory grows: the RSS slope (a least-squares line, MB/min) over the last
+hour (the last third of the run for runs under two hours) above ``--max-slope`` (0.5 MB/min:
+~0.7 GB a day), or the mean RSS of the last third more than ``--max-growth`` (20%) above that
+of the middle third. A process whose state is bounded (a fixed set of docs, labelled events
+that wait for nothing) holds a flat RSS once warm; a leak of a few dozen bytes per record at
+200 records/s is 0.5 MB/min. Also 1 when the worker dies or leaves events unpredicted.
+
+``--bootstrap HOST:PORT`` runs against a broker that is already up (the test suite's) instead
+of starting one; ``--env KEY=VALUE`` (repeatable) passes settings to the worker, and
+``MALLOC_ARENA_MAX`` or ``LD_PRELOAD`` from the soak's own environment reach it too.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/bench_soak.py`` from a plain checkout
     sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
+
+#: The topic names a soak on a shared broker gives a suffix of its own.
+TOPIC_FIELDS = ("docs", "events", "queries", "predictions", "answers", "drift_alerts",
+                "training_jobs", "model_updates", "style_examples", "feedback")  # fmt: skip
 
 
 def rss_mb(pid: int) -> float:
@@ -96,24 +117,88 @@ def histogram_quantile(text: str, name: str, q: float) -> float:
     return lower
 
 
-def memory_trend(samples: list[dict[str, float]]) -> tuple[float, float]:
+def memory_trend(samples: list[dict[str, float]], key: str = "rss_mb") -> tuple[float, float]:
     """(mean RSS of the last third / that of the middle third - 1, slope in MB/min over both).
 
     >>> memory_trend([{"t": 60.0 * i, "rss_mb": 100.0 + 10 * i} for i in range(9)])
     (0.2143, 10.0)
     """
     thirds = len(samples) // 3
-    middle = [s["rss_mb"] for s in samples[thirds : 2 * thirds]]
-    last = [s["rss_mb"] for s in samples[2 * thirds :]]
+    middle = [s[key] for s in samples[thirds : 2 * thirds]]
+    last = [s[key] for s in samples[2 * thirds :]]
     if not middle or not last:
         return 0.0, 0.0
     growth = (sum(last) / len(last)) / (sum(middle) / len(middle)) - 1
-    ts = [s["t"] / 60 for s in samples[thirds:]]
-    ms = [s["rss_mb"] for s in samples[thirds:]]
+    return round(growth, 4), slope_mb_per_min(samples[thirds:], key)
+
+
+def slope_mb_per_min(samples: list[dict[str, float]], key: str = "rss_mb") -> float:
+    """Least-squares slope of ``key`` against ``t`` (seconds), in MB per minute.
+
+    >>> slope_mb_per_min([{"t": 30.0 * i, "rss_mb": 500.0 + (i % 2)} for i in range(40)])
+    0.0
+    >>> slope_mb_per_min([{"t": 30.0 * i, "rss_mb": 500.0 + i / 4} for i in range(40)])
+    0.5
+    >>> slope_mb_per_min([{"t": 0.0, "rss_mb": 1.0}])
+    0.0
+    """
+    if len(samples) < 2:
+        return 0.0
+    ts = [s["t"] / 60 for s in samples]
+    ms = [s[key] for s in samples]
     t_mean, m_mean = sum(ts) / len(ts), sum(ms) / len(ms)
     var = sum((t - t_mean) ** 2 for t in ts)
+    if var == 0:
+        return 0.0
     slope = sum((t - t_mean) * (m - m_mean) for t, m in zip(ts, ms, strict=True)) / var
-    return round(growth, 4), round(slope, 2)
+    return round(slope, 2)
+
+
+def bound_window(samples: list[dict[str, float]], minutes: float) -> list[dict[str, float]]:
+    """The samples the slope bound is judged on: the last hour of a run of two hours or more,
+    else its last third.
+
+    >>> run = [{"t": 60.0 * i} for i in range(150)]  # 150 minutes
+    >>> w = bound_window(run, 150); (w[0]["t"], len(w))
+    (5340.0, 61)
+    >>> w = bound_window(run[:30], 30); (w[0]["t"], len(w))
+    (1140.0, 11)
+    """
+    if not samples:
+        return []
+    end = samples[-1]["t"]
+    span = 3600.0 if minutes >= 120 else minutes * 60 / 3
+    return [s for s in samples if s["t"] >= end - span]
+
+
+def kv_given(key: str, pairs: list[str]) -> bool:
+    """Whether ``key`` is one of the ``KEY=VALUE`` pairs.
+
+    >>> kv_given("A", ["A=1", "B=2"]), kv_given("C", ["A=1"])
+    (True, False)
+    """
+    return any(p.split("=", 1)[0] == key for p in pairs)
+
+
+def process_rss(pid: int | None) -> float:
+    """RSS in MB of ``pid`` and its children (-1 when there is no such process)."""
+    if pid is None:
+        return -1.0
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return round(total / 1e6, 1)
+    except ImportError:
+        return round(rss_mb(pid), 1)
+    except Exception:  # gone
+        return -1.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +213,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-growth", type=float, default=0.20, help="allowed RSS rise, last vs middle third"
     )
+    parser.add_argument(
+        "--max-slope", type=float, default=0.5,
+        help="allowed worker RSS slope in MB/min over the last hour (last third if shorter)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--heap-profile-s", type=float, default=60.0,
+        help="seconds between the worker's tracemalloc snapshots; 0: no heap profile",
+    )  # fmt: skip
+    parser.add_argument("--bootstrap", help="an existing broker to use instead of starting one")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="a worker setting"
+    )
     parser.add_argument("--out", type=Path, help="result file (default bench/results/soak.json)")
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout, a kill) ends the soak through its finally: the worker and the
+    # broker it started are stopped, not left running.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)) if main_thread else None
+    try:
+        return soak(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def soak(args: argparse.Namespace) -> int:
+    """Run the soak that ``args`` (from :func:`main`'s parser) describes; 1 on a failure."""
     if args.quick:
         args.minutes, args.sample_s = 1.0, 2.0
 
@@ -139,15 +249,25 @@ def main(argv: list[str] | None = None) -> int:
     from streams.broker import LocalBroker, free_port
     from streams.kafka import admin_client
     from streams.sdk import LiveLearnClient
-    from streams.settings import KafkaSettings, Settings
+    from streams.settings import KafkaSettings, MemorySettings, Settings, TopicSettings
     from streams.status import group_lag
     from streams.supervisor import Child
     from streams.topics import ensure_topics, topic_specs
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    broker = LocalBroker(tmp)
-    bootstrap = broker.start()
-    settings = Settings(data_dir=tmp, kafka=KafkaSettings(bootstrap_servers=bootstrap))
+    broker = None if args.bootstrap else LocalBroker(tmp)
+    bootstrap = args.bootstrap or broker.start()  # type: ignore[union-attr]
+    # Topics and groups of their own when the broker is shared (the test suite's).
+    names: dict[str, str] = {}
+    group_prefix = "livelearn"
+    if args.bootstrap:
+        suffix = tmp.name.rsplit("-", 1)[-1].lower()
+        names = {f: f"{getattr(TopicSettings(), f)}-{suffix}" for f in TOPIC_FIELDS}
+        group_prefix = f"soak-{suffix}"
+    settings = Settings(
+        data_dir=tmp, topics=TopicSettings(**names),  # type: ignore[arg-type]
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, group_prefix=group_prefix),
+    )  # fmt: skip
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
     web, prom = free_port(), free_port()
     env = dict(
@@ -158,8 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         LIVELEARN_METRICS_PORT=str(prom),
         LIVELEARN_LOG_LEVEL="WARNING",
         LIVELEARN_TRIGGER__VOLUME_THRESHOLD="0",  # no trainer runs here: ask for no jobs
+        LIVELEARN_MEMORY__HEAP_PROFILE_S=str(args.heap_profile_s),
     )
+    env.update({f"LIVELEARN_TOPICS__{f.upper()}": name for f, name in names.items()})
+    env["LIVELEARN_KAFKA__GROUP_PREFIX"] = group_prefix
+    env.update(kv.split("=", 1) for kv in args.env)
     worker = Child(["worker"], env, tmp / "worker.log")
+    broker_pid = broker.proc.pid if broker is not None and broker.proc is not None else None
     rows = list(datasets.Phishing())
     corpus = stdlib_corpus(400, min_chars=150)
     groups = {
@@ -205,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 sample = {
                     "t": round(elapsed, 1),
                     "rss_mb": round(rss_mb(worker.proc.pid), 1),
+                    "broker_rss_mb": process_rss(broker_pid),
                     "worker_events_lag": metric_sum(text, "livelearn_consumer_lag"),
                 }
                 for name, (group, topic) in groups.items():
@@ -212,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                     sample[f"{name}_lag"] = -1 if lag is None else lag
                 samples.append(sample)
                 print(
-                    f"  t={sample['t']:>7.1f}s rss {sample['rss_mb']:7.1f} MB  lag docs "
+                    f"  t={sample['t']:>7.1f}s rss {sample['rss_mb']:7.1f} MB "
+                    f"(broker {sample['broker_rss_mb']:.0f})  lag docs "
                     f"{sample['docs_lag']:>5} events {sample['events_lag']:>6} "
                     f"(worker {sample['worker_events_lag']:.0f})",
                     flush=True,
@@ -225,15 +352,40 @@ def main(argv: list[str] | None = None) -> int:
         final = scrape(prom)
     finally:
         worker.stop()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
 
     growth, slope = memory_trend(samples)
+    window = bound_window(samples, args.minutes)
+    bound_slope = slope_mb_per_min(window)
+    if bound_slope > args.max_slope:
+        failures.append(
+            f"worker RSS rose {bound_slope:+.2f} MB/min over the last "
+            f"{(window[-1]['t'] - window[0]['t']) / 60:.0f} min (bound {args.max_slope} MB/min)"
+        )
     if growth > args.max_growth:
         failures.append(f"memory grew {growth:.0%} (last third vs middle third)")
+    heap_path = tmp / "heap-profile.json"
+    heap = orjson.loads(heap_path.read_bytes()) if heap_path.exists() else None
     lat = clock.latencies()
+
+    def per_process(key: str) -> dict[str, Any]:
+        got = [s for s in samples if s[key] >= 0]
+        return {
+            "rss_mb_first": got[0][key] if got else None,
+            "rss_mb_last": got[-1][key] if got else None,
+            "rss_mb_max": max((s[key] for s in got), default=None),
+            "slope_mb_per_min_bound_window": slope_mb_per_min(
+                [s for s in window if s[key] >= 0], key),
+            "slope_mb_per_min_last_two_thirds": memory_trend(got, key)[1] if got else None,
+        }  # fmt: skip
+
     result = {
         "minutes": args.minutes, "events_per_s": args.rate, "docs_per_s": args.docs_rate,
         "events_sent": sent_events, "docs_sent": sent_docs, "cpus": os.cpu_count(),
+        "memory_defaults": MemorySettings().model_dump(),
+        "worker_env": {k: v for k, v in env.items() if k.startswith("LIVELEARN_MEMORY__")
+                       or k in ("MALLOC_ARENA_MAX", "LD_PRELOAD") or kv_given(k, args.env)},
         "prediction_latency_p50_s": common.percentile(lat, 0.5),
         "prediction_latency_p99_s": common.percentile(lat, 0.99),
         "freshness_p50_s": histogram_quantile(final, "livelearn_freshness_seconds", 0.5),
@@ -241,11 +393,17 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mb_first": samples[0]["rss_mb"] if samples else None,
         "rss_mb_last": samples[-1]["rss_mb"] if samples else None,
         "rss_growth_last_vs_middle_third": growth, "rss_slope_mb_per_min": slope,
+        "rss_slope_bound_window_mb_per_min": bound_slope,
+        "bound_window_s": [window[0]["t"], window[-1]["t"]] if window else None,
+        "processes": {
+            "worker (with milvus-lite, in-process)": per_process("rss_mb"),
+            "broker": per_process("broker_rss_mb") if broker_pid else "not started by the soak",
+        },
         "max_docs_lag": max((s["docs_lag"] for s in samples), default=None),
         "max_events_lag": max((s["events_lag"] for s in samples), default=None),
         "dead_letters": metric_sum(final, "livelearn_dead_letters_total"),
         "retries": metric_sum(final, "livelearn_retries_total"),
-        "failures": failures, "samples": samples,
+        "failures": failures, "heap": heap, "samples": samples,
     }  # fmt: skip
     path = common.write_result(result, args.out, "soak")
     print(
@@ -253,11 +411,16 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {result['prediction_latency_p99_s'] * 1000:.1f} ms ({len(lat)} events)\n"
         f"freshness p50 {result['freshness_p50_s']:.2f} s  p99 {result['freshness_p99_s']:.2f} s"
         f" ({sent_docs} docs)\n"
-        f"memory {result['rss_mb_first']} → {result['rss_mb_last']} MB, slope {slope:+.1f} MB/min, "
-        f"last third vs middle third {growth:+.1%} (bound {args.max_growth:.0%})\n"
+        f"memory {result['rss_mb_first']} → {result['rss_mb_last']} MB, slope {slope:+.1f} MB/min "
+        f"(last two thirds), {bound_slope:+.2f} MB/min in the bound's window "
+        f"(bound {args.max_slope}), last third vs middle third {growth:+.1%}\n"
         f"max lag: docs {result['max_docs_lag']}, events {result['max_events_lag']}\n"
         f"wrote {path}"
     )
+    if heap and heap.get("growth_since_middle"):
+        print("heap sites still growing in the second half (KiB):")
+        for site in heap["growth_since_middle"][:8]:
+            print(f"  {site['size_kb']:>9.1f}  {site['site']}  {site['code']}")
     for failure in failures:
         print(f"FAILED: {failure}")
     return 1 if failures else 0

@@ -227,9 +227,11 @@ def worker(
     import faust
 
     from streams.app import create_app
+    from streams.memory import configure_worker_memory
     from streams.metrics import serve_metrics
 
     settings = _settings()
+    configure_worker_memory(settings)  # first: before any thread makes its malloc arena
     bootstrap = resolve_bootstrap(settings)
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
     serve_metrics(settings.metrics_port, settings.web.host, settings.web.token.get_secret_value())

@@ -395,6 +395,30 @@ class WebSettings(_Frozen):
     )
 
 
+class MemorySettings(_Frozen):
+    """The worker's memory: glibc's allocator, milvus-lite's write buffer, heap profiling."""
+
+    malloc_arena_max: int = Field(
+        2, ge=0, description="glibc malloc arenas (threads share them: less fragmentation); 0 = "
+        "glibc's default (8 per core)",
+    )  # fmt: skip
+    malloc_trim_s: float = Field(
+        30.0, ge=0, description="seconds between malloc_trim calls (freed pages go back to the "
+        "OS); 0 = never",
+    )  # fmt: skip
+    milvus_lite_memtable_mb: float = Field(
+        16.0, gt=0, description="milvus-lite's in-memory write buffer (rows, superseded ones "
+        "too) before it flushes to a segment (its own default: 128)",
+    )  # fmt: skip
+    heap_profile_s: float = Field(
+        0.0, ge=0, description="seconds between tracemalloc snapshots into <data dir>/"
+        "heap-profile.json; 0 = off (no tracing)",
+    )  # fmt: skip
+    heap_profile_frames: int = Field(
+        1, ge=1, le=32, description="frames kept per traced allocation"
+    )
+
+
 class SupervisorSettings(_Frozen):
     """How ``livelearn up`` keeps its children running (a crashed one is started again)."""
 
@@ -442,6 +466,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
     web_port: int = Field(6066, ge=0, description="worker HTTP port: /search, /ask, /healthz")
     shutdown_timeout_s: float = Field(
