@@ -128,6 +128,12 @@ class TrackedProducer(_Producer):
         return failed
 
 
+#: librdkafka's local queues in kB: the producer's (records not yet acknowledged) and a
+#: consumer's (records fetched ahead of the caller).
+PRODUCER_QUEUE_KB = 64 * 1024
+CONSUMER_QUEUE_KB = 32 * 1024
+
+
 def producer(settings: Settings, bootstrap: str, **extra: Any) -> TrackedProducer:
     """An idempotent producer (acks=all): a record is acknowledged only once it is durable."""
     conf = settings.kafka.client_config(bootstrap)
@@ -145,6 +151,9 @@ def producer(settings: Settings, bootstrap: str, **extra: Any) -> TrackedProduce
             # never looks for the leader again until its periodic metadata refresh (5 min by
             # default), and the records wait in its queue that long after the broker is back.
             "topic.metadata.refresh.interval.ms": 10_000,
+            # librdkafka queues up to 1 GB by default while the broker is away: a bound on
+            # the worker's memory (four records of the largest size); produce_or_wait waits.
+            "queue.buffering.max.kbytes": PRODUCER_QUEUE_KB,
         }
     )
     conf.update(extra)
@@ -163,6 +172,8 @@ def consumer(settings: Settings, bootstrap: str, group: str | None, **extra: Any
             "auto.offset.reset": "earliest",
             "session.timeout.ms": settings.kafka.session_timeout_ms,
             "enable.partition.eof": False,
+            # Prefetched records a lagging consumer holds (64 MB by default, per consumer).
+            "queued.max.messages.kbytes": CONSUMER_QUEUE_KB,
         }
     )
     conf.update(extra)
