@@ -221,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         "--heap-profile-s", type=float, default=60.0,
         help="seconds between the worker's tracemalloc snapshots; 0: no heap profile",
     )  # fmt: skip
+    parser.add_argument(
+        "--drain-s", type=float, default=120.0,
+        help="after the load, how long to wait for the last predictions",
+    )  # fmt: skip
     parser.add_argument("--bootstrap", help="an existing broker to use instead of starting one")
     parser.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="a worker setting"
@@ -346,7 +350,7 @@ def soak(args: argparse.Namespace) -> int:
                 )
             time.sleep(0.01)
         client.flush(60)
-        unpredicted = clock.close(drain_s=0 if failures else 120)
+        unpredicted = clock.close(drain_s=0 if failures else args.drain_s)
         if unpredicted:
             failures.append(f"{unpredicted} of {sent_events} events never predicted")
         final = scrape(prom)
