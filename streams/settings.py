@@ -37,6 +37,7 @@ __all__ = [
     "RetrievalSettings",
     "Settings",
     "SecretStr",
+    "StateSettings",
     "SupervisorSettings",
     "StyleSettings",
     "TopicSettings",
@@ -395,6 +396,24 @@ class WebSettings(_Frozen):
     )
 
 
+class StateSettings(_Frozen):
+    """The online state files (the learner's checkpoint, which replicas read too)."""
+
+    key: SecretStr = Field(
+        SecretStr(""),
+        description="HMAC key that signs state files (secret; the same for a learner and its "
+        "replicas); '' = a key file made in <data_dir>/online",
+    )
+    migrate_unsigned: bool = Field(
+        False, description="read an unsigned format-1 state once (it is written back signed)"
+    )
+
+    def signing_key(self) -> bytes | None:
+        """The configured key as bytes, None when the key file is to be used."""
+        secret = self.key.get_secret_value()
+        return secret.encode() if secret else None
+
+
 class SupervisorSettings(_Frozen):
     """How ``livelearn up`` keeps its children running (a crashed one is started again)."""
 
@@ -441,6 +460,7 @@ class Settings(BaseSettings):
     style: StyleSettings = Field(default_factory=StyleSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
     web_port: int = Field(6066, ge=0, description="worker HTTP port: /search, /ask, /healthz")

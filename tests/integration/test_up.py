@@ -30,7 +30,7 @@ from tests.integration.helpers import (
     wait_predicted,
 )
 from trainers.online.learner import OnlineLearner
-from trainers.online.processor import load_checkpoint
+from trainers.online.state import load_checkpoint
 
 
 def test_up_status_and_a_clean_ctrl_c(settings: Settings, tmp_path: Path) -> None:
