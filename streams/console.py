@@ -267,7 +267,7 @@ class ConsoleFeed:
             log.warning("console: could not read the model registry: %s", exc)
 
     def _read_versions(self) -> list[dict[str, Any]]:
-        from trainers.registry import ModelRegistry
+        from trainers.batch.registry import ModelRegistry
 
         registry = ModelRegistry(self.settings.data_dir / "registry")
         name = self.settings.models.name
