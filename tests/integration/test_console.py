@@ -1,8 +1,9 @@
 """The live console of a real worker, opened in headless Chromium.
 
-A worker gets documents (one of them bad), labelled events, a drift alert and a model update
-on the real topics; the page it serves at ``/`` must render its plots, its tables must show the
-alert, the job with its gate decision and the dead letter's reason, and every number it marks
+A worker gets documents (one of them bad), labelled events, a drift alert and two model
+updates on the real topics (its webhook sink forwards those three to a local HTTP server).
+The page it serves at ``/`` must render its plots, its tables must show the alert, the jobs
+with their gate decisions and the dead letter's reason, and every number it marks
 (``data-metric``) must equal what the worker's ``/metrics`` exports. A screenshot is saved
 (``LIVELEARN_CONSOLE_SCREENSHOT=path`` copies it there: the README's picture).
 """
@@ -27,6 +28,7 @@ from streams.broker import free_port
 from streams.kafka import flush_or_raise, producer
 from streams.sdk import LiveLearnClient
 from streams.settings import Settings
+from tests.integration.test_webhook import Endpoint
 from tests.integration.worker import WorkerProcess
 
 CELL = re.compile(r'<td data-metric="(\w+)" data-(\w+)="([^"]*)">([^<]*)</td>')
@@ -88,6 +90,9 @@ def test_console_shows_what_the_worker_exports(
 ) -> None:
     metrics_port = free_port()
     monkeypatch.setenv("LIVELEARN_METRICS_PORT", str(metrics_port))
+    hook = Endpoint(fail_first=1)  # the worker's webhook sink forwards the alert and updates
+    monkeypatch.setenv("LIVELEARN_WEBHOOK__URL", hook.url)
+    monkeypatch.setenv("LIVELEARN_WEBHOOK__BACKOFF_S", "0.1")
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     t = settings.topics
     try:
@@ -166,8 +171,15 @@ def test_console_shows_what_the_worker_exports(
         assert shot.stat().st_size > 20_000  # a page with pictures, not a blank one
         if os.environ.get("LIVELEARN_CONSOLE_SCREENSHOT"):
             shutil.copy(shot, os.environ["LIVELEARN_CONSOLE_SCREENSHOT"])
+        _wait("the webhook deliveries", lambda: len(hook.accepted) == 3, timeout_s=30)
+        sent = sorted((b["topic"], b["record"].get("alert_id") or b["record"]["job_id"])
+                      for b in hook.accepted)  # fmt: skip
+        assert sent == [("drift-alerts", "a1"), ("model-updates", "job-7"),
+                        ("model-updates", "job-8")]  # fmt: skip
+        assert len(hook.requests) == 4  # the first one failed and was tried again
     finally:
         worker.stop()
+        hook.close()
 
 
 def _console_data(worker: WorkerProcess, docs_topic: str) -> dict[str, Any] | None:
