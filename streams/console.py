@@ -229,7 +229,8 @@ class ConsoleFeed:
         self.versions: list[dict[str, Any]] = []
         self._positions: dict[tuple[str, int], int] = {}
         self._consumer: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one refresh at a time (it reads Kafka: seconds)
+        self._history_lock = threading.Lock()  # brief: sample() runs on the event loop
         self._refreshed = 0.0
 
     def sample(self, now: float | None = None) -> None:
@@ -241,8 +242,9 @@ class ConsoleFeed:
                 if s.labels["model"] != model or s.labels["metric"] not in CHARTED:
                     continue
                 name = f"{s.labels['source']} {s.labels['metric']}"
-                series = self.history.setdefault(name, deque(maxlen=self._history_len))
-                series.append((now, s.value))
+                with self._history_lock:
+                    series = self.history.setdefault(name, deque(maxlen=self._history_len))
+                    series.append((now, s.value))
 
     def data(self) -> dict[str, Any]:
         """``/console.json``: refresh (when due), then build the page's data."""
@@ -250,8 +252,10 @@ class ConsoleFeed:
             if time.monotonic() - self._refreshed >= self.min_interval_s:
                 self._refresh_locked()
                 self._refreshed = time.monotonic()
+            with self._history_lock:
+                history = {k: list(v) for k, v in self.history.items()}
             return console_data(
-                read_metrics(), {k: list(v) for k, v in self.history.items()},
+                read_metrics(), history,
                 list(self.alerts), list(self.updates),
                 {k: list(v) for k, v in self.dead.items()}, self.versions, time.time(),
             )  # fmt: skip

@@ -43,7 +43,10 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Attempt", "WebhookLoop", "classify", "payload", "register_webhook", "slack_text"]
+__all__ = [
+    "Attempt", "WebhookLoop", "classify", "payload", "register_webhook", "slack_text",
+    "worst_case_s",
+]  # fmt: skip
 
 Outcome = Literal["delivered", "retry", "refused"]
 
@@ -126,6 +129,17 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: use our own backoff
 
 
+def worst_case_s(w: Any) -> float:
+    """The longest one record can take: every try timing out, every backoff waited.
+
+    >>> from streams.settings import WebhookSettings
+    >>> worst_case_s(WebhookSettings())  # 6 tries of 5 s, waits of 0.5, 1, 2, 4 and 8 s
+    45.5
+    """
+    waits = sum(min(w.backoff_s * 2**i, w.backoff_max_s) for i in range(w.max_tries - 1))
+    return float(w.max_tries * w.timeout_s + waits)
+
+
 class WebhookLoop(threading.Thread):
     """Consume ``drift-alerts`` and ``model-updates``; POST each record; commit after.
 
@@ -156,12 +170,18 @@ class WebhookLoop(threading.Thread):
         from streams.kafka import consumer, producer
 
         s = self.settings
-        c = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-webhook")
+        worst_s = worst_case_s(s.webhook)
+        # A batch must be handled within max.poll.interval.ms, or the group drops this member
+        # and the commit fails: small batches when an endpoint may keep us retrying.
+        size = max(1, min(50, int(60 / worst_s)))
+        poll_ms = min(86_400_000, max(300_000, int((size * worst_s + 60) * 1000)))
+        c = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-webhook",
+                     **{"max.poll.interval.ms": poll_ms})  # fmt: skip
         prod = producer(s, self.bootstrap)
         c.subscribe(list(self.kinds))
         try:
             while not self.stop_event.is_set():
-                batch = [m for m in c.consume(50, 0.5) if m.error() is None]
+                batch = [m for m in c.consume(size, 0.5) if m.error() is None]
                 if not batch:
                     continue
                 done = self._handle(batch, prod)
