@@ -799,6 +799,11 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
                 delay = min(2 * delay, MAX_BACKOFF_S)
 
     guard = RequestGuard(settings.web.token.get_secret_value(), settings.web.max_request_bytes)
+    from streams.console import register_console  # the live console at / (+ /console.json)
+    from streams.webhook_loop import register_webhook  # when LIVELEARN_WEBHOOK__URL is set
+
+    register_console(app, settings, bootstrap, guard)
+    register_webhook(app, settings, bootstrap)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

@@ -97,6 +97,7 @@ class Lease:
 
     def __init__(self, settings: Settings, bootstrap: str, name: str) -> None:
         self.topic = f"{settings.kafka.group_prefix}.lease.{name}"
+        self.name = name
         ensure_topics(admin_client(settings, bootstrap),
                       [TopicSpec(self.topic, 1, settings.topics.replication)])  # fmt: skip
         self.held = False
@@ -116,13 +117,16 @@ class Lease:
 
     def _on_assign(self, _c: Any, parts: list[Any]) -> None:
         self.held = bool(parts)
+        metrics.LEASE_HELD.labels(self.name).set(int(self.held))
         if self.held:
             log.info("lease %s acquired: this worker is the learner", self.topic)
 
     def _on_revoke(self, _c: Any, _parts: list[Any]) -> None:
         if self.held:
             log.warning("lease %s lost: stop learning", self.topic)
+            metrics.LEASE_LOST.labels(self.name).inc()
         self.held = False
+        metrics.LEASE_HELD.labels(self.name).set(0)
 
     def poll(self) -> bool:
         """Keep the group membership alive; return whether the lease is held."""
@@ -130,8 +134,9 @@ class Lease:
         return self.held
 
     def close(self) -> None:
+        self.held = False  # first: the revoke that closing triggers is not a lost lease
         self._consumer.close()
-        self.held = False
+        metrics.LEASE_HELD.labels(self.name).set(0)
 
 
 class _EventsLoop(threading.Thread):
