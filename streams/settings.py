@@ -105,6 +105,10 @@ class BrokerSettings(_Frozen):
         description="where the broker jars are cached (Maven fetches them once)",
     )
     start_timeout_s: float = Field(90.0, description="readiness wait for the embedded broker")
+    brokers: int = Field(
+        1, ge=1, le=9, description="embedded Kafka nodes; 3 = a local cluster (streams/cluster.py)"
+    )
+    node_heap: str = Field("384m", description="JVM heap of each node of a local cluster")
 
 
 class TopicSettings(_Frozen):
