@@ -663,7 +663,8 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only its own folder
     app = faust.App(
         f"{settings.kafka.group_prefix}-worker",
-        broker=f"kafka://{bootstrap}",
+        # faust takes several bootstrap servers as URLs separated by ';', not a comma list.
+        broker=";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",")),
         broker_credentials=credentials,
         value_serializer="raw",
         key_serializer="raw",

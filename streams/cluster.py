@@ -370,8 +370,26 @@ class LocalCluster:
 
         self._wait(ok, timeout_s, "in sync")
 
-    def leader(self, topic: str, partition: int = 0, timeout_s: float = 30.0) -> int:
-        """The node that leads ``topic``'s ``partition`` now (waits while it has none)."""
+    def wait_fenced(self, node: int, timeout_s: float = 60.0) -> None:
+        """Block until the cluster has given up on ``node``: it is out of the brokers' list
+        and out of every partition's in-sync set (after a kill, once its session expires)."""
+
+        def ok(md: Any) -> bool:
+            if node in md.brokers:
+                return False
+            return all(
+                node not in part.isrs and part.leader != node
+                for topic in md.topics.values()
+                for part in topic.partitions.values()
+            )
+
+        self._wait(ok, timeout_s, f"rid of node {node}")
+
+    def leader(
+        self, topic: str, partition: int = 0, timeout_s: float = 30.0, not_on: int = -1
+    ) -> int:
+        """The node that leads ``topic``'s ``partition`` now (waits while it has none, or
+        while it is still ``not_on``: a killed leader's partitions move once it is fenced)."""
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
@@ -380,7 +398,7 @@ class LocalCluster:
             with contextlib.suppress(Exception):  # the metadata of a topic still being made
                 md = admin.list_topics(topic, timeout=5).topics[topic]
                 part = md.partitions.get(partition)
-                if part is not None and part.leader >= 0:
+                if part is not None and part.leader >= 0 and part.leader != not_on:
                     return int(part.leader)
             if time.monotonic() > deadline:
                 raise BrokerError(f"{topic}[{partition}] has no leader after {timeout_s:.0f} s")
@@ -416,7 +434,10 @@ class LocalCluster:
         self._write_state()
 
     def wipe(self, node: int) -> None:
-        """Remove a stopped node's disk data (its partitions' logs and metadata log)."""
+        """Remove a stopped node's disk data (its partitions' logs and metadata log).
+
+        Wait for :meth:`wait_fenced` first: a node that comes back empty before the cluster
+        noticed it was gone is still in the in-sync sets, and may lead with an empty log."""
         proc = self.procs.get(node)
         if proc is not None and proc.poll() is None:
             raise BrokerError(f"node {node} is running; stop or kill it before wiping its data")
