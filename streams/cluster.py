@@ -28,6 +28,7 @@ with replication 1 cannot meet the cluster's ``min.insync.replicas=2`` (its writ
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -48,7 +49,7 @@ from streams.topics import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClusterState", "LocalCluster", "NodeState"]
+__all__ = ["ClusterState", "LocalCluster", "NodeState", "random_cluster_id"]
 
 #: Controller quorum voters: three survive the loss of one, more would only cost CPU here.
 MAX_VOTERS = 3
@@ -117,6 +118,19 @@ class ClusterState:
 
     def alive(self) -> bool:
         return any(n.alive() for n in self.nodes)
+
+
+def random_cluster_id() -> str:
+    """A cluster id as ``kafka-storage random-uuid`` makes one (16 random bytes, URL-safe
+    base64 without padding, never starting with '-'), without starting a JVM for it.
+
+    >>> len(random_cluster_id()), random_cluster_id() != random_cluster_id()
+    (22, True)
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class LocalCluster:
@@ -221,6 +235,7 @@ class LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self._assign_ports(self.state())
         self._cluster_id = self._load_cluster_id()
+        self._format(self.node_ids)
         for node in self.node_ids:
             self.procs[node] = self._launch(node)
         self._write_state()
@@ -255,25 +270,12 @@ class LocalCluster:
         path = self.root / "cluster_id"
         if path.exists():
             return path.read_text().strip()
-        out = self._java("kafka.tools.StorageTool", "random-uuid")
-        cluster_id = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else ""
-        if not cluster_id:
-            raise BrokerError(f"kafka-storage random-uuid failed: {out.stderr[-1000:]}")
+        cluster_id = random_cluster_id()
         path.write_text(cluster_id)
         return cluster_id
 
     def _classpath(self) -> str:
         return f"{LocalBroker(self.root.parent, self.settings).fetch_jars()}/*"
-
-    def _java(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """A Kafka tool (storage formatting), logging to the cluster's own log file."""
-        java = shutil.which("java") or "java"
-        log4j = self.root / "log4j.properties"
-        log4j.write_text(_LOG4J.format(log=self.root / "tools.log"))
-        return subprocess.run(
-            [java, f"-Dlog4j.configuration=file:{log4j}", "-cp", self._classpath(), *args],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
 
     def _properties(self, node: int) -> Path:
         port, controller_port = self._ports[node]
@@ -298,17 +300,32 @@ class LocalCluster:
         )
         return props
 
+    def _format(self, nodes: list[int]) -> None:
+        """Format the log dirs of ``nodes`` that have none yet, all at once (a JVM each)."""
+        todo = [n for n in nodes if not (self.node_dir(n) / "kafka" / "meta.properties").exists()]
+        java = shutil.which("java") or "java"
+        log4j = self.root / "log4j.properties"
+        log4j.write_text(_LOG4J.format(log=self.root / "tools.log"))
+        running = {}
+        for node in todo:
+            self.node_dir(node).mkdir(parents=True, exist_ok=True)
+            props = self._properties(node)
+            running[node] = subprocess.Popen(
+                [java, f"-Dlog4j.configuration=file:{log4j}", "-cp", self._classpath(),
+                 "kafka.tools.StorageTool", "format", "-t", self._cluster_id, "-c", str(props),
+                 "--ignore-formatted"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        for node, proc in running.items():
+            out, _ = proc.communicate(timeout=300)
+            if proc.returncode != 0:
+                raise BrokerError(f"formatting node {node} failed: {out.decode()[-1000:]}")
+
     def _launch(self, node: int) -> subprocess.Popen[bytes]:
         home = self.node_dir(node)
         home.mkdir(parents=True, exist_ok=True)
         props = self._properties(node)
-        if not (home / "kafka" / "meta.properties").exists():
-            fmt = self._java(
-                "kafka.tools.StorageTool", "format", "-t", self._cluster_id, "-c", str(props),
-                "--ignore-formatted",
-            )  # fmt: skip
-            if fmt.returncode != 0:
-                raise BrokerError(f"formatting node {node} failed: {fmt.stderr[-1000:]}")
+        self._format([node])
         java = shutil.which("java") or "java"
         out = open(home / "kafka.stdout", "ab")  # noqa: SIM115 - owned by the child
         log4j = home / "log4j.properties"

@@ -257,10 +257,15 @@ class TrainerWorker:
         return msg
 
     def _on_assign(self, c: Any, partitions: list[Any]) -> None:
+        c.incremental_assign(partitions)
         if self._current is not None:
             # Mid-job: take the partitions now and pause them, or their jobs would be fetched.
-            c.incremental_assign(partitions)
             c.pause(partitions)
+        else:
+            # librdkafka keeps a partition paused across a revoke and a new assignment: one
+            # paused by a job that was then abandoned (its partition lost, e.g. the group
+            # coordinator's broker went down) would never be fetched again.
+            c.resume(partitions)
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         log.info("trainer assigned %s", sorted(p.partition for p in partitions))
 
