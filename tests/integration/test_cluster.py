@@ -36,7 +36,7 @@ from streams import contracts
 from streams.cluster import LocalCluster
 from streams.kafka import admin_client, deliver_or_retry, producer
 from streams.sdk import LiveLearnClient
-from streams.settings import BrokerSettings, ModelSettings, Settings
+from streams.settings import BrokerSettings, ModelSettings, Settings, TriggerSettings
 from streams.topics import ensure_topics, topic_specs
 from streams.trainer import manual_job
 from tests.conftest import make_settings, settings_env
@@ -145,6 +145,7 @@ def _wait_update(client: LiveLearnClient, job_id: str, timeout_s: float = 180) -
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_kills_rolling_restart_and_a_wiped_node_under_load(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
@@ -152,6 +153,7 @@ def test_kills_rolling_restart_and_a_wiped_node_under_load(
         tmp_path / "data", cluster.bootstrap, partitions=3,
         models=ModelSettings(chunk_tokens=CHUNK_TOKENS, chunk_overlap=OVERLAP,
                              checkpoint_every_records=200),
+        trigger=TriggerSettings(volume_threshold=0),  # only the jobs the test asks for
     )  # fmt: skip
     s = base.model_copy(update={"topics": base.topics.model_copy(update={"replication": 3})})
     ensure_topics(admin_client(s, cluster.bootstrap), topic_specs(s.topics))
@@ -161,8 +163,9 @@ def test_kills_rolling_restart_and_a_wiped_node_under_load(
     trainer_log = (tmp_path / "trainer.log").open("ab")
     trainer = subprocess.Popen(
         [sys.executable, "-m", "streams", "trainer", "--set", "epochs=2"],
-        env=settings_env(s), stdout=trainer_log, stderr=subprocess.STDOUT,
-        start_new_session=True,
+        # Small jobs: the newest 1,000 events, so that a job takes seconds on a busy machine.
+        env={**settings_env(s), "LIVELEARN_LIMITS__MAX_TRAIN_RECORDS": "1000"},
+        stdout=trainer_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     timeline: dict[str, float] = {}
     load = SteadyLoad(s, docs, events_per_s=40)
