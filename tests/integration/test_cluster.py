@@ -260,8 +260,14 @@ def test_topics_are_replicated_with_min_insync_two(cluster: LocalCluster, tmp_pa
     admin = admin_client(s, cluster.bootstrap)
     ensure_topics(admin, topic_specs(s.topics))
     cluster.wait_in_sync(topics=[s.topics.events])
-    md = admin.list_topics(s.topics.events, timeout=10).topics[s.topics.events]
-    assert [len(p.replicas) for p in md.partitions.values()] == [3]
+    replicas: list[int] = []
+    for _ in range(50):  # the node asked may learn of the new topic a moment later
+        md = admin.list_topics(s.topics.events, timeout=10).topics[s.topics.events]
+        replicas = [len(p.replicas) for p in md.partitions.values()]
+        if replicas:
+            break
+        time.sleep(0.2)
+    assert replicas == [3]
     resource = ConfigResource("topic", s.topics.events)
     for _ in range(50):  # a node may not know the new topic for a moment
         try:
