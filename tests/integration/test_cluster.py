@@ -276,10 +276,10 @@ def test_topics_are_replicated_with_min_insync_two(cluster: LocalCluster, tmp_pa
         except KafkaException:
             time.sleep(0.2)
     assert configs["min.insync.replicas"].value == "2"
-    offsets = admin.list_topics("__consumer_offsets", timeout=10).topics
-    if "__consumer_offsets" in offsets:
-        parts = offsets["__consumer_offsets"].partitions.values()
-        assert {len(p.replicas) for p in parts} == {3}
+    node = ConfigResource("broker", str(cluster.node_ids[0]))
+    broker = admin.describe_configs([node])[node].result(timeout=10)
+    assert broker["offsets.topic.replication.factor"].value == "3"  # group offsets too
+    assert broker["default.replication.factor"].value == "3"
     # Two of three nodes down: the survivor cannot take an acks=all write (it is refused with
     # NOT_ENOUGH_REPLICAS or times out), and once a node is back it goes through.
     leader = cluster.leader(s.topics.events, 0)
