@@ -54,8 +54,13 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _members_with(settings: Any, group: str, topic: str) -> int:
+    from confluent_kafka import KafkaException
+
     admin = admin_client(settings, settings.kafka.bootstrap_servers)
-    described = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    try:
+        described = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    except KafkaException:  # the group is still forming (NOT_COORDINATOR, COORDINATOR_LOAD...)
+        return 0
     return sum(
         1
         for m in described.members
