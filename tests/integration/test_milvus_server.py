@@ -98,10 +98,10 @@ def test_two_workers_index_and_answer_and_one_is_lost(
             time.sleep(0.5)
         for d in first:
             client.produce("docs", d)
-        for q in questions[:5]:
-            client.produce("queries", q)
         client.flush()
         wait_caught_up(s, group, s.topics.docs, timeout_s=180)
+        for q in questions[:5]:  # asked once there is something to find
+            client.produce("queries", q)
 
         # Documents and questions keep coming while worker b dies without a word.
         for i, d in enumerate(second):
