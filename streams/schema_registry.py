@@ -260,6 +260,47 @@ a subject of docs (expected one of: none)
             )
 
 
+DIALECTS = {
+    "2020-12": "https://json-schema.org/draft/2020-12/schema",
+    "draft-07": "http://json-schema.org/draft-07/schema#",
+}
+#: Keywords of JSON Schema 2019-09/2020-12 that draft-07 does not know.
+_NEWER_KEYWORDS = frozenset(
+    "$defs $anchor $dynamicRef $dynamicAnchor $recursiveRef prefixItems unevaluatedItems "
+    "unevaluatedProperties dependentRequired dependentSchemas minContains maxContains".split()
+)
+
+
+def registry_schema(contract: str, dialect: str = "2020-12") -> dict[str, Any]:
+    """The contract's schema as registered: the file's, declared in ``dialect``.
+
+    >>> registry_schema("events", "draft-07")["$schema"]
+    'http://json-schema.org/draft-07/schema#'
+    >>> all(not _newer_keywords(contracts.schema(c)) for c in contracts.CONTRACTS)
+    True
+    """
+    schema = dict(contracts.schema(contract))
+    if dialect != "2020-12":
+        newer = _newer_keywords(schema)
+        if newer:
+            raise SchemaRegistryError(
+                f"contract {contract!r} uses {', '.join(sorted(newer))}, unknown to {dialect}"
+            )
+    schema["$schema"] = DIALECTS[dialect]
+    return schema
+
+
+def _newer_keywords(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        found = _NEWER_KEYWORDS.intersection(value)
+        for v in value.values():
+            found |= _newer_keywords(v)
+        return found
+    if isinstance(value, list):
+        return set().union(*(_newer_keywords(v) for v in value)) if value else set()
+    return set()
+
+
 def register_contracts(
     client: SchemaRegistryClient, settings: Settings
 ) -> dict[str, tuple[str, int]]:
@@ -268,13 +309,14 @@ def register_contracts(
     Returns ``{contract: (subject, schema id)}``. Raises :class:`IncompatibleSchemaError`
     (naming the subject) when a contract changed in a way the level refuses.
     """
-    level = settings.schema_registry.compatibility
+    level, dialect = settings.schema_registry.compatibility, settings.schema_registry.dialect
     ids: dict[str, tuple[str, int]] = {}
     for contract, topic in settings.topics.by_contract().items():
         subject = subject_for(topic)
         client.set_compatibility(subject, level)
         try:
-            ids[contract] = (subject, client.register(subject, contracts.schema(contract)))
+            schema = registry_schema(contract, dialect)
+            ids[contract] = (subject, client.register(subject, schema))
         except IncompatibleSchemaError as exc:
             raise IncompatibleSchemaError(
                 f"contract {contract!r} v{contracts.SCHEMA_VERSION} is incompatible with "

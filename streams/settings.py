@@ -418,14 +418,19 @@ class SchemaRegistrySettings(_Frozen):
         "4-byte schema id + JSON); agents read both it and plain JSON either way"
     )  # fmt: skip
     timeout_s: float = Field(5.0, gt=0, description="timeout of one registry request")
+    dialect: Literal["2020-12", "draft-07"] = Field(
+        "2020-12", description="JSON Schema dialect the contracts are registered as; draft-07 "
+        "for registries whose checks stop there (Apicurio 2.x): the contracts use no keyword "
+        "newer than draft-07, so both say the same"
+    )  # fmt: skip
 
 
 class MlflowSettings(_Frozen):
     """Optional MLflow tracking of training jobs; the built-in registry stays the truth."""
 
     tracking_uri: str = Field(
-        "", description="MLflow tracking URI (http://mlflow:5000, sqlite:///mlflow.db, a "
-        "folder); empty = no MLflow"
+        "", description="MLflow tracking URI (http://mlflow:5000, sqlite:///mlflow.db, any "
+        "store MLflow takes); empty = no MLflow"
     )  # fmt: skip
     experiment: str = Field("livelearn", description="MLflow experiment the job runs go to")
     register_models: bool = Field(

@@ -49,7 +49,7 @@ def env_settings(
 ) -> Settings:
     s = make_settings(
         tmp_path_factory.mktemp("compat"), kafka_bootstrap,
-        schema_registry=SchemaRegistrySettings(url=registry.url),
+        schema_registry=SchemaRegistrySettings(url=registry.url, dialect="draft-07"),
     )  # fmt: skip
     ensure_topics(admin_client(s, kafka_bootstrap), topic_specs(s.topics))
     return s
@@ -59,6 +59,8 @@ def env_settings(
 def worker(env_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     env = {
         "LIVELEARN_SCHEMA_REGISTRY__URL": env_settings.schema_registry.url,
+        # Apicurio 2.x checks compatibility with a draft-07 validator (everit).
+        "LIVELEARN_SCHEMA_REGISTRY__DIALECT": "draft-07",
         "LIVELEARN_WEB__TOKEN": TOKEN,
         "LIVELEARN_WEB__MAX_REQUEST_BYTES": "4096",
     }
@@ -69,8 +71,7 @@ def worker(env_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def wire_settings(s: Settings) -> Settings:
     return s.model_copy(
-        update={"schema_registry": SchemaRegistrySettings(url=s.schema_registry.url,
-                                                          wire_format=True)}
+        update={"schema_registry": s.schema_registry.model_copy(update={"wire_format": True})}
     )  # fmt: skip
 
 

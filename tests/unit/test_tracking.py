@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,23 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-def test_promoted_job_logs_a_run_and_a_model_version_with_its_lineage(
-    tmp_path: Path, store: str
-) -> None:
-    reg = ModelRegistry(tmp_path / "reg")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Any, Any]:
+    """One real job, promoted (the first version of a model that beats the majority class)."""
+    reg = ModelRegistry(tmp_path_factory.mktemp("reg"))
     recs = tabular_records(240)
     j = job("mlf-1", "retrain", recs)
-    config = JobConfig.from_dict(TAB)
-    res = run_job(j, recs, [], reg, "m", config)
+    res = run_job(j, recs, [], reg, "m", JobConfig.from_dict(TAB))
     assert res.status == "promoted", res
+    assert reg.get("m", res.version or "").manifest["data"] == j["data"]
+    return j, res, reg
+
+
+def test_promoted_job_logs_a_run_and_a_model_version_with_its_lineage(
+    trained: tuple[dict[str, Any], Any, Any], store: str
+) -> None:
+    j, res, reg = trained
+    config = JobConfig.from_dict(TAB)
     tracker = MlflowTracker(store, "jobs")
     run_id = tracker.log_job(j, "m", res, config.to_dict())
     assert run_id is not None
@@ -51,42 +60,45 @@ def test_promoted_job_logs_a_run_and_a_model_version_with_its_lineage(
     assert mv.tags["kafka.offsets.0"] == "0-239" and mv.tags["livelearn.version"] == res.version
     # The registry stays the truth: its version names the same data.
     assert reg.get("m", res.version or "").manifest["data"] == j["data"]
+    assert reg.serving("m").version == res.version
     # At least once: announcing the job again logs nothing new.
     assert tracker.log_job(j, "m", res, config.to_dict()) == run_id
     assert len(tracker.client.search_model_versions("name = 'm'")) == 1
 
 
-def test_rejected_job_is_a_run_without_a_model_version(tmp_path: Path, store: str) -> None:
-    reg = ModelRegistry(tmp_path / "reg")
-    recs = tabular_records(60)
-    j = job("mlf-2", "retrain", recs)
-    res = run_job(j, recs, [], reg, "r", JobConfig.from_dict(TAB | {"epochs": 1}))
-    assert res.status in ("rejected", "promoted")
+def test_rejected_and_failed_jobs_are_runs_without_a_model_version(
+    trained: tuple[dict[str, Any], Any, Any], store: str
+) -> None:
+    j, res, _reg = trained
     tracker = MlflowTracker(store, "jobs")
-    run_id = tracker.log_job(j, "r", res)
-    assert run_id is not None
-    assert tracker.client.get_run(run_id).data.tags["gate.decision"] == res.status
-    versions = tracker.client.search_model_versions("name = 'r'")
-    assert len(versions) == (1 if res.status == "promoted" else 0)
+    for status, job_id in (("rejected", "mlf-2"), ("failed", "mlf-3")):
+        other = dataclasses.replace(res, job_id=job_id, status=status, reason="no better")
+        run_id = tracker.log_job({**j, "job_id": job_id}, "r", other)
+        assert run_id is not None
+        run = tracker.client.get_run(run_id)
+        assert run.data.tags["gate.decision"] == status
+        assert run.data.tags["gate.reason"] == "no better"
+        assert run.info.status == ("FAILED" if status == "failed" else "FINISHED")
+    assert tracker.client.search_model_versions("name = 'r'") == []
 
 
 def test_mlflow_down_is_a_warning_and_a_metric_not_a_failed_job(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    trained: tuple[dict[str, Any], Any, Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     settings = Settings(data_dir=tmp_path, mlflow=MlflowSettings(tracking_uri="http://127.0.0.1:9"))
     worker = TrainerWorker(settings, "127.0.0.1:9")
     assert isinstance(worker.tracker, MlflowTracker)
-    reg = ModelRegistry(tmp_path / "reg")
-    recs = tabular_records(60)
-    j = job("mlf-3", "retrain", recs)
-    res = run_job(j, recs, [], reg, "m", JobConfig.from_dict(TAB | {"epochs": 1}))
+    j, res, _reg = trained
     before = metrics.TRACKING_FAILURES.labels("mlflow")._value.get()
     started = time.monotonic()
     box: dict[str, Any] = {"result": res, "config": JobConfig.from_dict(TAB)}
     worker._track(j, "m", box)  # raises nothing
     assert time.monotonic() - started < 30
     assert metrics.TRACKING_FAILURES.labels("mlflow")._value.get() == before + 1
-    assert "MLflow: job mlf-3 not logged" in caplog.text
+    assert "MLflow: job mlf-1 not logged" in caplog.text
     assert make_tracker(Settings(data_dir=tmp_path)) is None  # off unless configured
