@@ -97,7 +97,7 @@ class RetrievalServices:
         self._lock = threading.Lock()
         self.embedding_monitor: Any = None
         if settings.trigger.embedding_drift:
-            from trainers.data_drift import EmbeddingDriftMonitor
+            from trainers.drift.data import EmbeddingDriftMonitor
 
             self.embedding_monitor = EmbeddingDriftMonitor(
                 settings.trigger.embedding_drift_window, settings.trigger.embedding_drift_window
@@ -289,13 +289,13 @@ def _query_filter(services: RetrievalServices, query: dict[str, Any]) -> str | N
 
 def make_online_service(settings: Settings) -> Any:
     """The learner's domain object, resumed from its checkpoint when there is one."""
-    from trainers.data_drift import FeatureDriftMonitor
-    from trainers.drift_monitor import ConceptDriftMonitor
-    from trainers.label_free import LabelFreeMonitors
-    from trainers.learner import OnlineLearner
-    from trainers.service import OnlineService
-    from trainers.serving import ServingPolicy
-    from trainers.trigger import TriggerPolicy
+    from trainers.drift.concept import ConceptDriftMonitor
+    from trainers.drift.data import FeatureDriftMonitor
+    from trainers.drift.label_free import LabelFreeMonitors
+    from trainers.drift.trigger import TriggerPolicy
+    from trainers.online.learner import OnlineLearner
+    from trainers.online.processor import OnlineService
+    from trainers.online.serving import ServingPolicy
 
     m, t = settings.models, settings.trigger
     registry_root = settings.data_dir / "registry"
@@ -331,7 +331,7 @@ def make_online_service(settings: Settings) -> Any:
         if t.label_free else None,
     )  # fmt: skip
     if service.policy.serving_version is None:  # a version promoted before this state began
-        from trainers.registry import ModelRegistry
+        from trainers.batch.registry import ModelRegistry
 
         serving = ModelRegistry(registry_root).serving(m.name)
         service.policy.serving_version = serving.version if serving is not None else None
@@ -344,7 +344,7 @@ def _promoted_lineage(settings: Settings) -> Callable[[str], dict[str, list[int]
     registry_root, name = settings.data_dir / "registry", settings.models.name
 
     def lineage(version: str) -> dict[str, list[int]] | None:
-        from trainers.registry import ModelRegistry
+        from trainers.batch.registry import ModelRegistry
 
         try:
             v = ModelRegistry(registry_root).get(name, version)
@@ -363,8 +363,8 @@ def _batch_loader(settings: Settings) -> Callable[[], Any]:
     registry_root, name = settings.data_dir / "registry", settings.models.name
 
     def load_batch() -> Any:
-        from trainers.jobs import load_serving_predictor
-        from trainers.registry import ModelRegistry
+        from trainers.batch.jobs import load_serving_predictor
+        from trainers.batch.registry import ModelRegistry
 
         registry = ModelRegistry(registry_root)
         if registry.serving(name) is None:
@@ -376,8 +376,8 @@ def _batch_loader(settings: Settings) -> Callable[[], Any]:
 
 def make_snapshot_predictor(settings: Settings) -> Any:
     """A predict-only replica answering from the learner's published snapshot."""
-    from trainers.service import SnapshotPredictor
-    from trainers.serving import ServingPolicy
+    from trainers.online.processor import SnapshotPredictor
+    from trainers.online.serving import ServingPolicy
 
     m = settings.models
     policy = "online" if m.serving == "online" else "batch"

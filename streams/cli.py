@@ -345,7 +345,7 @@ def train(
 
 
 def _registry(settings: Settings) -> Any:
-    from trainers.registry import ModelRegistry
+    from trainers.batch.registry import ModelRegistry
 
     return ModelRegistry(settings.data_dir / "registry")
 
