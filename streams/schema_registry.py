@@ -292,7 +292,7 @@ def registry_schema(contract: str, dialect: str = "2020-12") -> dict[str, Any]:
 
 def _newer_keywords(value: Any) -> set[str]:
     if isinstance(value, dict):
-        found = _NEWER_KEYWORDS.intersection(value)
+        found = set(_NEWER_KEYWORDS.intersection(value))
         for v in value.values():
             found |= _newer_keywords(v)
         return found

@@ -496,7 +496,7 @@ def make_tracker(settings: Settings) -> Any:
     m = settings.mlflow
     if not m.tracking_uri:
         return None
-    from trainers.tracking import MlflowTracker
+    from trainers.batch.tracking import MlflowTracker
 
     return MlflowTracker(m.tracking_uri, m.experiment, m.register_models)
 

@@ -13,9 +13,9 @@ from streams import metrics
 from streams.settings import MlflowSettings, Settings
 from streams.trainer import TrainerWorker, make_tracker
 from tests.unit.test_jobs import TAB, job, tabular_records
-from trainers.jobs import JobConfig, run_job
-from trainers.registry import ModelRegistry
-from trainers.tracking import MlflowTracker
+from trainers.batch.jobs import JobConfig, run_job
+from trainers.batch.registry import ModelRegistry
+from trainers.batch.tracking import MlflowTracker
 
 pytest.importorskip("mlflow")
 
