@@ -328,7 +328,6 @@ def register(
     from aiohttp import web as aioweb
     from faust.web import View
 
-    from retrieval.answering import Context
     from retrieval.exceptions import InvalidArgumentError, VectorStoreUnavailableError
 
     def refuse(view: View, status: int, message: str, param: str | None = None) -> Any:
@@ -338,6 +337,8 @@ def register(
         return view.json(error_body(message, param, kind), status=status)
 
     def retrieve(q: dict[str, Any]) -> tuple[Any, list[Any]]:
+        from retrieval.answering import Context
+
         a = answerer()
         hits = a.search(q["question"], q.get("k"), query_filter(q), q.get("mode"))
         return a.generator, [Context.from_hit(h) for h in hits]
