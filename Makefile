@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: install lint typecheck unit test demo bench clean browser
+.PHONY: install lint typecheck unit test demo bench clean browser promtool
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,15 @@ browser:
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1) ; } || \
 	  echo "no Chromium: the report render test will skip"
 
-test: lint typecheck browser
+# promtool validates and unit-tests the alerting rules (deploy/prometheus); Debian's prometheus.
+promtool:
+	@command -v promtool >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus \
+	    >/dev/null 2>&1)) ; } || echo "no promtool: the alerting rules' promtool checks will skip"
+
+test: lint typecheck browser promtool
 	$(VENV)/bin/pytest -q
 
 demo: install

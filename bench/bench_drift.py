@@ -21,7 +21,7 @@ Streams are 14,000 records with the change at ``position`` 5,000 (``--quick``: 8
 model ``logreg``, serving ``best``, :class:`TriggerSettings` defaults: ADWIN, drift
 sensitivity 0.002, warning 0.05, min_samples 300, quiet_records 2000, drift_min_records 200,
 data-drift watch on) and is fed the stream in micro-batches of ``--batch-size`` records through
-``OnlineService.process``, exactly as ``LearnerLoop`` does after each ``consume``. Two trigger
+``OnlineProcessor.process``, exactly as ``LearnerLoop`` does after each ``consume``. Two trigger
 knobs differ, because a benchmark replays a stream far faster than real time and both are
 wall-clock or volume rules that would otherwise decide the outcome: ``cooldown_s = 0`` (with
 300 s, the second job of a stream would wait longer than the whole replay) and
@@ -66,7 +66,7 @@ that point is back within ``--tolerance`` (2 points) of that level (so at least 
   :class:`JobConfig` (a retrain is a fresh tabular MLP in torch, on CPU here, trained on the
   job's offsets, i.e. the whole history ``[0, next)``; a fine-tune gets the replay ranges
   ``streams.trainer`` would read), registered in a temporary registry, fed back through
-  ``OnlineService.on_model_update`` (started, then promoted/rejected) and swapped in by the
+  ``OnlineProcessor.on_model_update`` (started, then promoted/rejected) and swapped in by the
   serving policy (``best``: served once it beats the online model on the same labels). The job
   is deemed instant: its result is fed back right after the micro-batch whose ``tick`` emitted
   it (``--job-lag-batches`` delays it), the best case for the reaction; each job's wall time is
@@ -307,7 +307,7 @@ def make_settings(args: argparse.Namespace, data_dir: Path) -> Any:
 
 
 def run_stream(spec: StreamSpec, args: argparse.Namespace) -> Run:
-    """Feed ``spec`` through a fresh production ``OnlineService``, running the jobs it asks for."""
+    """Feed ``spec`` through a fresh production ``OnlineProcessor``; run the jobs it asks for."""
     from streams.app import make_online_service
 
     records = events(spec)

@@ -46,18 +46,17 @@ import torch
 
 from bench.common import RESULTS, machine_info, write_result
 from retrieval.corpus import stdlib_corpus
-from trainers.batch.generator import (
+from trainers.batch.generator import _apply_lora, run_generator_job
+from trainers.batch.lm import (
     GeneratorConfig,
-    _apply_lora,
     build_tiny_lm,
     collate,
     encode_examples,
     examples_from_style_records,
     load_lm,
-    run_generator_job,
     train_lm,
 )
-from trainers.batch.jobs import get_lr, make_batches, pick_device
+from trainers.batch.loop import get_lr, make_batches, pick_device
 from trainers.batch.models import bf16_autocast
 from trainers.batch.registry import ModelRegistry
 from trainers.batch.style import StyleCheck

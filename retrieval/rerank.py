@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.exceptions import InvalidArgumentError, ModelLoadError
+from retrieval.hub import torch_device
 from retrieval.store import Hit
 
 __all__ = ["CrossEncoderReranker"]
@@ -48,7 +49,7 @@ class CrossEncoderReranker:
 
     >>> import tempfile
     >>> from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-    >>> from retrieval.embedding import resolve_model_path
+    >>> from retrieval.hub import resolve_model_path
     >>> tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
     >>> config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
     ...                     num_attention_heads=2, intermediate_size=32, num_labels=1)
@@ -68,7 +69,6 @@ class CrossEncoderReranker:
         batch_size: int = 32,
         device: str | None = None,
     ) -> None:
-        import torch
 
         if max_length < 8 or batch_size < 1:
             raise InvalidArgumentError(
@@ -76,7 +76,7 @@ class CrossEncoderReranker:
             )
         self.max_length = max_length
         self.batch_size = batch_size
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._device = torch_device(device)
         if isinstance(model, tuple):
             self._model, self._tokenizer = model
             self.model_name = type(self._model).__name__
@@ -90,7 +90,7 @@ class CrossEncoderReranker:
     def _load(model: str) -> tuple[Any, Any]:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from retrieval.embedding import resolve_model_path
+        from retrieval.hub import resolve_model_path
 
         path = resolve_model_path(model)
         try:

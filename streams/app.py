@@ -294,14 +294,14 @@ def make_online_service(settings: Settings) -> Any:
     from trainers.drift.label_free import LabelFreeMonitors
     from trainers.drift.trigger import TriggerPolicy
     from trainers.online.learner import OnlineLearner
-    from trainers.online.processor import OnlineService
+    from trainers.online.processor import OnlineProcessor
     from trainers.online.serving import ServingPolicy
 
     m, t = settings.models, settings.trigger
     registry_root = settings.data_dir / "registry"
     load_batch = _batch_loader(settings)
 
-    service = OnlineService(
+    service = OnlineProcessor(
         OnlineLearner(m.online, m.task, m.name, text_buckets=m.text_buckets),
         settings.data_dir / "online" / f"{m.name}.ckpt",
         every_records=m.checkpoint_every_records,
@@ -329,6 +329,8 @@ def make_online_service(settings: Settings) -> Any:
         lineage=_promoted_lineage(settings),
         label_free=LabelFreeMonitors(m.task, t.label_free_window, t.label_free_min_labels)
         if t.label_free else None,
+        signing_key=settings.state.signing_key(),
+        migrate_unsigned=settings.state.migrate_unsigned,
     )  # fmt: skip
     if service.policy.serving_version is None:  # a version promoted before this state began
         from trainers.batch.registry import ModelRegistry
@@ -363,7 +365,7 @@ def _batch_loader(settings: Settings) -> Callable[[], Any]:
     registry_root, name = settings.data_dir / "registry", settings.models.name
 
     def load_batch() -> Any:
-        from trainers.batch.jobs import load_serving_predictor
+        from trainers.batch.predictor import load_serving_predictor
         from trainers.batch.registry import ModelRegistry
 
         registry = ModelRegistry(registry_root)
@@ -376,14 +378,15 @@ def _batch_loader(settings: Settings) -> Callable[[], Any]:
 
 def make_snapshot_predictor(settings: Settings) -> Any:
     """A predict-only replica answering from the learner's published snapshot."""
-    from trainers.online.processor import SnapshotPredictor
+    from trainers.online.replica import SnapshotPredictor
     from trainers.online.serving import ServingPolicy
 
     m = settings.models
     policy = "online" if m.serving == "online" else "batch"
     return SnapshotPredictor(settings.data_dir / "online" / f"{m.name}.ckpt",
                              ServingPolicy(policy, m.task, _batch_loader(settings)),
-                             model_name=m.name)  # fmt: skip
+                             model_name=m.name,
+                             signing_key=settings.state.signing_key())  # fmt: skip
 
 
 class BatchRunner:
@@ -799,6 +802,11 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
                 delay = min(2 * delay, MAX_BACKOFF_S)
 
     guard = RequestGuard(settings.web.token.get_secret_value(), settings.web.max_request_bytes)
+    from streams.console import register_console  # the live console at / (+ /console.json)
+    from streams.webhook_loop import register_webhook  # when LIVELEARN_WEBHOOK__URL is set
+
+    register_console(app, settings, bootstrap, guard)
+    register_webhook(app, settings, bootstrap)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

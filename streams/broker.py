@@ -20,6 +20,7 @@ Run it by hand with ``livelearn broker up`` / ``livelearn broker down``, or in c
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -212,11 +213,24 @@ class LocalBroker:
         return Path(self.settings.cache_dir).expanduser() / f"kafka-{self.settings.kafka_version}"
 
     def fetch_jars(self) -> Path:
-        """Fetch Kafka's jars with Maven once; later calls use the cache."""
+        """Fetch Kafka's jars with Maven once; later calls use the cache.
+
+        Processes that start brokers at the same time (parallel test workers, several
+        ``livelearn broker up``) take turns on a lock file: one fetches, the others wait and
+        then find the cache complete.
+        """
         target = self.jars_dir()
         done = target / ".complete"
         if done.exists():
             return target / "jars"
+        target.mkdir(parents=True, exist_ok=True)
+        with open(target / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if done.exists():
+                return target / "jars"
+            return self._fetch_jars_locked(target, done)
+
+    def _fetch_jars_locked(self, target: Path, done: Path) -> Path:
         mvn = shutil.which("mvn")
         if not mvn:
             raise BrokerError("Maven (mvn) is needed once to fetch the Kafka jars; install it")

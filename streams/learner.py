@@ -12,7 +12,8 @@ yet every worker should be able to take over when the learner's process dies. So
   exactly where the last checkpoint left off and replays the rest. Records before the
   checkpoint's offsets are never learned twice (their predictions may be produced again:
   at-least-once, keyed by event id).
-* The loop decodes, dead-letters bad records, calls :class:`trainers.online.processor.OnlineService`
+* The loop decodes, dead-letters bad records, calls
+  :class:`trainers.online.processor.OnlineProcessor`
   and produces its outputs without waiting for them. When a checkpoint is due it first waits
   for Kafka's acknowledgement of everything produced, then checkpoints: a checkpoint never
   moves the replay point past a record whose outputs Kafka does not hold.
@@ -52,7 +53,7 @@ OUTPUT_LINGER_MS = 1
 
 
 class OnlineProcessor(Protocol):
-    """What the loop needs from the domain side (``trainers.online.processor.OnlineService``)."""
+    """What the loop needs from the domain side (``trainers.online.processor.OnlineProcessor``)."""
 
     #: The event-time merge's state as of the records processed (saved with the checkpoint).
     ordering_state: dict[str, Any] | None
@@ -96,6 +97,7 @@ class Lease:
 
     def __init__(self, settings: Settings, bootstrap: str, name: str) -> None:
         self.topic = f"{settings.kafka.group_prefix}.lease.{name}"
+        self.name = name
         ensure_topics(admin_client(settings, bootstrap),
                       [TopicSpec(self.topic, 1, settings.topics.replication)])  # fmt: skip
         self.held = False
@@ -115,13 +117,16 @@ class Lease:
 
     def _on_assign(self, _c: Any, parts: list[Any]) -> None:
         self.held = bool(parts)
+        metrics.LEASE_HELD.labels(self.name).set(int(self.held))
         if self.held:
             log.info("lease %s acquired: this worker is the learner", self.topic)
 
     def _on_revoke(self, _c: Any, _parts: list[Any]) -> None:
         if self.held:
             log.warning("lease %s lost: stop learning", self.topic)
+            metrics.LEASE_LOST.labels(self.name).inc()
         self.held = False
+        metrics.LEASE_HELD.labels(self.name).set(0)
 
     def poll(self) -> bool:
         """Keep the group membership alive; return whether the lease is held."""
@@ -129,8 +134,9 @@ class Lease:
         return self.held
 
     def close(self) -> None:
+        self.held = False  # first: the revoke that closing triggers is not a lost lease
         self._consumer.close()
-        self.held = False
+        metrics.LEASE_HELD.labels(self.name).set(0)
 
 
 class _EventsLoop(threading.Thread):
@@ -408,7 +414,7 @@ class PredictorLoop(_EventsLoop):
     (which then learns without answering). The group spreads the partitions of ``events`` over
     the replicas, so prediction scales with workers up to the partition count; each replica
     answers from the learner's latest snapshot
-    (:class:`trainers.online.processor.SnapshotPredictor`).
+    (:class:`trainers.online.replica.SnapshotPredictor`).
     Offsets are committed after Kafka acknowledged the predictions: at least once, keyed by
     event id. Bad records are dead-lettered by the learner, which reads every record; a
     replica skips them. A replica answers in arrival order: it learns nothing, so the order

@@ -29,6 +29,11 @@ __all__ = [
     "FEEDBACK_ROUTES",
     "GENERATOR_RATING",
     "STYLE_ADHERENCE",
+    "LEASE_HELD",
+    "LEASE_LOST",
+    "WEBHOOK_DELIVERIES",
+    "WEBHOOK_RETRIES",
+    "WEBHOOK_SECONDS",
     "serve_metrics",
 ]
 
@@ -120,6 +125,29 @@ GENERATOR_RATING = Histogram(
 STYLE_ADHERENCE = Gauge(
     "livelearn_generator_style_adherence", "Rolling style adherence of generated answers"
 )
+
+LEASE_HELD = Gauge(
+    "livelearn_learner_lease_held", "1 while this worker holds the model's learner lease",
+    ["model"],
+)  # fmt: skip
+LEASE_LOST = Counter(
+    "livelearn_learner_lease_lost_total",
+    "Times this worker lost the learner lease it held (a rebalance, a session timeout)",
+    ["model"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "livelearn_webhook_deliveries_total",
+    "Records the webhook sink handled, by topic and outcome (delivered, dead_lettered)",
+    ["topic", "outcome"],
+)
+WEBHOOK_RETRIES = Counter(
+    "livelearn_webhook_retries_total", "Webhook requests tried again after a failure",
+    ["topic"],
+)  # fmt: skip
+WEBHOOK_SECONDS = Histogram(
+    "livelearn_webhook_request_seconds", "Time of one webhook request (any outcome)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)  # fmt: skip
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1", token: str = "") -> None:

@@ -39,11 +39,13 @@ __all__ = [
     "SchemaRegistrySettings",
     "Settings",
     "SecretStr",
+    "StateSettings",
     "SupervisorSettings",
     "StyleSettings",
     "TopicSettings",
     "TriggerSettings",
     "WebSettings",
+    "WebhookSettings",
     "load_settings",
 ]
 
@@ -438,6 +440,45 @@ class MlflowSettings(_Frozen):
     )
 
 
+class StateSettings(_Frozen):
+    """The online state files (the learner's checkpoint, which replicas read too)."""
+
+    key: SecretStr = Field(
+        SecretStr(""),
+        description="HMAC key that signs state files (secret; the same for a learner and its "
+        "replicas); '' = a key file made in <data_dir>/online",
+    )
+    migrate_unsigned: bool = Field(
+        False, description="read an unsigned format-1 state once (it is written back signed)"
+    )
+
+    def signing_key(self) -> bytes | None:
+        """The configured key as bytes, None when the key file is to be used."""
+        secret = self.key.get_secret_value()
+        return secret.encode() if secret else None
+
+
+class WebhookSettings(_Frozen):
+    """The optional webhook sink: every ``drift-alerts`` and ``model-updates`` record is
+    POSTed to ``url`` (off while it is empty), with retries and exponential backoff; a record
+    still refused after ``max_tries`` goes to ``<topic>.dlq``."""
+
+    url: SecretStr = Field(
+        SecretStr(""), description="endpoint the records are POSTed to (secret: Slack's "
+        "carry their token); '' = no webhook sink",
+    )  # fmt: skip
+    format: Literal["json", "slack"] = Field(
+        "json", description='body: the record as JSON, or Slack\'s {"text": ...} message'
+    )
+    authorization: SecretStr = Field(
+        SecretStr(""), description="Authorization header sent with each request (secret)"
+    )
+    timeout_s: float = Field(5.0, gt=0, description="how long one request may take")
+    max_tries: int = Field(6, ge=1, description="tries per record before it is dead-lettered")
+    backoff_s: float = Field(0.5, gt=0, description="wait after the first failure; doubles")
+    backoff_max_s: float = Field(30.0, gt=0, description="longest wait between two tries")
+
+
 class SupervisorSettings(_Frozen):
     """How ``livelearn up`` keeps its children running (a crashed one is started again)."""
 
@@ -484,9 +525,11 @@ class Settings(BaseSettings):
     style: StyleSettings = Field(default_factory=StyleSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
     web_port: int = Field(6066, ge=0, description="worker HTTP port: /search, /ask, /healthz")
     shutdown_timeout_s: float = Field(

@@ -70,6 +70,7 @@ __all__ = [
     "Restart",
     "RestartPolicy",
     "Supervisor",
+    "console_url",
     "SupervisorState",
     "child_command",
     "child_env",
@@ -658,6 +659,17 @@ def _exit_code(
     return 0
 
 
+def console_url(settings: Settings) -> str:
+    """Where the worker's live console answers (:mod:`streams.console`).
+
+    >>> console_url(Settings(web_port=6066))
+    'http://127.0.0.1:6066/'
+    """
+    host = settings.web.host if settings.web.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.web_port}/"
+
+
 def run_up(settings: Settings, trainer: bool = True, refresh_s: float = 5.0,
            console: Console | None = None) -> int:  # fmt: skip
     """Run until Ctrl-C/SIGTERM (0), a child failed (1) or Kafka was lost (3, if so set)."""
@@ -703,6 +715,7 @@ def run_up(settings: Settings, trainer: bool = True, refresh_s: float = 5.0,
         logs = settings.data_dir / "logs"
         console.print(f"[green]✓[/] Kafka at {bootstrap}; worker HTTP :{settings.web_port}; "
                       f"logs in {logs}; Ctrl-C stops everything cleanly")  # fmt: skip
+        console.print(f"[green]✓[/] live console: {console_url(settings)}")
         with Live(console=console, refresh_per_second=1) as live:
             while not stopping:
                 for event in supervisor.tick():

@@ -69,7 +69,8 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
     inputs = (topics.docs, topics.events, topics.queries, topics.style_examples, topics.feedback)
     for source in inputs:
         specs.append(TopicSpec(topics.dlq(source), p, r, {"retention.ms": keep}))
-    for source in (topics.training_jobs, topics.model_updates):  # the audit trail: forever
+    # The audit trail (kept forever); drift-alerts.dlq: what the webhook sink could not deliver.
+    for source in (topics.training_jobs, topics.model_updates, topics.drift_alerts):
         specs.append(TopicSpec(topics.dlq(source), 1, r, {"retention.ms": "-1"}))
     return specs
 

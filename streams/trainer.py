@@ -204,7 +204,7 @@ class TrainerWorker:
         self.stop_event.set()
 
     def _job_config(self) -> Any:
-        from trainers.batch.jobs import JobConfig
+        from trainers.batch.config import JobConfig
 
         s = self.settings
         events_config = {k: v for k, v in self.config.items() if k != "generator"}

@@ -39,13 +39,14 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
     after = [acc for i, acc in result.rolling_accuracy if i > 800]
     assert after[-1] > min(after) + 0.25 and after[-1] > 0.6
     html = result.report_path.read_text() if result.report_path else ""
-    assert html.count("<svg") == 4 and "REVISED" in html
+    assert html.count('<div class="plot"') == 4 and "REVISED" in html
     assert sum(count for _, count in result.steady_freshness) == 40
     _render_in_chromium(result.report_path, result.report_path.parent)
 
 
 def _render_in_chromium(report: Path | None, out: Path) -> None:
-    """Open the report in headless Chromium: the DOM it renders holds the four plots."""
+    """Open the report in headless Chromium: the DOM its script renders holds the four plots
+    (Vega-Lite, as SVG): one line chart, and bars."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None or report is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
@@ -55,13 +56,15 @@ def _render_in_chromium(report: Path | None, out: Path) -> None:
         f"--user-data-dir={out / 'chromium'}",
     ]  # fmt: skip
     dom = subprocess.run(
-        [chromium, *flags, "--dump-dom", report.as_uri()],
+        [chromium, *flags, "--virtual-time-budget=10000", "--dump-dom", report.as_uri()],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
-    assert dom.count("<svg") == 4 and dom.count("<polyline") == 1 and "<rect" in dom
+    assert dom.count("<svg") == 4 and dom.count('"line mark container"') == 1
+    assert dom.count('aria-roledescription="bar"') >= 3
     shot = out / "report.png"
     subprocess.run(
-        [chromium, *flags, "--window-size=1000,2400", f"--screenshot={shot}", report.as_uri()],
+        [chromium, *flags, "--virtual-time-budget=10000", "--window-size=1000,2400",
+         f"--screenshot={shot}", report.as_uri()],
         capture_output=True, timeout=120, check=True,
     )  # fmt: skip
     assert shot.stat().st_size > 20_000  # a page with pictures, not a blank one

@@ -17,7 +17,7 @@ from streams.topics import ensure_topics, topic_specs
 from tests.conftest import make_settings
 from tests.integration.worker import WorkerProcess
 from trainers.online.learner import OnlineLearner
-from trainers.online.processor import load_checkpoint
+from trainers.online.state import load_checkpoint
 
 
 @pytest.fixture

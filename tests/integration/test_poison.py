@@ -21,7 +21,7 @@ from streams.trainer import TrainerWorker, manual_job
 from tests.integration.test_serving import ROWS, _settings
 from tests.integration.worker import WorkerProcess
 from trainers.online.learner import OnlineLearner
-from trainers.online.processor import load_checkpoint
+from trainers.online.state import load_checkpoint
 
 
 def _finite(value: Any) -> bool:

@@ -22,7 +22,7 @@ from tests.conftest import make_settings, settings_env
 from tests.integration.worker import WorkerProcess
 from trainers.batch.registry import ModelRegistry
 from trainers.online.learner import OnlineLearner
-from trainers.online.processor import load_checkpoint
+from trainers.online.state import load_checkpoint
 
 ROWS = list(datasets.Phishing())
 QUIET = TriggerSettings(volume_threshold=0, warning_action="none", drift_action="none")

@@ -17,7 +17,7 @@ from streams.trainer import TrainerWorker
 from tests.conftest import make_settings
 from tests.integration.helpers import wait_caught_up
 from tests.integration.worker import WorkerProcess
-from trainers.batch.generator import build_tiny_lm, shipped_text
+from trainers.batch.lm import build_tiny_lm, shipped_text
 from trainers.batch.registry import ModelRegistry
 from trainers.batch.style import feedback_doc_id
 

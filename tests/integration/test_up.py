@@ -30,7 +30,7 @@ from tests.integration.helpers import (
     wait_predicted,
 )
 from trainers.online.learner import OnlineLearner
-from trainers.online.processor import load_checkpoint
+from trainers.online.state import load_checkpoint
 
 
 def test_up_status_and_a_clean_ctrl_c(settings: Settings, tmp_path: Path) -> None:
@@ -64,6 +64,8 @@ def test_up_status_and_a_clean_ctrl_c(settings: Settings, tmp_path: Path) -> Non
         log.close()
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert "stopped" in (tmp_path / "up.log").read_text()
+    console = f"live console: http://127.0.0.1:{env['LIVELEARN_WEB_PORT']}/"
+    assert console in (tmp_path / "up.log").read_text()  # `up` says where the console is
     # The learner wrote its checkpoint on the way out: every event learned, none twice.
     state = load_checkpoint(settings.data_dir / "online" / f"{settings.models.name}.ckpt")
     assert state is not None and sum(state["offsets"].values()) == len(rows)

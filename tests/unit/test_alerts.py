@@ -87,10 +87,10 @@ def test_milvus_lite_start_up_logs_no_error(tmp_path: Path, caplog: pytest.LogCa
 def test_per_key_drift_names_the_key(tmp_path: Path) -> None:
     """Tenant b's concept flips; tenant a's does not: b's own monitor alerts, naming b."""
     from trainers.online.learner import OnlineLearner
-    from trainers.online.processor import OnlineService
+    from trainers.online.processor import OnlineProcessor
 
     rng = random.Random(4)
-    service = OnlineService(OnlineLearner("logreg"), None, per_key="tenant")
+    service = OnlineProcessor(OnlineLearner("logreg"), None, per_key="tenant")
     alerts = []
     for i in range(16_000):
         tenant = "ab"[i % 2]

@@ -14,7 +14,7 @@ from river.datasets import synth
 from trainers.drift.data import EmbeddingDriftMonitor, FeatureDriftMonitor
 from trainers.drift.trigger import TriggerPolicy
 from trainers.online.learner import OnlineLearner
-from trainers.online.processor import OnlineService
+from trainers.online.processor import OnlineProcessor
 
 
 def _sea(n: int, seed: int) -> list[dict[str, Any]]:
@@ -91,7 +91,7 @@ def test_the_service_alerts_on_input_drift_and_the_policy_decides() -> None:
     # A fine-tune with nothing serving yet becomes the first retrain.
     for action, kinds in (("none", []), ("finetune", ["retrain"])):
         policy = TriggerPolicy("m", "events", volume_threshold=0, data_drift_action=action)
-        svc = OnlineService(OnlineLearner("logreg", name="m"), None, policy=policy,
+        svc = OnlineProcessor(OnlineLearner("logreg", name="m"), None, policy=policy,
                             data_monitor=FeatureDriftMonitor(500, 500, 100))  # fmt: skip
         rows = _sea(4000, 11)
         outputs = []

@@ -8,18 +8,17 @@ from typing import Any
 import pytest
 
 from retrieval.answering import Context
-from trainers.batch.generator import (
+from trainers.batch.generator import load_generator, run_generator_job
+from trainers.batch.lm import (
     IGNORE,
     GeneratorConfig,
     build_tiny_lm,
     encode_examples,
     examples_from_style_records,
-    load_generator,
     load_lm,
-    run_generator_job,
     shipped_text,
 )
-from trainers.batch.jobs import pick_device
+from trainers.batch.loop import pick_device
 from trainers.batch.registry import ModelRegistry
 from trainers.batch.style import StyleCheck
 

@@ -103,7 +103,7 @@ def test_a_style_slump_alerts_and_asks_for_a_job(tmp_path: Path) -> None:
 
 
 def test_refresh_swaps_in_the_promoted_version(tmp_path: Path) -> None:
-    from trainers.batch.generator import build_tiny_lm, shipped_text
+    from trainers.batch.lm import build_tiny_lm, shipped_text
     from trainers.batch.registry import ModelRegistry
 
     base = build_tiny_lm(tmp_path / "lm", hidden=32, layers=1, heads=2, positions=128,

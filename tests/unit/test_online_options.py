@@ -13,7 +13,8 @@ from river.datasets import synth
 from trainers.drift.concept import ConceptDriftMonitor
 from trainers.exceptions import ModelSpecError
 from trainers.online.learner import OnlineLearner
-from trainers.online.processor import OnlineService, SnapshotPredictor
+from trainers.online.processor import OnlineProcessor
+from trainers.online.replica import SnapshotPredictor
 from trainers.online.serving import ServingPolicy
 
 
@@ -40,8 +41,8 @@ def _accuracy(outputs: list[Any], records: list[Any]) -> float:
 
 def test_per_key_models_learn_what_one_shared_model_cannot(tmp_path: Path) -> None:
     records = _tenant_stream(2000)
-    shared = OnlineService(OnlineLearner("logreg"), None)
-    keyed = OnlineService(OnlineLearner("logreg"), tmp_path / "m.ckpt", per_key="tenant")
+    shared = OnlineProcessor(OnlineLearner("logreg"), None)
+    keyed = OnlineProcessor(OnlineLearner("logreg"), tmp_path / "m.ckpt", per_key="tenant")
     out_shared = shared.process(records)
     out_keyed = keyed.process(records)
     assert _accuracy(out_keyed[-500:], records) > 0.95 > 0.7 > _accuracy(out_shared[-500:], records)
@@ -50,7 +51,7 @@ def test_per_key_models_learn_what_one_shared_model_cannot(tmp_path: Path) -> No
     assert sum(m.n_learned for m in keyed.learners.values()) == 2000
     # The per-key models survive a restart, and predictor replicas answer per key too.
     keyed.maybe_checkpoint(force=True)
-    resumed = OnlineService(OnlineLearner("logreg"), tmp_path / "m.ckpt", per_key="tenant")
+    resumed = OnlineProcessor(OnlineLearner("logreg"), tmp_path / "m.ckpt", per_key="tenant")
     assert {k: m.n_learned for k, m in resumed.learners.items()} == {"a": 1000, "b": 1000}
     replica = SnapshotPredictor(tmp_path / "m.ckpt", ServingPolicy("online", "classification"))
     probe = [_rec(0, {"id": "pa", "features": {"tenant": "a", "x": 9.0}}),
@@ -59,7 +60,7 @@ def test_per_key_models_learn_what_one_shared_model_cannot(tmp_path: Path) -> No
 
 
 def test_keys_beyond_the_limit_share_the_default_model() -> None:
-    svc = OnlineService(OnlineLearner("logreg"), None, per_key="tenant", max_keys=1)
+    svc = OnlineProcessor(OnlineLearner("logreg"), None, per_key="tenant", max_keys=1)
     svc.process(_tenant_stream(10))
     assert list(svc.learners) == ["a"] and svc.overflow_keys == 5
     assert svc.learner.n_learned == 5  # tenant b learned into the shared model, not dropped
@@ -75,8 +76,8 @@ def _sea_flip(n: int, at: int) -> list[Any]:
 def test_a_fresh_model_takes_over_after_a_drift_when_it_is_better(tmp_path: Path) -> None:
     records = _sea_flip(8000, 4000)
 
-    def run(reaction: str) -> tuple[OnlineService, float]:
-        svc = OnlineService(OnlineLearner("logreg"), None, reaction=reaction,
+    def run(reaction: str) -> tuple[OnlineProcessor, float]:
+        svc = OnlineProcessor(OnlineLearner("logreg"), None, reaction=reaction,
                             monitor=ConceptDriftMonitor(min_samples=300))  # fmt: skip
         out = [o for o in svc.process(records) if o[0] == "predictions"]
         return svc, _accuracy(out[4000:5500], records)  # the change and the recovery
@@ -88,10 +89,10 @@ def test_a_fresh_model_takes_over_after_a_drift_when_it_is_better(tmp_path: Path
     # The switch is part of the checkpointed state.
     reacting.checkpoint_path = tmp_path / "r.ckpt"
     reacting.maybe_checkpoint(force=True)
-    resumed = OnlineService(OnlineLearner("logreg"), tmp_path / "r.ckpt", reaction="fresh")
+    resumed = OnlineProcessor(OnlineLearner("logreg"), tmp_path / "r.ckpt", reaction="fresh")
     assert resumed.learner.n_learned == reacting.learner.n_learned < 8000
 
 
 def test_unknown_reaction_is_a_clear_error() -> None:
     with pytest.raises(ModelSpecError, match="none or fresh"):
-        OnlineService(OnlineLearner("logreg"), None, reaction="restart")
+        OnlineProcessor(OnlineLearner("logreg"), None, reaction="restart")

@@ -19,7 +19,7 @@ from streams.kafka import deliver_or_retry, flush_or_raise, producer
 from streams.settings import KafkaSettings, LimitSettings, Settings
 from trainers.exceptions import ModelSpecError
 from trainers.online.learner import LabelJoiner, OnlineLearner
-from trainers.online.processor import OnlineService
+from trainers.online.processor import OnlineProcessor
 from trainers.online.serving import ServingPolicy
 
 
@@ -32,7 +32,7 @@ def _good(i: int) -> dict[str, Any]:
     return {"id": f"g{i}", "features": {"x": x}, "label": x >= 5}
 
 
-def _run(svc: OnlineService, values: list[dict[str, Any]], start: int = 0) -> list[Any]:
+def _run(svc: OnlineProcessor, values: list[dict[str, Any]], start: int = 0) -> list[Any]:
     return svc.process([_rec(start + i, v) for i, v in enumerate(values)])
 
 
@@ -54,7 +54,7 @@ def _predicted(outputs: list[Any]) -> set[str]:
 def test_a_poison_record_is_set_aside_and_the_stream_goes_on(
     spec: str, task: str, poison: dict[str, Any], reason: str
 ) -> None:
-    svc = OnlineService(OnlineLearner(spec, task), checkpoint_path=None)
+    svc = OnlineProcessor(OnlineLearner(spec, task), checkpoint_path=None)
     good = [_good(i) for i in range(200)]
     if task == "regression":
         good = [dict(g, label=float(g["features"]["x"]) * 2) for g in good]
@@ -71,7 +71,7 @@ def test_a_poison_record_is_set_aside_and_the_stream_goes_on(
 
 
 def test_a_late_label_of_the_wrong_type_is_set_aside_and_its_event_still_waits() -> None:
-    svc = OnlineService(OnlineLearner("logreg"), checkpoint_path=None)
+    svc = OnlineProcessor(OnlineLearner("logreg"), checkpoint_path=None)
     _run(svc, [_good(i) for i in range(50)])
     _run(svc, [{"id": "late", "features": {"x": 7.0}}], start=50)
     _run(svc, [{"id": "late", "label": "yes"}], start=51)
@@ -95,7 +95,7 @@ def test_the_online_model_answers_what_the_batch_model_cannot_take() -> None:
     serving = ServingPolicy("batch", "classification", load=_TabularOnly)
     serving.request_reload()
     assert serving.apply_pending(wait=5.0)
-    svc = OnlineService(OnlineLearner("logreg"), checkpoint_path=None, serving=serving)
+    svc = OnlineProcessor(OnlineLearner("logreg"), checkpoint_path=None, serving=serving)
     _run(svc, [_good(i) for i in range(20)])
     out = _run(svc, [{"id": "t", "text": "a text for a tabular model"}, _good(99)], start=20)
     by_id = {k: v for c, k, v in out if c == "predictions"}
@@ -137,7 +137,7 @@ def test_text_features_are_hashed_so_the_model_stays_small() -> None:
 
 def test_the_label_store_has_a_byte_budget() -> None:
     budget = 2 * 2**20
-    svc = OnlineService(OnlineLearner("logreg"), checkpoint_path=None, label_store_bytes=budget)
+    svc = OnlineProcessor(OnlineLearner("logreg"), checkpoint_path=None, label_store_bytes=budget)
     text = " ".join(["word"] * 10_000)  # ~50 kB per event
     for start in range(0, 400, 50):
         _run(svc, [{"id": f"u{i}", "text": text} for i in range(start, start + 50)], start=start)
@@ -170,7 +170,7 @@ def test_labels_wait_their_ttl_on_the_resuming_workers_clock_however_skewed() ->
 
 def test_a_promotion_the_registry_does_not_confirm_moves_nothing() -> None:
     registry = {"v1": {"0": [0, 99]}}
-    svc = OnlineService(OnlineLearner("logreg"), None, lineage=registry.get)
+    svc = OnlineProcessor(OnlineLearner("logreg"), None, lineage=registry.get)
     forged = {"job_id": "j", "model_version": "../../planted", "kind": "retrain",
               "status": "promoted", "data": {"offsets": {"0": [0, 10**15]}}}  # fmt: skip
     with pytest.raises(ModelSpecError, match="not a promoted version"):

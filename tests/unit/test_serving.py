@@ -9,7 +9,7 @@ import pytest
 
 from trainers.exceptions import ModelSpecError
 from trainers.online.learner import OnlineLearner
-from trainers.online.processor import OnlineService
+from trainers.online.processor import OnlineProcessor
 from trainers.online.serving import ServingPolicy
 
 
@@ -35,12 +35,12 @@ def _records(start: int, n: int, labelled: bool = True) -> list[Any]:
     return out
 
 
-def _service(policy: str, versions: list[ThresholdModel], min_samples: int = 20) -> OnlineService:
+def _service(policy: str, versions: list[ThresholdModel], min_samples: int = 20) -> OnlineProcessor:
     it = iter(versions)
     serving = ServingPolicy(
         policy, "classification", load=lambda: next(it), min_samples=min_samples
     )
-    return OnlineService(OnlineLearner("logreg"), None, serving=serving)
+    return OnlineProcessor(OnlineLearner("logreg"), None, serving=serving)
 
 
 def _preds(outputs: list[Any]) -> list[dict[str, Any]]:

@@ -1,5 +1,9 @@
 """Fine-tune and retrain jobs: train a candidate, score it against serving, register it.
 
+The job runner; its parts live beside it: the config and result in
+:mod:`trainers.batch.config`, the training loop in :mod:`trainers.batch.loop`, the serving
+predictor in :mod:`trainers.batch.predictor` (re-exported here for callers of the runner).
+
 Run manual
 ----------
 The ``streams`` job runner replays the job's Kafka offsets into ``(partition, offset,
@@ -43,23 +47,28 @@ There is no optimizer state in the saved version: a job is short and re-runs fro
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
-import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+from trainers.batch.config import (
+    JobConfig,
+    JobResult,
+    ProgressCallback,
+    Record,
+    _json_safe,
+    config_from_dict,
+    config_to_dict,
+    is_transient,
+)
 from trainers.batch.datasets import (
     Example,
     LabelEncoder,
@@ -68,463 +77,38 @@ from trainers.batch.datasets import (
     split_at_change,
     split_by_time,
 )
-from trainers.batch.evaluation import LOWER_IS_BETTER, GateDecision, gate, score, trivial_metrics
+from trainers.batch.loop import evaluate, make_batches, pick_device, seed_everything, train
 from trainers.batch.models import (
-    MINILM_ID,
     BatchModel,
     FeatureVectorizer,
     TabularMLP,
-    Task,
     TextClassifier,
     apply_lora,
-    bf16_autocast,
-    load_model,
 )
+from trainers.batch.predictor import Predictor, _load_on, load_serving_predictor
 from trainers.batch.registry import ModelRegistry, Version
-from trainers.exceptions import JobConfigError, RegistryError, TrainingJobError
+from trainers.exceptions import TrainingJobError
 
 __all__ = [
     "JobConfig",
     "JobResult",
     "Predictor",
+    "config_from_dict",
+    "config_to_dict",
     "evaluate",
     "is_transient",
     "load_serving_predictor",
     "make_batches",
+    "pick_device",
     "run_job",
-    "train_epoch",
+    "train",
 ]
 
 log = logging.getLogger(__name__)
-Record = tuple[int, int, Mapping[str, Any]]
-ProgressCallback = Callable[[dict[str, Any]], None]
-
-
-_Config = TypeVar("_Config")
-
-
-def config_from_dict(cls: type[_Config], d: Mapping[str, Any], what: str) -> _Config:
-    """A dataclass config ``cls`` with ``d`` over its defaults: an unknown key, or a value the
-    class refuses, is a :class:`JobConfigError` naming the ``what`` config (job, generator)."""
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise JobConfigError(f"unknown {what} config key(s) {unknown}; known keys: {sorted(known)}")
-    values = dict(d)
-    if isinstance(values.get("lora_target_modules"), list):
-        values["lora_target_modules"] = tuple(values["lora_target_modules"])
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise JobConfigError(f"invalid {what} config: {exc}") from exc
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A dataclass config in JSON-ready form (stored in a version's manifest)."""
-    d = dataclasses.asdict(config)
-    if isinstance(d.get("lora_target_modules"), tuple):
-        d["lora_target_modules"] = list(d["lora_target_modules"])
-    return d
-
-
-@dataclass(frozen=True)
-class JobConfig:
-    """Every knob of a training job, with its default. Build overrides with :meth:`from_dict`.
-
-    Examples
-    --------
-    >>> JobConfig.from_dict({"epochs": 1, "lr": 1e-3}).epochs
-    1
-    >>> JobConfig.from_dict({"epoch": 1})
-    Traceback (most recent call last):
-    ...
-    trainers.exceptions.JobConfigError: unknown job config key(s) ['epoch']...
-    """
-
-    # -- model ------------------------------------------------------------------------
-    model_kind: str = "auto"  # "text" | "tabular" | "auto" (text if every example has text)
-    base_model: str = MINILM_ID  # HF id or path of the text encoder (retrain starts here)
-    task: Task = "classification"  # "classification" | "regression"
-    max_length: int = 128  # tokens kept per text
-    hidden: int = 64  # tabular MLP hidden width
-    n_buckets: int = 64  # hash slots for string features (tabular)
-    # -- optimisation -----------------------------------------------------------------
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float | None = None  # None: 5e-5 text, 1e-3 tabular; LoRA 5e-4 text, 5e-3 tabular
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.06  # share of steps with linear warm-up, then linear decay
-    grad_clip: float = 1.0  # max grad norm; 0 disables
-    max_steps: int | None = None  # cap on optimizer steps (0 = no training); None: epochs
-    # -- fine-tune (LoRA) -------------------------------------------------------------
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: str | tuple[str, ...] = "auto"
-    replay_ratio: float = 1.0  # old examples replayed per new example (anti-forgetting)
-    # -- evaluation and gate ----------------------------------------------------------
-    val_fraction: float = 0.2  # newest share of the new data held out
-    metric: str = "auto"  # gate metric; auto: accuracy (classification), mae (regression)
-    margin: float = 0.0  # the candidate must beat serving by this much (ties pass at 0)
-    min_eval_samples: int = 20  # a smaller held-out slice cannot promote anything
-    # -- system -----------------------------------------------------------------------
-    seed: int = 1337
-    device: str = "auto"  # "auto" (cuda if present) | "cpu" | "cuda" | "cuda:1" ...
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    num_workers: int = 0  # DataLoader workers for collation
-    progress: bool = True  # tqdm progress bar
-    log_every: int = 10  # steps between on_progress calls
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.model_kind in ("auto", "text", "tabular"), "model_kind: auto|text|tabular"),
-            (self.task in ("classification", "regression"), "task: classification|regression"),
-            (self.epochs >= 1, "epochs >= 1"),
-            (self.batch_size >= 1, "batch_size >= 1"),
-            (self.lr is None or self.lr > 0, "lr > 0"),
-            (self.max_steps is None or self.max_steps >= 0, "max_steps >= 0"),
-            (self.lora_r >= 1, "lora_r >= 1"),
-            (0.0 <= self.lora_dropout < 1.0, "0 <= lora_dropout < 1"),
-            (self.replay_ratio >= 0, "replay_ratio >= 0"),
-            (0.0 <= self.val_fraction < 1.0, "0 <= val_fraction < 1"),
-            (0.0 <= self.warmup_fraction < 1.0, "0 <= warmup_fraction < 1"),
-            (self.num_workers >= 0, "num_workers >= 0"),
-            (self.log_every >= 1, "log_every >= 1"),
-        ]
-        bad = [rule for ok, rule in checks if not ok]
-        if bad:
-            raise JobConfigError(f"invalid job config: expected {'; '.join(bad)}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> JobConfig:
-        """Defaults overridden by ``d``; an unknown key is an error (typos do not pass)."""
-        return config_from_dict(cls, d, "job")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (stored in the version's manifest)."""
-        return config_to_dict(self)
-
-    @property
-    def gate_metric(self) -> str:
-        """The metric the gate compares."""
-        if self.metric != "auto":
-            return self.metric
-        return "accuracy" if self.task == "classification" else "mae"
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """Outcome of :func:`run_job`; :meth:`to_update` gives the ``model-updates`` record."""
-
-    job_id: str
-    kind: str
-    status: str  # promoted | rejected | failed
-    version: str | None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    baseline_metrics: dict[str, Any] | None = None
-    artifact: str | None = None
-    error: str | None = None
-    data: dict[str, Any] | None = None
-    reason: str | None = None  # the gate's reason
-    train_stats: dict[str, Any] = field(default_factory=dict)
-    reused: bool = False  # True when the job id was already registered (nothing trained)
-    retryable: bool = False  # a failure that may go away on a retry (see is_transient)
-
-    def to_update(self, model_name: str, ts: float | None = None) -> dict[str, Any]:
-        """The ``model-updates`` contract value for this result."""
-        return {
-            "job_id": self.job_id,
-            "model": model_name,
-            "model_version": self.version or "",
-            "kind": self.kind,
-            "status": self.status,
-            "metrics": _json_safe(self.metrics),
-            "baseline_metrics": _json_safe(self.baseline_metrics),
-            "artifact": self.artifact,
-            "data": self.data,
-            "error": self.error,
-            # True: this job was registered before (another trainer, a re-delivery) and is
-            # announced again, not trained again. Announcements are at least once.
-            "reused": self.reused,
-            "ts": time.time() if ts is None else ts,
-        }
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a job that raised ``exc`` may succeed if it runs again later.
-
-    I/O (a replay that stalled, a full or vanished disk), memory (host or GPU) and CUDA errors
-    are transient; a bad job (no labelled data, an unknown base version, a task or class the
-    model does not have, an invalid config) fails the same way every time, and so does a bug.
-
-    >>> is_transient(TimeoutError("replay stalled")), is_transient(MemoryError())
-    (True, True)
-    >>> is_transient(TrainingJobError("no labelled examples")), is_transient(KeyError("x"))
-    (False, False)
-    """
-    if isinstance(exc, OSError | MemoryError | torch.OutOfMemoryError):
-        return True
-    if isinstance(exc, RuntimeError) and not isinstance(exc, NotImplementedError):
-        text = str(exc)
-        return "CUDA" in text or "out of memory" in text
-    return False
-
-
-def _json_safe(m: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if m is None:
-        return None
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
 
 
 # -----------------------------------------------------------------------------------------
 # helpers
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def pick_device(spec: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; on CUDA, TF32 matmuls are switched on."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise JobConfigError("device='cuda' but no CUDA device is visible; use 'auto'")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
-def make_batches(
-    lengths: Sequence[int], batch_size: int, seed: int, epoch: int = 0, bucket: int = 50
-) -> list[list[int]]:
-    """Index batches for one epoch: similar lengths together, batch order shuffled.
-
-    Indices are shuffled, cut into chunks of ``bucket * batch_size``, sorted by length
-    inside each chunk and split into batches, so padding stays small while batches still
-    vary from epoch to epoch. Same ``seed`` and ``epoch`` give the same batches.
-
-    Examples
-    --------
-    >>> bs = make_batches([5, 1, 4, 2, 3, 1], batch_size=2, seed=0)
-    >>> sorted(i for b in bs for i in b), [len(b) for b in bs]
-    ([0, 1, 2, 3, 4, 5], [2, 2, 2])
-    >>> bs == make_batches([5, 1, 4, 2, 3, 1], batch_size=2, seed=0)
-    True
-    """
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    chunk = max(batch_size, bucket * batch_size)
-    batches: list[list[int]] = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
-def get_lr(step: int, total: int, base_lr: float, warmup_fraction: float) -> float:
-    """Linear warm-up then linear decay to 10% of ``base_lr``.
-
-    Examples
-    --------
-    >>> [round(get_lr(s, 10, 1.0, 0.2), 2) for s in (0, 1, 2, 10)]
-    [0.5, 1.0, 1.0, 0.1]
-    """
-    warmup = int(total * warmup_fraction)
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base_lr * (1.0 - 0.9 * min(1.0, progress))
-
-
-class _Encoded(Dataset[tuple[Any, Any]]):
-    def __init__(self, items: Sequence[Any], targets: torch.Tensor) -> None:
-        self.items = items
-        self.targets = targets
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[Any, Any]:
-        return self.items[i], self.targets[i]
-
-
-class _Collate:
-    """Picklable collate function (DataLoader workers need one)."""
-
-    def __init__(self, model: BatchModel) -> None:
-        self.model = model
-
-    def __call__(self, pairs: Sequence[tuple[Any, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.model.collate([p[0] for p in pairs])
-        batch["targets"] = torch.stack([p[1] for p in pairs])
-        return batch
-
-
-def make_loader(
-    model: BatchModel,
-    examples: Sequence[Example],
-    batches: list[list[int]],
-    device: torch.device,
-    num_workers: int = 0,
-    items: Sequence[Any] | None = None,
-) -> DataLoader[Any]:
-    """A DataLoader over pre-encoded examples in the given index batches (pinned on CUDA)."""
-    if items is None:
-        items = model.encode([e.input for e in examples])
-    targets = model.encode_targets([e.label for e in examples])
-    return DataLoader(
-        _Encoded(items, targets),
-        batch_sampler=batches,
-        collate_fn=_Collate(model),
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
-
-
-@dataclass
-class TrainState:
-    """Counters carried across epochs (for progress, step caps and the benchmark)."""
-
-    total: int
-    step: int = 0
-    samples: int = 0
-    loss: float = float("nan")
-    step_times: list[float] = field(default_factory=list)
-    epoch_losses: list[float] = field(default_factory=list)  # loss last logged in each
-    started: float = field(default_factory=time.perf_counter)
-
-
-def train_epoch(
-    model: BatchModel,
-    loader: Iterable[dict[str, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    state: TrainState,
-    config: JobConfig,
-    base_lr: float,
-    device: torch.device,
-    on_progress: ProgressCallback | None = None,
-    bar: Any = None,
-) -> None:
-    """One pass over ``loader`` (stops early at ``state.total`` steps)."""
-    module = model.module
-    module.train()
-    params = [p for p in module.parameters() if p.requires_grad]
-    t_prev = time.perf_counter()
-    for batch in loader:
-        if state.step >= state.total:
-            break
-        lr = get_lr(state.step, state.total, base_lr, config.warmup_fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        targets = batch.pop("targets")
-        with bf16_autocast(device, config.bf16):
-            out = model.forward(batch)
-        loss = model.loss(out, targets)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        state.samples += int(targets.shape[0])
-        now = time.perf_counter()
-        state.step_times.append(now - t_prev)
-        t_prev = now
-        if bar is not None:
-            bar.update(1)
-        if state.step % config.log_every == 0 or state.step == state.total:
-            state.loss = float(loss.detach())  # the only host sync, every log_every steps
-            elapsed = max(1e-9, now - state.started)
-            if bar is not None:
-                bar.set_postfix(loss=f"{state.loss:.4f}")
-            if on_progress is not None:
-                on_progress(
-                    {
-                        "step": state.step,
-                        "total": state.total,
-                        "loss": state.loss,
-                        "samples_per_s": state.samples / elapsed,
-                    }
-                )
-
-
-def train(
-    model: BatchModel,
-    examples: Sequence[Example],
-    config: JobConfig,
-    device: torch.device,
-    base_lr: float,
-    on_progress: ProgressCallback | None = None,
-) -> TrainState:
-    """Train ``model`` in place on ``examples``; returns the counters."""
-    from tqdm.auto import tqdm
-
-    model.to(device)
-    items = model.encode([e.input for e in examples])
-    lengths = [model.item_length(x) for x in items]
-    epochs = [
-        make_batches(lengths, config.batch_size, config.seed, epoch)
-        for epoch in range(config.epochs)
-    ]
-    total = sum(len(b) for b in epochs)
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    state = TrainState(total=total)
-    if total == 0:
-        return state
-    params = [p for p in model.module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=base_lr,
-        weight_decay=config.weight_decay,
-        fused=device.type == "cuda",
-    )
-    with tqdm(total=total, disable=not config.progress, desc="train", leave=False) as bar:
-        for batches in epochs:
-            if state.step >= total:
-                break
-            loader = make_loader(model, examples, batches, device, config.num_workers, items)
-            train_epoch(model, loader, optimizer, state, config, base_lr, device, on_progress, bar)
-            state.epoch_losses.append(state.loss)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return state
-
-
-def evaluate(
-    candidate: BatchModel,
-    serving: BatchModel | None,
-    val: Sequence[Example],
-    config: JobConfig,
-    train: Sequence[Example] = (),
-) -> tuple[dict[str, float], dict[str, float] | None, GateDecision]:
-    """Score candidate and serving model on the same held-out slice, then gate (with nothing
-    serving, against the trivial model of the ``train`` labels: a first version must beat
-    it; its metrics are the decision's ``trivial``)."""
-    metrics = score(candidate, val, config.task)
-    baseline = score(serving, val, config.task) if serving is not None else None
-    trivial = trivial_metrics([e.label for e in train], val, config.task) \
-        if serving is None and train else None  # fmt: skip
-    metric = config.gate_metric
-    decision = gate(
-        metrics,
-        baseline,
-        metric=metric,
-        margin=config.margin,
-        higher_is_better=metric not in LOWER_IS_BETTER,
-        min_samples=config.min_eval_samples,
-        trivial=trivial,
-    )
-    return metrics, baseline, decision
 
 
 def _resolve_kind(config: JobConfig, examples: Sequence[Example]) -> str:
@@ -564,10 +148,6 @@ def _new_model(config: JobConfig, examples: Sequence[Example]) -> BatchModel:
         )
     vectorizer = FeatureVectorizer.fit([e.features or {} for e in examples], config.n_buckets)
     return TabularMLP.build(vectorizer, config.task, labels, scale, config.hidden)
-
-
-def _load_on(version: Version, device: torch.device) -> BatchModel:
-    return load_model(version.artifact("model")).to(device)
 
 
 def _result_from_version(v: Version, reused: bool) -> JobResult:
@@ -803,45 +383,6 @@ def _train_and_register(
 
 # -----------------------------------------------------------------------------------------
 # serving
-
-
-class Predictor:
-    """The serving version of a model, ready for one-at-a-time predictions.
-
-    Immutable once loaded: a hot swap builds a new ``Predictor`` and replaces the
-    reference, so in-flight predictions finish on the old one.
-    """
-
-    def __init__(self, model: BatchModel, version: str, model_name: str) -> None:
-        self.model = model
-        self.version = version
-        self.model_name = model_name
-        model.module.eval()
-
-    def predict_one(self, x: Mapping[str, Any] | str) -> tuple[Any, dict[str, float] | None]:
-        """``(prediction, {class: probability} | None)`` for a text or a feature dict."""
-        labels, probas = self.model.predict([x])
-        return labels[0], (probas[0] if probas is not None else None)
-
-    def predict_many(
-        self, xs: Sequence[Mapping[str, Any] | str]
-    ) -> list[tuple[Any, dict[str, float] | None]]:
-        """Batched :meth:`predict_one`."""
-        labels, probas = self.model.predict(list(xs))
-        return [(y, probas[i] if probas is not None else None) for i, y in enumerate(labels)]
-
-
-def load_serving_predictor(
-    registry: ModelRegistry, model_name: str, device: str = "auto"
-) -> Predictor:
-    """A :class:`Predictor` for the version ``SERVING`` points at."""
-    version = registry.serving(model_name)
-    if version is None:
-        raise RegistryError(
-            f"no version of {model_name!r} is serving yet: run a retrain job or promote one"
-        )
-    model = _load_on(version, pick_device(device))
-    return Predictor(model, version.version, model_name)
 
 
 # -----------------------------------------------------------------------------------------

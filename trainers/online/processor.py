@@ -1,4 +1,4 @@
-"""The online service: what the learner loop does with each batch of valid events.
+"""The online processor: what the learner loop does with each batch of valid events.
 
 For each event, in order:
 
@@ -12,7 +12,7 @@ restarted learner resumes exactly after the last record its checkpointed model h
 records before that are not learned again (their predictions may be produced again).
 
 >>> from types import SimpleNamespace as R
->>> svc = OnlineService(OnlineLearner("logreg"), checkpoint_path=None)
+>>> svc = OnlineProcessor(OnlineLearner("logreg"), checkpoint_path=None)
 >>> out = svc.process([R(partition=0, offset=0, value={"id": "a", "features": {"x": 1.0}},
 ...                      timestamp=0.0)])
 >>> [(c, k) for c, k, _ in out], svc.offsets()
@@ -20,19 +20,17 @@ records before that are not learned again (their predictions may be produced aga
 >>> _ = svc.process([R(partition=0, offset=1, value={"id": "a", "label": True}, timestamp=0.0)])
 >>> svc.learner.n_learned, len(svc.joiner)
 (1, 0)
+
+One module on purpose: the named steps of :meth:`OnlineProcessor.process` all read and
+write the one state they share; the records, the state file and the replica live beside it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import pickle
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,128 +40,23 @@ from trainers.drift.concept import ConceptDriftMonitor, DriftSignal, KeyedDriftM
 from trainers.drift.data import FeatureDriftMonitor
 from trainers.drift.label_free import LabelFreeMonitors
 from trainers.drift.trigger import TriggerPolicy
-from trainers.exceptions import CheckpointError, ModelSpecError
+from trainers.exceptions import ModelSpecError
 from trainers.online.learner import Challenger, LabelJoiner, OnlineLearner
+from trainers.online.records import (
+    InputRecord,
+    Output,
+    Rejected,
+    has_input,
+    model_input,
+    model_key,
+    prediction_record,
+)
 from trainers.online.serving import ServingPolicy
+from trainers.online.state import OnlineState, load_state, save_state, state_key
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "OnlineService",
-    "Rejected",
-    "SnapshotPredictor",
-    "load_checkpoint",
-    "prediction_record",
-    "save_checkpoint",
-]
-
-_FORMAT = 1
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: temp file in the same folder, fsync, rename, fsync folder.
-
-    A crash at any point leaves either the old checkpoint or the new one, never a mix.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-    digest = hashlib.sha256(body).hexdigest().encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"LLCK%d\n" % _FORMAT + digest + b"\n" + body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The saved state, None when there is none; a damaged file is a :class:`CheckpointError`."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    header, _, rest = data.partition(b"\n")
-    digest, _, body = rest.partition(b"\n")
-    if header != b"LLCK%d" % _FORMAT or hashlib.sha256(body).hexdigest().encode() != digest:
-        raise CheckpointError(
-            f"checkpoint {path} is damaged or of another format; move it away to start fresh"
-        )
-    state: dict[str, Any] = pickle.loads(body)
-    return state
-
-
-def _has_input(event: dict[str, Any]) -> bool:
-    return "features" in event or "text" in event
-
-
-def _model_input(event: dict[str, Any]) -> Any:
-    """The batch model's input for an event: its text if any, else its features."""
-    text = event.get("text")
-    return text if text is not None else dict(event.get("features") or {})
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A valid record that could not be processed: the loop dead-letters it with ``reason``."""
-
-    partition: int
-    offset: int
-    reason: str
-
-
-def prediction_record(
-    event_id: str,
-    model: str,
-    version: str,
-    source: str,
-    answer: tuple[Any, dict[str, float] | None],
-    started: float,
-    now: float,
-    key: str | None = None,
-) -> dict[str, Any]:
-    """A ``predictions`` value: the one shape the learner and the replicas both produce.
-
-    >>> v = prediction_record("e1", "m", "online-3", "online", (True, {"True": 0.9}), 0.0, 5.0)
-    >>> sorted(v)
-    ['id', 'latency_ms', 'model', 'model_version', 'prediction', 'proba', 'source', 'ts']
-    >>> v["prediction"], v["proba"]
-    (True, {'True': 0.9})
-    """
-    value: dict[str, Any] = {
-        "id": event_id,
-        "prediction": answer[0],
-        "model": model,
-        "model_version": version,
-        "source": source,
-        "ts": now,
-        "latency_ms": max(0.0, (time.perf_counter() - started) * 1000) if started else 0.0,
-    }
-    if answer[1] is not None:
-        value["proba"] = answer[1]
-    if key is not None:
-        value["model_key"] = key
-    return value
-
-
-def model_key(event: dict[str, Any], per_key: str) -> str | None:
-    """The value of the ``per_key`` feature that selects the event's own model, or None.
-
-    >>> model_key({"features": {"tenant": 7}}, "tenant"), model_key({"text": "x"}, "tenant")
-    ('7', None)
-    """
-    if not per_key:
-        return None
-    value = (event.get("features") or {}).get(per_key)
-    return None if value is None else str(value)
+__all__ = ["OnlineProcessor"]
 
 
 def _waiting(item: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None, Any, str | None]:
@@ -187,8 +80,12 @@ def _with_knobs(saved: TriggerPolicy, configured: TriggerPolicy) -> TriggerPolic
     return saved
 
 
-class OnlineService:
-    """The learner's state machine: model, late-label joiner, offsets, checkpoints.
+class OnlineProcessor:
+    """The learner's state machine: model, late-label joiner, monitors, offsets, checkpoints.
+
+    Records in (:class:`~trainers.online.records.InputRecord`), typed outputs out
+    (:class:`~trainers.online.records.Output`); the state it resumes from and writes is a
+    :class:`~trainers.online.state.OnlineState`.
 
     Parameters
     ----------
@@ -205,6 +102,10 @@ class OnlineService:
     lineage
         ``version -> training offsets`` of a promoted version in the registry (None when it
         is not one): a ``promoted`` update is believed only when this confirms it.
+    signing_key, migrate_unsigned
+        The key that signs the state file (None: the key file beside it, see
+        :func:`trainers.online.state.state_key`), and whether an unsigned state of format 1
+        may be read once to migrate it.
     """
 
     def __init__(
@@ -226,6 +127,8 @@ class OnlineService:
         label_store_bytes: int = 64 * 2**20,
         lineage: Callable[[str], dict[str, list[int]] | None] | None = None,
         label_free: LabelFreeMonitors | None = None,
+        signing_key: bytes | None = None,
+        migrate_unsigned: bool = False,
     ) -> None:
         self.learner = learner
         self.lineage = lineage
@@ -266,32 +169,40 @@ class OnlineService:
         self.duplicates_skipped = 0
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self.state_key = signing_key
         if checkpoint_path is not None:
-            state = load_checkpoint(checkpoint_path)
+            if self.state_key is None:
+                self.state_key = state_key(checkpoint_path.parent)
+            state = load_state(checkpoint_path, self.state_key, migrate_unsigned)
             if state is not None:
-                self.learner = OnlineLearner.restore(state["learner"])
-                self.learners = {k: OnlineLearner.restore(v)
-                                 for k, v in state.get("learners", {}).items()}  # fmt: skip
-                self.challenger = state.get("challenger")
-                self.recent = state.get("recent", self.recent)
-                self.joiner = state["joiner"]
-                self.joiner.max_bytes = label_store_bytes
-                self.joiner.ttl_seconds = label_ttl_seconds
-                self.rejected_total = state.get("rejected_total", 0)
-                self._offsets = dict(state["offsets"])
-                self.ordering_state = state.get("ordering")
-                self.orphan_labels = state.get("orphan_labels", 0)
-                self.monitor = state.get("monitor", self.monitor)
-                if self.data_monitor is not None:
-                    self.data_monitor = state.get("data_monitor") or self.data_monitor
-                if self.label_free is not None:
-                    self.label_free = state.get("label_free") or self.label_free
-                if self.key_monitors is not None:
-                    self.key_monitors = state.get("key_monitors") or self.key_monitors
-                # Settings may have changed since; keep the state, take the new knobs.
-                self.policy = _with_knobs(state.get("policy", self.policy), self.policy)
-                log.info("resumed %s from checkpoint at offsets %s", self.learner.version,
-                         self._offsets)  # fmt: skip
+                self._resume(state, label_ttl_seconds, label_store_bytes)
+
+    def _resume(self, state: OnlineState, label_ttl_seconds: float, label_store_bytes: int
+                ) -> None:  # fmt: skip
+        """Take up where the saved state stopped; the settings' knobs win over saved ones."""
+        self.learner = OnlineLearner.restore(state.learner)
+        self.learners = {k: OnlineLearner.restore(v) for k, v in state.learners.items()}
+        self.challenger = state.challenger
+        if state.recent is not None:
+            self.recent = state.recent
+        self.joiner = state.joiner
+        self.joiner.max_bytes = label_store_bytes
+        self.joiner.ttl_seconds = label_ttl_seconds
+        self.rejected_total = state.rejected_total
+        self._offsets = dict(state.offsets)
+        self.ordering_state = state.ordering
+        self.orphan_labels = state.orphan_labels
+        self.monitor = state.monitor or self.monitor
+        if self.data_monitor is not None:
+            self.data_monitor = state.data_monitor or self.data_monitor
+        if self.label_free is not None:
+            self.label_free = state.label_free or self.label_free
+        if self.key_monitors is not None:
+            self.key_monitors = state.key_monitors or self.key_monitors
+        if state.policy is not None:  # settings may have changed since: the new knobs
+            self.policy = _with_knobs(state.policy, self.policy)
+        log.info("resumed %s from checkpoint at offsets %s", self.learner.version,
+                 self._offsets)  # fmt: skip
 
     def offsets(self) -> dict[int, int]:
         return dict(self._offsets)
@@ -301,14 +212,14 @@ class OnlineService:
         self.serving.request_reload()
         self.serving.apply_pending(wait=120.0)
 
-    def process(self, records: Sequence[Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    def process(self, records: Sequence[InputRecord]) -> list[Output]:
         """Predict and learn from valid ``events`` records (in order); return the outputs.
 
         One record never costs more than itself: a record the model cannot take (a label of
         the wrong type, a feature the model refuses) is set aside with its reason
         (:meth:`take_rejected`, dead-lettered by the loop) and the next one goes on.
         """
-        outputs: list[tuple[str, str, dict[str, Any]]] = []
+        outputs: list[Output] = []
         # A promoted version swaps in here, between micro-batches: each event below is
         # answered by exactly one version.
         self.serving.apply_pending()
@@ -325,7 +236,7 @@ class OnlineService:
         self.joiner.expire(time.monotonic())
         job = self.policy.tick(time.time())
         if job is not None:
-            outputs.append(("training-jobs", job.job_id, job.to_record(self.learner.name)))
+            outputs.append(Output("training-jobs", job.job_id, job.to_record(self.learner.name)))
         return outputs
 
     def take_rejected(self) -> list[Rejected]:
@@ -333,31 +244,31 @@ class OnlineService:
         rejected, self._rejected = self._rejected, []
         return rejected
 
-    def _fresh(self, records: Sequence[Any]) -> list[Any]:
+    def _fresh(self, records: Sequence[InputRecord]) -> list[InputRecord]:
         """The records the checkpoint has not seen (a replay after a restart skips the rest)."""
         fresh = [r for r in records if r.offset >= self._offsets.get(r.partition, 0)]
         self.duplicates_skipped += len(records) - len(fresh)
         return fresh
 
-    def _batch_answers(self, fresh: list[Any]) -> list[Any]:
+    def _batch_answers(self, fresh: list[InputRecord]) -> list[Any]:
         """The batch model's answer per record (None: no input, not used, or refused): it does
         not learn, so the whole micro-batch is predicted at once."""
         answers: list[Any] = [None] * len(fresh)
-        with_input = [i for i, r in enumerate(fresh) if _has_input(r.value)]
+        with_input = [i for i, r in enumerate(fresh) if has_input(r.value)]
         predicted = self.serving.batch_predictions(
-            [_model_input(fresh[i].value) for i in with_input]
+            [model_input(fresh[i].value) for i in with_input]
         )
         for i, answer in zip(with_input, predicted or (), strict=False):
             answers[i] = answer
         return answers
 
-    def _reject(self, rec: Any, reason: str) -> None:
+    def _reject(self, rec: InputRecord, reason: str) -> None:
         log.warning("events: record at offset %d of partition %d set aside: %s",
                     rec.offset, rec.partition, reason)  # fmt: skip
         self._rejected.append(Rejected(rec.partition, rec.offset, reason))
         self.rejected_total += 1
 
-    def _process_one(self, rec: Any, batch_answer: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    def _process_one(self, rec: InputRecord, batch_answer: Any) -> list[Output]:
         """One record: check it, then predict (and learn), or join a late label."""
         event = rec.value
         label = event.get("label")
@@ -368,16 +279,21 @@ class OnlineService:
                 self._reject(rec, reason)
                 return []
         self.policy.observe(rec.partition, rec.offset, labelled=label is not None)
-        if _has_input(event):
+        if has_input(event):
             return self._predict(rec, event, label, key, batch_answer)
         return self._join_label(rec, event["id"], label)
 
     def _predict(
-        self, rec: Any, event: dict[str, Any], label: Any, key: str | None, batch_answer: Any
-    ) -> list[tuple[str, str, dict[str, Any]]]:
+        self,
+        rec: InputRecord,
+        event: dict[str, Any],
+        label: Any,
+        key: str | None,
+        batch_answer: Any,
+    ) -> list[Output]:
         """Answer an event; learn its label when it has one (prequential)."""
         started = time.perf_counter()
-        outputs: list[tuple[str, str, dict[str, Any]]] = []
+        outputs: list[Output] = []
         learner = self._learner(key)
         x = learner.features(event)
         if key is not None:  # constant within its model: no information
@@ -405,7 +321,7 @@ class OnlineService:
                 answer, version = batch_answer, str(self.serving.version)
             else:
                 answer, version = (pred.prediction, pred.proba), learner.version
-            outputs.append(("predictions", event["id"], prediction_record(
+            outputs.append(Output("predictions", event["id"], prediction_record(
                 event["id"], self.learner.name, version, source, answer, started, self._batch_time,
                 key)))  # fmt: skip
         return outputs
@@ -420,8 +336,8 @@ class OnlineService:
         kept = {k: event[k] for k in ("features", "text") if k in event}
         return bytes(memoryview(orjson.dumps(kept)))
 
-    def _join_label(self, rec: Any, event_id: str, label: Any
-                    ) -> list[tuple[str, str, dict[str, Any]]]:  # fmt: skip
+    def _join_label(self, rec: InputRecord, event_id: str, label: Any
+                    ) -> list[Output]:  # fmt: skip
         """A late label: learn it with the event that waited for it, once."""
         if self.label_free is not None:
             self.label_free.on_label(event_id, label)
@@ -435,7 +351,7 @@ class OnlineService:
             x = learner.features(event)
             if key is not None:
                 x.pop(self.per_key, None)
-            raw = _model_input(event)
+            raw = model_input(event)
         assert x is not None
         reason = learner.check_label(label)
         if reason is not None:  # the event may still get a label that fits: keep it waiting
@@ -485,8 +401,8 @@ class OnlineService:
             self.challenger = None
 
     def _watch(
-        self, prediction: Any, label: Any, rec: Any, key: str | None = None
-    ) -> list[tuple[str, str, dict[str, Any]]]:
+        self, prediction: Any, label: Any, rec: InputRecord, key: str | None = None
+    ) -> list[Output]:
         """Feed the prediction's error to the drift monitor; alert and ask for a job."""
         if self.learner.task == "classification":
             error = 0.0 if prediction == label else 1.0
@@ -500,9 +416,7 @@ class OnlineService:
                 out.extend(self.on_signal(keyed, rec))
         return out
 
-    def on_signal(
-        self, signal: DriftSignal, rec: Any, data: bool = False
-    ) -> list[tuple[str, str, dict[str, Any]]]:
+    def on_signal(self, signal: DriftSignal, rec: InputRecord, data: bool = False) -> list[Output]:
         """A drift alert, and the job the policy decides for it."""
         what = (
             f"{signal.signal} {signal.value:.3f} vs threshold {signal.threshold:.3f}"
@@ -524,9 +438,9 @@ class OnlineService:
         action = self.policy.action_for(signal.severity, data, signal.signal)
         alert = signal.to_alert(self.learner.name, self.learner.version, action, rec)
         alert_id = alert["alert_id"]
-        out: list[tuple[str, str, dict[str, Any]]] = [("drift-alerts", alert_id, alert)]
+        out = [Output("drift-alerts", alert_id, alert)]
         if job is not None:
-            out.append(("training-jobs", job.job_id, job.to_record(self.learner.name)))
+            out.append(Output("training-jobs", job.job_id, job.to_record(self.learner.name)))
         return out
 
     def on_model_update(self, update: dict[str, Any]) -> None:
@@ -583,149 +497,32 @@ class OnlineService:
         """Checkpoint when due (or forced); True when one was written."""
         if self.checkpoint_path is None or not (force or self.checkpoint_due()):
             return False
-        save_checkpoint(
-            self.checkpoint_path,
-            {
-                "learner": self.learner.snapshot(),
-                "learners": {k: v.snapshot() for k, v in self.learners.items()},
-                "per_key": self.per_key,
-                "challenger": self.challenger,
-                "recent": self.recent,
-                "joiner": self.joiner,
-                "offsets": dict(self._offsets),
-                "ordering": self.ordering_state,
-                "orphan_labels": self.orphan_labels,
-                "rejected_total": self.rejected_total,
-                "monitor": self.monitor,
-                "data_monitor": self.data_monitor,
-                "label_free": self.label_free,
-                "key_monitors": self.key_monitors,
-                # What serves, for predictor replicas that answer from this snapshot.
-                "serving_choice": self.serving.choose(),
-                "batch_version": self.serving.version,
-                "policy": self.policy,
-                "saved": time.time(),
-            },
-        )
+        if self.state_key is None:  # a path given after construction: its folder's key file
+            self.state_key = state_key(self.checkpoint_path.parent)
+        save_state(self.checkpoint_path, self.state(), self.state_key)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         return True
 
-
-class SnapshotPredictor:
-    """Predict-only replica: answers events with the learner's latest published snapshot.
-
-    Learning stays single-writer (the learner holding the lease); prediction scales out over
-    as many replicas as ``events`` has partitions. The snapshot is the learner's checkpoint
-    (written every N records or T seconds, atomically): a replica reloads it when the file
-    changes, so its online model is at most one checkpoint interval behind the learner. The
-    replica serves what the learner's serving policy chose (``serving_choice`` in the
-    snapshot): the online model, or the batch version the learner serves, loaded here too.
-
-    >>> import tempfile
-    >>> from types import SimpleNamespace as R
-    >>> path = Path(tempfile.mkdtemp()) / "m.ckpt"
-    >>> learner = OnlineService(OnlineLearner("logreg"), path, every_records=1)
-    >>> for i in range(50):
-    ...     _ = learner.process([R(partition=0, offset=i, timestamp=0.0,
-    ...                            value={"id": f"e{i}", "features": {"x": float(i % 2)},
-    ...                                   "label": i % 2 == 1})])
-    ...     _ = learner.maybe_checkpoint()
-    >>> replica = SnapshotPredictor(path, ServingPolicy("online", "classification"))
-    >>> out = replica.process([R(partition=0, offset=0, timestamp=0.0,
-    ...                          value={"id": "q", "features": {"x": 1.0}})])
-    >>> [(c, v["prediction"], v["model_version"], v["source"]) for c, _k, v in out]
-    [('predictions', True, 'online-50', 'online')]
-    """
-
-    def __init__(
-        self,
-        checkpoint_path: Path,
-        serving: ServingPolicy,
-        reload_every_s: float = 1.0,
-        model_name: str = "default",
-    ) -> None:
-        self.checkpoint_path = checkpoint_path
-        self.model_name = model_name
-        self.serving = serving
-        self.reload_every_s = reload_every_s
-        self.learner: OnlineLearner | None = None
-        self.learners: dict[str, OnlineLearner] = {}
-        self.per_key = ""
-        self.choice = "online"
-        self.reloads = 0
-        self._mtime: float | None = None
-        self._checked = 0.0
-
-    def refresh(self, force: bool = False) -> bool:
-        """Reload the snapshot if it changed (checked at most every ``reload_every_s``)."""
-        now = time.monotonic()
-        if not force and now - self._checked < self.reload_every_s:
-            return False
-        self._checked = now
-        try:
-            mtime = self.checkpoint_path.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        if mtime == self._mtime:
-            return False
-        state = load_checkpoint(self.checkpoint_path)
-        if state is None:
-            return False
-        self.learner = OnlineLearner.restore(state["learner"])
-        self.learners = {k: OnlineLearner.restore(v) for k, v in state.get("learners", {}).items()}
-        self.per_key = state.get("per_key", "")
-        self.choice = state.get("serving_choice", "online")
-        if state.get("batch_version") and state["batch_version"] != self.serving.version:
-            self.serving.request_reload()
-        self._mtime = mtime
-        self.reloads += 1
-        return True
-
-    def process(self, records: Sequence[Any]) -> list[tuple[str, str, dict[str, Any]]]:
-        """Predictions for the events with an input (label-only records need none).
-
-        An event the model cannot answer is skipped here: the learner, which reads every
-        record, dead-letters it with the reason.
-        """
-        self.refresh(force=self.learner is None)
-        self.serving.apply_pending()
-        inputs = [r for r in records if _has_input(r.value)]
-        use_batch = self.choice == "batch" and self.serving.predictor is not None
-        batch = self.serving.batch_predictions([_model_input(r.value) for r in inputs]) \
-            if use_batch else None  # fmt: skip
-        now = time.time()
-        outputs: list[tuple[str, str, dict[str, Any]]] = []
-        for i, rec in enumerate(inputs):
-            started = time.perf_counter()
-            event = rec.value
-            try:
-                answer, version, source, key = self._answer(event, batch[i] if batch else None)
-            except Exception as exc:
-                log.debug("replica: no prediction for %s: %s", event["id"], exc)
-                continue
-            outputs.append(
-                (
-                    "predictions",
-                    event["id"],
-                    prediction_record(
-                        event["id"], self.model_name, version, source, answer, started, now, key
-                    ),
-                )
-            )
-        return outputs
-
-    def _answer(self, event: dict[str, Any], batch_answer: Any
-                ) -> tuple[tuple[Any, Any], str, str, str | None]:  # fmt: skip
-        """``(answer, version, source, model key)`` for one event."""
-        if batch_answer is not None:
-            return batch_answer, str(self.serving.version), "batch", None
-        if self.learner is None:  # no snapshot yet: the learner has not checkpointed anything
-            return (None, None), "none", "online", None
-        key = model_key(event, self.per_key)
-        learner = self.learners.get(key, self.learner) if key is not None else self.learner
-        x = learner.features(event)
-        if key is not None:
-            x.pop(self.per_key, None)
-        pred = learner.predict(x)
-        return (pred.prediction, pred.proba), learner.version, "online", key
+    def state(self) -> OnlineState:
+        """Everything needed to resume (what :meth:`maybe_checkpoint` writes)."""
+        return OnlineState(
+            learner=self.learner.snapshot(),
+            learners={k: v.snapshot() for k, v in self.learners.items()},
+            per_key=self.per_key,
+            challenger=self.challenger,
+            recent=self.recent,
+            joiner=self.joiner,
+            offsets=dict(self._offsets),
+            ordering=self.ordering_state,
+            orphan_labels=self.orphan_labels,
+            rejected_total=self.rejected_total,
+            monitor=self.monitor,
+            data_monitor=self.data_monitor,
+            label_free=self.label_free,
+            key_monitors=self.key_monitors,
+            serving_choice=self.serving.choose(),
+            batch_version=self.serving.version,
+            policy=self.policy,
+            saved=time.time(),
+        )
