@@ -664,6 +664,9 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
     topics = settings.topics
     credentials = faust_credentials(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only its own folder
+    from streams import schema_registry
+
+    schema_registry.install(settings)  # contracts as registry subjects; wire format readable
     app = faust.App(
         f"{settings.kafka.group_prefix}-worker",
         # faust takes several bootstrap servers as URLs separated by ';', not a comma list.
@@ -836,6 +839,12 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
             return web.json({"error": str(exc)}, status=400)
         except VectorStoreUnavailableError as exc:
             return web.json({"error": str(exc)}, status=503)
+
+    from streams import chat_api
+
+    chat_api.register(app, guard, lambda: services.answerer, services.run,
+                      lambda q: _query_filter(services, q),
+                      lambda: (runtime.name, runtime.version))  # fmt: skip
 
     @app.page("/search")
     async def search(web: Any, request: Any) -> Any:

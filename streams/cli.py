@@ -171,6 +171,9 @@ def produce(
     bootstrap = resolve_bootstrap(settings)
     contract = None if no_validate else _contract_for(settings, topic)
     prod = producer(settings, bootstrap, **{"linger.ms": 20, "batch.num.messages": 10000})
+    from streams.schema_registry import WireEncoder
+
+    wire = WireEncoder.from_settings(settings)  # Schema Registry framing when asked for
     errors: list[str] = []
     rejected = 0
 
@@ -206,7 +209,8 @@ def produce(
                 continue
             key = value.get(key_field) if isinstance(value, dict) else None
             key_bytes = None if key is None else str(key).encode()
-            produce_or_wait(prod, topic, line, key_bytes, on_delivery=on_delivery)
+            payload = line if wire is None else wire(topic, line)
+            produce_or_wait(prod, topic, payload, key_bytes, on_delivery=on_delivery)
             sent += 1
             if sent % 2000 == 0:
                 prod.poll(0)
@@ -339,6 +343,9 @@ def trainer(
     settings = _settings()
     bootstrap = resolve_bootstrap(settings)
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
+    from streams import schema_registry
+
+    schema_registry.install(settings, register=False)  # jobs replay wire-format records too
     serve_metrics(settings.metrics_port, settings.web.host, settings.web.token.get_secret_value())
     overrides = {}
     for item in set_ or []:

@@ -198,6 +198,7 @@ class TrainerWorker:
         self._current: tuple[str, int] | None = None  # the running job's partition
         self.running: str | None = None  # id of the job running now
         self._lost = threading.Event()  # the running job's partition was revoked
+        self.tracker = make_tracker(settings)  # MLflow, when configured
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -380,6 +381,7 @@ class TrainerWorker:
             update = {**base, "status": "failed", "error": "the job crashed; see the log",
                       "ts": time.time()}  # fmt: skip
         self._announce(prod, update)
+        self._track(job, model, result_box)
         metrics.JOBS.labels(job["kind"], update["status"]).inc()
         metrics.JOB_SECONDS.labels(job["kind"], update["status"]).observe(
             time.monotonic() - started
@@ -388,6 +390,15 @@ class TrainerWorker:
         if self.on_result is not None:
             self.on_result(update)
         return True
+
+    def _track(self, job: dict[str, Any], model: str, result_box: dict[str, Any]) -> None:
+        """Log the job to MLflow when configured; a failure there is a warning and a metric."""
+        if self.tracker is None or "result" not in result_box:
+            return
+        config: Any = result_box.get("config")  # None for the answering LM's jobs
+        config_dict = config.to_dict() if config is not None else {}
+        if self.tracker.log_job(job, model, result_box["result"], config_dict) is None:
+            metrics.TRACKING_FAILURES.labels("mlflow").inc()
 
     def _work(
         self,
@@ -474,6 +485,7 @@ class TrainerWorker:
                     self._check_abandoned()
                     time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             result_box["update"] = result.to_update(model)
+            result_box["result"], result_box["config"] = result, config
         except _JobAbandoned as exc:
             result_box["abandoned"] = str(exc)
 
@@ -482,6 +494,16 @@ class TrainerWorker:
             raise _JobAbandoned("its partition moved to another trainer")
         if self.stop_event.is_set():
             raise _JobAbandoned("the trainer is stopping")
+
+
+def make_tracker(settings: Settings) -> Any:
+    """The MLflow tracker of ``settings.mlflow``, or ``None`` when no tracking URI is set."""
+    m = settings.mlflow
+    if not m.tracking_uri:
+        return None
+    from trainers.batch.tracking import MlflowTracker
+
+    return MlflowTracker(m.tracking_uri, m.experiment, m.register_models)
 
 
 def check_job(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
