@@ -63,7 +63,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     try:
         yield nodes
     finally:
-        nodes.stop()
+        # All at once, no node can finish a controlled shutdown (the quorum goes with them):
+        # a short wait, then kill -9; the data is a temporary folder's.
+        nodes.stop(timeout_s=10)
 
 
 class SteadyLoad:
