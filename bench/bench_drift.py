@@ -65,7 +65,7 @@ that point is back within ``--tolerance`` (2 points) of that level (so at least 
   job the policy asked for run for real: :func:`trainers.jobs.run_job` with the default
   :class:`JobConfig` (a retrain is a fresh tabular MLP in torch, on CPU here, trained on the
   job's offsets, i.e. the whole history ``[0, next)``; a fine-tune gets the replay ranges
-  ``streams.trainer`` would read), registered in a temporary registry, fed back through
+  ``streams.trainer_worker`` would read), registered in a temporary registry, fed back through
   ``OnlineService.on_model_update`` (started, then promoted/rejected) and swapped in by the
   serving policy (``best``: served once it beats the online model on the same labels). The job
   is deemed instant: its result is fed back right after the micro-batch whose ``tick`` emitted
@@ -350,7 +350,7 @@ def run_training_job(
     job: dict[str, Any], records: Sequence[DecodedRecord], settings: Any, args: argparse.Namespace
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run a ``training-jobs`` record as the trainer worker would; its ``model-updates``."""
-    from streams.trainer import replay_sample_ranges
+    from streams.trainer_worker import replay_sample_ranges
     from trainers.jobs import JobConfig, run_job
     from trainers.registry import ModelRegistry
 

@@ -85,7 +85,7 @@ from bench import common  # noqa: E402
 RESULTS = common.RESULTS / "online.json"
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 20.0
-BATCH = 500  # the learner loop's batch size (streams.learner.LearnerLoop)
+BATCH = 500  # the learner loop's batch size (streams.learner_worker.LearnerLoop)
 Record = tuple[str, dict[str, Any], Any]  # id, features, label
 
 STAGES = {

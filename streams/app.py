@@ -11,7 +11,8 @@ Agents:
 
 * ``docs``    → chunk, embed, upsert into Milvus (:class:`retrieval.indexing.ChunkIndexer`)
 * ``queries`` → retrieve and answer → ``answers`` (:class:`retrieval.answering.QueryAnswerer`)
-* ``feedback`` → ``docs`` (knowledge) or ``style-examples`` (style) (:mod:`streams.generator`)
+* ``feedback`` → ``docs`` (knowledge) or ``style-examples`` (style)
+  (:mod:`streams.generator_worker`)
 * ``style-examples`` → the generator's trigger → ``training-jobs``; a promoted generator
   version is hot-swapped between two query batches
 
@@ -34,7 +35,7 @@ from typing import Any
 import faust
 
 from streams import metrics
-from streams.generator import (
+from streams.generator_worker import (
     GeneratorRuntime,
     observe_answers,
     observe_style_examples,
@@ -741,17 +742,17 @@ def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faus
     @app.task
     async def start_learner() -> None:
         # The online learner is a thread beside the agents: it only learns while this worker
-        # holds the model's lease (see streams.learner), so any number of workers can run.
+        # holds the model's lease (see streams.learner_worker), so any number of workers can run.
         if not settings.models.learner:
             return
-        from streams.learner import LearnerLoop
+        from streams.learner_worker import LearnerLoop
 
         def learner() -> threading.Thread:
             return LearnerLoop(settings, bootstrap, lambda: make_online_service(settings))
 
         makers: list[Callable[[], threading.Thread]] = [learner]
         if settings.models.predict == "replicas":
-            from streams.learner import PredictorLoop
+            from streams.learner_worker import PredictorLoop
 
             def replica() -> threading.Thread:
                 return PredictorLoop(settings, bootstrap, lambda: make_snapshot_predictor(settings))

@@ -292,7 +292,7 @@ def trainer(
 ) -> None:
     """Run a trainer worker: consume training-jobs, train, evaluate, register, announce."""
     from streams.metrics import serve_metrics
-    from streams.trainer import TrainerWorker
+    from streams.trainer_worker import TrainerWorker
 
     settings = _settings()
     bootstrap = resolve_bootstrap(settings)
@@ -320,7 +320,7 @@ def train(
 ) -> None:
     """Ask for a training job now (reason: manual), over the right offsets of `events`."""
     from streams.sdk import LiveLearnClient
-    from streams.trainer import manual_job
+    from streams.trainer_worker import manual_job
 
     if kind not in ("finetune", "retrain"):
         raise typer.BadParameter("--kind is finetune or retrain")
