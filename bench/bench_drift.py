@@ -17,7 +17,7 @@ concept is another random hyperplane). Each generator gives, per seed, an *abrup
 Streams are 14,000 records with the change at ``position`` 5,000 (``--quick``: 8,000 and 3,000).
 
 **The production path, in process** (no Kafka, no GPU): the learner's service is built by
-``streams.app.make_online_service`` from the default :class:`streams.settings.Settings` (online
+``streams.services.make_online_service`` from the default :class:`streams.settings.Settings` (online
 model ``logreg``, serving ``best``, :class:`TriggerSettings` defaults: ADWIN, drift
 sensitivity 0.002, warning 0.05, min_samples 300, quiet_records 2000, drift_min_records 200,
 data-drift watch on) and is fed the stream in micro-batches of ``--batch-size`` records through
@@ -308,7 +308,7 @@ def make_settings(args: argparse.Namespace, data_dir: Path) -> Any:
 
 def run_stream(spec: StreamSpec, args: argparse.Namespace) -> Run:
     """Feed ``spec`` through a fresh production ``OnlineService``, running the jobs it asks for."""
-    from streams.app import make_online_service
+    from streams.services import make_online_service
 
     records = events(spec)
     with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
@@ -596,7 +596,7 @@ def burst_arrivals(records: Sequence[DecodedRecord], partitions: int, max_chunk:
 
 
 def _service(args: argparse.Namespace, tmp: str) -> Any:
-    from streams.app import make_online_service
+    from streams.services import make_online_service
 
     return make_online_service(make_settings(args, Path(tmp)))
 

@@ -338,9 +338,10 @@ def train(
 
 
 def _registry(settings: Settings) -> Any:
+    from streams.paths import StatePaths
     from trainers.registry import ModelRegistry
 
-    return ModelRegistry(settings.data_dir / "registry")
+    return ModelRegistry(StatePaths.of(settings).registry)
 
 
 @models_app.command("list")

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from streams import contracts, metrics
-from streams.contracts import encode
+from streams.contracts import Limits, encode
 from streams.exceptions import ContractError, DeliveryError
 from streams.kafka import (
     admin_client,
@@ -137,14 +137,15 @@ class _EventsLoop(threading.Thread):
     """A worker thread over ``events``: a stop flag, and the error it died of (the worker
     surfaces it and exits non-zero)."""
 
-    def __init__(self, name: str, settings: Settings, bootstrap: str, batch_size: int) -> None:
+    def __init__(self, name: str, settings: Settings, bootstrap: str, batch_size: int,
+                 limits: Limits | None = None) -> None:  # fmt: skip
         super().__init__(name=name, daemon=True)
         self.settings = settings
         self.bootstrap = bootstrap
         self.batch_size = batch_size
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
-        self.limits = settings.limits.contract_limits()
+        self.limits = limits or settings.limits.contract_limits()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -206,8 +207,9 @@ class LearnerLoop(_EventsLoop):
         bootstrap: str,
         make_processor: Callable[[], OnlineProcessor],
         batch_size: int = 500,
+        limits: Limits | None = None,
     ) -> None:
-        super().__init__("learner", settings, bootstrap, batch_size)
+        super().__init__("learner", settings, bootstrap, batch_size, limits)
         self.make_processor = make_processor
         self._held_raw: dict[tuple[int, int], RawRecord] = {}  # of the records the merge holds
         self._released_raw: list[RawRecord] = []  # of the records it released last
@@ -415,8 +417,8 @@ class PredictorLoop(_EventsLoop):
     """
 
     def __init__(self, settings: Settings, bootstrap: str, make_predictor: Callable[[], Any],
-                 batch_size: int = 500) -> None:  # fmt: skip
-        super().__init__("predictor", settings, bootstrap, batch_size)
+                 batch_size: int = 500, limits: Limits | None = None) -> None:  # fmt: skip
+        super().__init__("predictor", settings, bootstrap, batch_size, limits)
         self.make_predictor = make_predictor
 
     def _run(self) -> None:
