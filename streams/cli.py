@@ -243,7 +243,7 @@ def up(
 ) -> None:
     """Run the whole system (embedded Kafka unless configured, worker, trainer) until Ctrl-C;
     a crashed child is restarted (exit 1: one kept crashing; 3: Kafka lost, if so set)."""
-    from streams.supervisor import run_up
+    from streams.up import run_up
 
     raise typer.Exit(run_up(_settings(), trainer=trainer, console=console))
 
@@ -254,7 +254,8 @@ def status() -> None:
     from rich.console import Console as _Console
 
     from streams.status import KafkaProblem, try_snapshot
-    from streams.supervisor import ChildStatus, read_state, state_path, status_table
+    from streams.supervisor import ChildStatus
+    from streams.up import read_state, state_path, status_table
 
     settings = _settings()
     out = _Console()
