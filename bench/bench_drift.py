@@ -42,7 +42,7 @@ the whole stationary stream; overall: pooled); no alert within ``detect_window``
 start is ``missed``.
 
 **River bare** (``river_*``): a fresh river detector of the same class with the same parameter
-(``trainers.drift_monitor._detector(detector, drift_sensitivity)``, e.g. ``ADWIN(delta=0.002)``)
+(``trainers.drift.concept._detector(detector, drift_sensitivity)``, e.g. ``ADWIN(delta=0.002)``)
 fed the very same error sequence one at a time, every ``drift_detected`` an alert: no
 min_samples, no degradation test, no quiet period. Bare ADWIN also fires when the error *falls*
 (the model warming up, or recovering after a drift); such alerts before the start count as its
@@ -62,7 +62,7 @@ that point is back within ``--tolerance`` (2 points) of that level (so at least 
 * *without reaction*: the online model alone (its predictions, i.e. the error the monitor sees;
   ``drift_reaction = none`` by default, so nothing else changes it);
 * *with reaction*: what the service actually served (its ``predictions`` records), with every
-  job the policy asked for run for real: :func:`trainers.jobs.run_job` with the default
+  job the policy asked for run for real: :func:`trainers.batch.jobs.run_job` with the default
   :class:`JobConfig` (a retrain is a fresh tabular MLP in torch, on CPU here, trained on the
   job's offsets, i.e. the whole history ``[0, next)``; a fine-tune gets the replay ranges
   ``streams.trainer_worker`` would read), registered in a temporary registry, fed back through
@@ -88,7 +88,7 @@ the same through a real broker.
 **Labels late** (``label_free``; abrupt streams, plus a ``shift`` stream whose change moves
 the inputs): every event comes without its label, and the label comes as its own record
 ``--label-delay`` (5,000) events later. Reported: the first label-free alert
-(``trainers.label_free``: prediction shift, CBPE estimated accuracy) after the change, in
+(``trainers.drift.label_free``: prediction shift, CBPE estimated accuracy) after the change, in
 events, whether it came before the first label of the new concept, and label-free alerts
 before the change (false alarms). A change of the concept alone (SEA, Agrawal, STAGGER,
 Hyperplane: the same inputs, other labels) is invisible without labels by construction: the
@@ -119,7 +119,7 @@ if str(ROOT) not in sys.path:  # ``python bench/bench_drift.py`` from a plain ch
 from bench.common import machine_info, write_result  # noqa: E402
 from streams.ordering import EventTimeMerger  # noqa: E402
 from streams.processing import DecodedRecord  # noqa: E402
-from trainers.drift_monitor import DETECTORS, _detector  # noqa: E402
+from trainers.drift.concept import DETECTORS, _detector  # noqa: E402
 
 __all__ = [
     "Run",
@@ -351,8 +351,8 @@ def run_training_job(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run a ``training-jobs`` record as the trainer worker would; its ``model-updates``."""
     from streams.trainer_worker import replay_sample_ranges
-    from trainers.jobs import JobConfig, run_job
-    from trainers.registry import ModelRegistry
+    from trainers.batch.jobs import JobConfig, run_job
+    from trainers.batch.registry import ModelRegistry
 
     model = settings.models.name
     config = JobConfig.from_dict(
@@ -632,7 +632,7 @@ def run_event_order(spec: StreamSpec, args: argparse.Namespace) -> dict[str, Any
     from river import evaluate, metrics
 
     from streams.settings import ModelSettings
-    from trainers.learner import build_model, to_features
+    from trainers.online.learner import build_model, to_features
 
     # Event times as a producer on this host stamps a burst (``--produce-rate`` events/s).
     records = [DecodedRecord(0, r.offset, {**r.value, "ts": 1.8e9 + r.offset / args.produce_rate})
@@ -707,7 +707,7 @@ def _shift_stream(length: int, position: int, seed: int) -> list[tuple[dict[str,
 def run_late_labels(name: str, stream: Sequence[tuple[dict[str, Any], Any]], start: int,
                     seed: int, args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     """Label-free alerts on a stream whose labels come ``label_delay`` events late."""
-    from trainers.label_free import LABEL_FREE_SIGNALS
+    from trainers.drift.label_free import LABEL_FREE_SIGNALS
 
     delay = args.label_delay
     records: list[DecodedRecord] = []

@@ -11,7 +11,7 @@ cycled with fresh ids (``o0``, ``o1``, ...) to the volume asked for, in one fixe
 sides see exactly these records in this order: a warm-up slice, then the measured slice, then
 the latency slice.
 
-1. **bare river**: the worker's own model (``trainers.learner.build_model`` of
+1. **bare river**: the worker's own model (``trainers.online.learner.build_model`` of
    ``LIVELEARN_MODELS__ONLINE``, the default ``logreg``: numbers standardised, strings one-hot,
    logistic regression), ``predict_one`` then ``learn_one`` over every record, no Kafka, no
    JSON: ``river_events_per_s`` over the measured slice (median of ``--repeats`` runs, each a
@@ -109,7 +109,7 @@ def bare_river(
 ) -> tuple[float, float]:
     """(events/s over ``timed``, prequential accuracy over ``scored``) of a fresh model's
     ``predict_one`` then ``learn_one`` over every record."""
-    from trainers.learner import build_model
+    from trainers.online.learner import build_model
 
     model = build_model(spec)
     hits = [False] * len(records)

@@ -4,7 +4,7 @@
     python -m bench style             # more examples and steps; CUDA (bf16) when present
     python -m bench style --arch llama --hidden 896 --layers 24 --heads 14 --device cuda
 
-**Model**: a small causal LM built from a config (:func:`trainers.generator.build_tiny_lm`),
+**Model**: a small causal LM built from a config (:func:`trainers.batch.generator.build_tiny_lm`),
 its tokenizer and weights trained briefly on the standard library's docstrings (no model hub;
 ``--base PATH`` takes a real one instead). It serves as the generator version ``base``.
 
@@ -14,17 +14,17 @@ function's docstring as the one context, answered in a house format no one taugh
     Summary: <the docstring's first words> [1]
     Sources: [1] <doc id>
 
-The :class:`trainers.style.StyleCheck` asks for the two sections in order, a ``[n]``
+The :class:`trainers.batch.style.StyleCheck` asks for the two sections in order, a ``[n]``
 citation and 20-400 characters. The examples arrive as ``style-examples`` records; the
 newest 20% are held out by the job.
 
-**Job**: a real ``finetune`` through :func:`trainers.generator.run_generator_job` on a
-temporary :class:`~trainers.registry.ModelRegistry`: LoRA adapters, loss on the answer
+**Job**: a real ``finetune`` through :func:`trainers.batch.generator.run_generator_job` on a
+temporary :class:`~trainers.batch.registry.ModelRegistry`: LoRA adapters, loss on the answer
 tokens, the gate (held-out perplexity and adherence against serving), promotion.
 
 **Figures**: ``adherence_before`` / ``perplexity_before`` are the serving (base) model's on
 the held-out slice, ``*_after`` the promoted candidate's (both from the job's gate);
-``throughput_ratio`` is the job loop's tokens/s (:func:`trainers.generator.train_lm`, as the
+``throughput_ratio`` is the job loop's tokens/s (:func:`trainers.batch.generator.train_lm`, as the
 job runs it) over a bare peft loop (textbook: pad, forward with labels, backward, clip, AdamW,
 same schedule) on the same encoded examples in the same batches from the same weights; best
 of ``--repeats`` each side, interleaved. ``trainable_params`` / ``total_params`` are the LoRA
@@ -46,7 +46,7 @@ import torch
 
 from bench.common import RESULTS, machine_info, write_result
 from retrieval.corpus import stdlib_corpus
-from trainers.generator import (
+from trainers.batch.generator import (
     GeneratorConfig,
     _apply_lora,
     build_tiny_lm,
@@ -57,10 +57,10 @@ from trainers.generator import (
     run_generator_job,
     train_lm,
 )
-from trainers.jobs import get_lr, make_batches, pick_device
-from trainers.models import bf16_autocast
-from trainers.registry import ModelRegistry
-from trainers.style import StyleCheck
+from trainers.batch.jobs import get_lr, make_batches, pick_device
+from trainers.batch.models import bf16_autocast
+from trainers.batch.registry import ModelRegistry
+from trainers.batch.style import StyleCheck
 
 HOUSE_STYLE = StyleCheck(
     pattern=r"\[\d+\]", sections=("Summary:", "Sources:"), min_chars=20, max_chars=400
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry_samples = list(manifest.get("sample_answers") or [])
         # Throughput: the same training examples the job trained on, encoded the same way.
         model_tok = load_lm(base, device)[1]
-        from trainers.datasets import split_by_time
+        from trainers.batch.datasets import split_by_time
 
         train_set, _val = split_by_time(examples_from_style_records(records), cfg.val_fraction)
         items = encode_examples(model_tok, train_set, cfg.max_length, cfg.max_new_tokens)

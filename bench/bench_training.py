@@ -12,7 +12,7 @@ labelled with the team that owns the module (``text``, ``files``, ``concurrency`
 After 60% of the stream a reorganisation moves ``asyncio`` to the network team and
 ``statistics`` to the data team: a concept change (same texts, new labels).
 
-**Jobs**, each a real :func:`trainers.jobs.run_job` on a :class:`ModelRegistry` in a temporary
+**Jobs**, each a real :func:`trainers.batch.jobs.run_job` on a :class:`ModelRegistry` in a temporary
 folder:
 
 1. *bootstrap*: a first, briefly trained model on the oldest quarter of the history, so that the
@@ -66,17 +66,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/bench_training.py`` from a plain checkout
     sys.path.insert(0, str(ROOT))
 
-from trainers import jobs  # noqa: E402
-from trainers.datasets import Example, examples_from_records, split_by_time  # noqa: E402
-from trainers.jobs import JobConfig, JobResult, get_lr, make_batches, pick_device  # noqa: E402
-from trainers.models import (  # noqa: E402
+from trainers.batch import jobs  # noqa: E402
+from trainers.batch.datasets import Example, examples_from_records, split_by_time  # noqa: E402
+from trainers.batch.jobs import JobConfig, JobResult, get_lr, make_batches, pick_device  # noqa: E402
+from trainers.batch.models import (  # noqa: E402
     MINILM_ID,
     bf16_autocast,
     bf16_supported,
     resolve_model_path,
     save_tiny_encoder,
 )
-from trainers.registry import ModelRegistry  # noqa: E402
+from trainers.batch.registry import ModelRegistry  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "train.json"
 MODEL_NAME = "bench"
@@ -242,7 +242,7 @@ def machine_info() -> dict[str, Any]:
 def count_params() -> Iterator[dict[str, int]]:
     """Parameter counts of the module ``run_job`` trains, taken as its training starts.
 
-    ``run_job`` returns no model, so :func:`trainers.jobs.train` is wrapped for the duration:
+    ``run_job`` returns no model, so :func:`trainers.batch.jobs.train` is wrapped for the duration:
     the counts are read off the module it is handed (LoRA already applied for a fine-tune).
     """
     counts: dict[str, int] = {}

@@ -340,7 +340,7 @@ def train(
 
 def _registry(settings: Settings) -> Any:
     from streams.paths import StatePaths
-    from trainers.registry import ModelRegistry
+    from trainers.batch.registry import ModelRegistry
 
     return ModelRegistry(StatePaths.of(settings).registry)
 

@@ -29,8 +29,8 @@ from streams import metrics
 from streams.paths import StatePaths
 from streams.processing import OutRecord
 from streams.settings import Settings
-from trainers.style import AdherenceWindow, RetrievalWindow, route_feedback
-from trainers.trigger import TriggerPolicy
+from trainers.batch.style import AdherenceWindow, RetrievalWindow, route_feedback
+from trainers.drift.trigger import TriggerPolicy
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ class GeneratorRuntime:
         """
         if not self.uses_lm or self.answerer is None:
             return None
-        from trainers.generator import load_generator
-        from trainers.registry import ModelRegistry
+        from trainers.batch.generator import load_generator
+        from trainers.batch.registry import ModelRegistry
 
         s = self.settings
         registry = ModelRegistry(registry_root or StatePaths.of(s).registry)
@@ -193,7 +193,7 @@ def observe_style_examples(runtime: GeneratorRuntime, records: Sequence[Any]) ->
 
 
 def route_feedback_records(runtime: GeneratorRuntime, records: Sequence[Any]) -> list[OutRecord]:
-    """Route each valid ``feedback`` record (see :func:`trainers.style.route_feedback`)."""
+    """Route each valid ``feedback`` record (see :func:`trainers.batch.style.route_feedback`)."""
     s = runtime.settings
     outputs: list[OutRecord] = []
     for r in records:

@@ -12,7 +12,7 @@ yet every worker should be able to take over when the learner's process dies. So
   exactly where the last checkpoint left off and replays the rest. Records before the
   checkpoint's offsets are never learned twice (their predictions may be produced again:
   at-least-once, keyed by event id).
-* The loop decodes, dead-letters bad records, calls :class:`trainers.service.OnlineService`
+* The loop decodes, dead-letters bad records, calls :class:`trainers.online.processor.OnlineService`
   and produces its outputs without waiting for them. When a checkpoint is due it first waits
   for Kafka's acknowledgement of everything produced, then checkpoints: a checkpoint never
   moves the replay point past a record whose outputs Kafka does not hold.
@@ -56,7 +56,7 @@ __all__ = ["LearnerLoop", "Lease", "OnlineProcessor", "PredictorLoop"]
 
 
 class OnlineProcessor(Protocol):
-    """What the loop needs from the domain side (``trainers.service.OnlineService``)."""
+    """What the loop needs from the domain side (``trainers.online.processor.OnlineService``)."""
 
     #: The event-time merge's state as of the records processed (saved with the checkpoint).
     ordering_state: dict[str, Any] | None
@@ -443,7 +443,8 @@ class PredictorLoop(EventsThread):
     With ``LIVELEARN_MODELS__PREDICT=replicas`` every worker runs one beside its learner loop
     (which then learns without answering). The group spreads the partitions of ``events`` over
     the replicas, so prediction scales with workers up to the partition count; each replica
-    answers from the learner's latest snapshot (:class:`trainers.service.SnapshotPredictor`).
+    answers from the learner's latest snapshot
+    (:class:`trainers.online.processor.SnapshotPredictor`).
     Offsets are committed after Kafka acknowledged the predictions: at least once, keyed by
     event id. Bad records are dead-lettered by the learner, which reads every record; a
     replica skips them. A replica answers in arrival order: it learns nothing, so the order

@@ -49,7 +49,7 @@ class RetrievalServices:
         self._lock = threading.Lock()
         self.embedding_monitor: Any = None
         if settings.trigger.embedding_drift:
-            from trainers.data_drift import EmbeddingDriftMonitor
+            from trainers.drift.data import EmbeddingDriftMonitor
 
             self.embedding_monitor = EmbeddingDriftMonitor(
                 settings.trigger.embedding_drift_window, settings.trigger.embedding_drift_window
@@ -128,7 +128,7 @@ class RetrievalServices:
 
 
 def _concept_monitor(t: TriggerSettings) -> Any:
-    from trainers.drift_monitor import ConceptDriftMonitor
+    from trainers.drift.concept import ConceptDriftMonitor
 
     return ConceptDriftMonitor(
         t.detector, t.warning_sensitivity, t.drift_sensitivity, t.min_samples,
@@ -138,7 +138,7 @@ def _concept_monitor(t: TriggerSettings) -> Any:
 
 
 def _trigger_policy(name: str, topic: str, t: TriggerSettings) -> Any:
-    from trainers.trigger import TriggerPolicy
+    from trainers.drift.trigger import TriggerPolicy
 
     return TriggerPolicy(
         name, topic, volume_threshold=t.volume_threshold,
@@ -152,7 +152,7 @@ def _trigger_policy(name: str, topic: str, t: TriggerSettings) -> Any:
 def _feature_monitor(t: TriggerSettings) -> Any:
     if not t.data_drift:
         return None
-    from trainers.data_drift import FeatureDriftMonitor
+    from trainers.drift.data import FeatureDriftMonitor
 
     return FeatureDriftMonitor(t.data_drift_window, t.data_drift_window)
 
@@ -160,19 +160,19 @@ def _feature_monitor(t: TriggerSettings) -> Any:
 def _label_free_monitors(task: str, t: TriggerSettings) -> Any:
     if not t.label_free:
         return None
-    from trainers.label_free import LabelFreeMonitors
+    from trainers.drift.label_free import LabelFreeMonitors
 
     return LabelFreeMonitors(task, t.label_free_window, t.label_free_min_labels)
 
 
 def _online_learner(m: ModelSettings) -> Any:
-    from trainers.learner import OnlineLearner
+    from trainers.online.learner import OnlineLearner
 
     return OnlineLearner(m.online, m.task, m.name, text_buckets=m.text_buckets)
 
 
 def _serving_policy(policy: str, m: ModelSettings, paths: StatePaths, **kwargs: Any) -> Any:
-    from trainers.serving import ServingPolicy
+    from trainers.online.serving import ServingPolicy
 
     return ServingPolicy(policy, m.task, _batch_loader(paths, m.name), **kwargs)
 
@@ -181,8 +181,8 @@ def _batch_loader(paths: StatePaths, name: str) -> Callable[[], Any]:
     """Loads the version the registry's ``SERVING`` points at (None when there is none)."""
 
     def load_batch() -> Any:
-        from trainers.jobs import load_serving_predictor
-        from trainers.registry import ModelRegistry
+        from trainers.batch.jobs import load_serving_predictor
+        from trainers.batch.registry import ModelRegistry
 
         registry = ModelRegistry(paths.registry)
         if registry.serving(name) is None:
@@ -197,7 +197,7 @@ def _promoted_lineage(paths: StatePaths, name: str) -> Callable[[str], dict[str,
     or retired since), else None: what the learner checks a ``promoted`` update against."""
 
     def lineage(version: str) -> dict[str, list[int]] | None:
-        from trainers.registry import ModelRegistry
+        from trainers.batch.registry import ModelRegistry
 
         try:
             v = ModelRegistry(paths.registry).get(name, version)
@@ -213,7 +213,7 @@ def _promoted_lineage(paths: StatePaths, name: str) -> Callable[[str], dict[str,
 
 def make_online_service(settings: Settings) -> Any:
     """The learner's domain object, resumed from its checkpoint when there is one."""
-    from trainers.service import OnlineService
+    from trainers.online.processor import OnlineService
 
     m, t, paths = settings.models, settings.trigger, StatePaths.of(settings)
     service = OnlineService(
@@ -234,7 +234,7 @@ def make_online_service(settings: Settings) -> Any:
         label_free=_label_free_monitors(m.task, t),
     )  # fmt: skip
     if service.policy.serving_version is None:  # a version promoted before this state began
-        from trainers.registry import ModelRegistry
+        from trainers.batch.registry import ModelRegistry
 
         serving = ModelRegistry(paths.registry).serving(m.name)
         service.policy.serving_version = serving.version if serving is not None else None
@@ -243,7 +243,7 @@ def make_online_service(settings: Settings) -> Any:
 
 def make_snapshot_predictor(settings: Settings) -> Any:
     """A predict-only replica answering from the learner's published snapshot."""
-    from trainers.service import SnapshotPredictor
+    from trainers.online.processor import SnapshotPredictor
 
     m, paths = settings.models, StatePaths.of(settings)
     policy = "online" if m.serving == "online" else "batch"

@@ -284,8 +284,8 @@ class StyleSettings(_Frozen):
     )
 
     def check(self) -> Any:
-        """The :class:`trainers.style.StyleCheck` these settings describe."""
-        from trainers.style import StyleCheck
+        """The :class:`trainers.batch.style.StyleCheck` these settings describe."""
+        from trainers.batch.style import StyleCheck
 
         return StyleCheck(self.pattern, tuple(self.sections), self.min_chars, self.max_chars)
 

@@ -145,7 +145,7 @@ def snapshot(settings: Settings, bootstrap: str, last: int = 5) -> Snapshot:
     """Read topics, lag, registry versions and the last alerts and model updates."""
     from confluent_kafka import TopicPartition
 
-    from trainers.registry import ModelRegistry
+    from trainers.batch.registry import ModelRegistry
 
     snap = Snapshot(bootstrap)
     admin = admin_client(settings, bootstrap)

@@ -121,7 +121,7 @@ def replay_sample_ranges(
     """Ranges of older records (before each partition's fine-tune range) worth about ``n``.
 
     Takes the most recent older stretch of each partition, in proportion to its history
-    (``trainers.jobs`` then samples from it with the job's seed).
+    (``trainers.batch.jobs`` then samples from it with the job's seed).
 
     >>> replay_sample_ranges({0: (100, 200), 1: (50, 60)}, {}, 30)
     {0: (80, 100), 1: (40, 50)}
@@ -146,7 +146,7 @@ class _JobAbandoned(BaseException):  # noqa: N818  (control flow, like Generator
 
 
 class TrainerWorker:
-    """Consumes jobs, runs them with :func:`trainers.jobs.run_job`, reports on model-updates.
+    """Consumes jobs, runs them with :func:`trainers.batch.jobs.run_job`, reports on model-updates.
 
     The consumer loop, in the order it handles things:
 
@@ -204,7 +204,7 @@ class TrainerWorker:
         self.stop_event.set()
 
     def _job_config(self) -> Any:
-        from trainers.jobs import JobConfig
+        from trainers.batch.jobs import JobConfig
 
         s = self.settings
         events_config = {k: v for k, v in self.config.items() if k != "generator"}
@@ -293,9 +293,9 @@ class TrainerWorker:
 
     # -- one job --------------------------------------------------------------------------
     def _generator_runner(self) -> Callable[..., Any]:
-        """``run_job``'s signature over :func:`trainers.generator.run_generator_job`, with the
+        """``run_job``'s signature over :func:`trainers.batch.generator.run_generator_job`, with the
         generator's config (``config["generator"]``) and the house style of the settings."""
-        from trainers.generator import GeneratorConfig, run_generator_job
+        from trainers.batch.generator import GeneratorConfig, run_generator_job
 
         s = self.settings
         overrides = {"base_model": s.models.generator, **dict(self.config.get("generator", {}))}
@@ -395,8 +395,8 @@ class TrainerWorker:
         result_box: dict[str, Any],
     ) -> None:
         """The job thread: read the job's data, run it, retry what may pass on a retry."""
-        from trainers.jobs import JobResult, is_transient, run_job
-        from trainers.registry import ModelRegistry
+        from trainers.batch.jobs import JobResult, is_transient, run_job
+        from trainers.batch.registry import ModelRegistry
 
         s = self.settings
         asked = {int(p): (int(lo), int(hi)) for p, (lo, hi) in job["data"]["offsets"].items()}
@@ -408,7 +408,7 @@ class TrainerWorker:
             job = {**job, "data": {**job["data"], "offsets": offsets,
                                    "offsets_asked": job["data"]["offsets"]}}  # fmt: skip
         topic = job["data"]["topic"]
-        # The answering LM's jobs read style-examples and train with trainers.generator.
+        # The answering LM's jobs read style-examples and train with trainers.batch.generator.
         if model == s.models.generator_name or topic == s.topics.style_examples:
             run: Callable[..., Any] = self._generator_runner()
             config, contract = None, "style-examples"
@@ -533,8 +533,8 @@ def manual_job(
     """
     import hashlib
 
+    from trainers.batch.registry import ModelRegistry
     from trainers.exceptions import TrainingJobError
-    from trainers.registry import ModelRegistry
 
     topic = settings.topics.events
     marks = topic_offsets(settings, bootstrap, topic)

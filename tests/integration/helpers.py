@@ -17,7 +17,7 @@ from retrieval.corpus import stdlib_corpus
 from streams import status
 from streams.sdk import LiveLearnClient
 from streams.settings import Settings
-from trainers.service import load_checkpoint
+from trainers.online.processor import load_checkpoint
 
 __all__ = [
     "collection_state",

@@ -22,7 +22,7 @@ from streams.sdk import LiveLearnClient
 from streams.topics import ensure_topics, topic_specs
 from tests.conftest import make_settings
 from tests.integration.worker import WorkerProcess
-from trainers.learner import build_model, to_features
+from trainers.online.learner import build_model, to_features
 
 N, POSITION, WIDTH, BATCH = 10_000, 5_000, 50, 500
 STAGGER_VALUES = (("small", "medium", "large"), ("red", "green", "blue"),

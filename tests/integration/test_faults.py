@@ -49,8 +49,8 @@ from tests.integration.helpers import (
 from tests.integration.helpers import wait_checkpoint as _wait_checkpoint
 from tests.integration.helpers import wait_predicted as _wait_predicted
 from tests.integration.worker import WorkerProcess
-from trainers.learner import OnlineLearner
-from trainers.service import load_checkpoint
+from trainers.online.learner import OnlineLearner
+from trainers.online.processor import load_checkpoint
 
 CHUNK_TOKENS, OVERLAP = 64, 16
 ROWS = list(datasets.Phishing())

@@ -16,8 +16,8 @@ from streams.settings import ModelSettings, Settings
 from streams.topics import ensure_topics, topic_specs
 from tests.conftest import make_settings
 from tests.integration.worker import WorkerProcess
-from trainers.learner import OnlineLearner
-from trainers.service import load_checkpoint
+from trainers.online.learner import OnlineLearner
+from trainers.online.processor import load_checkpoint
 
 
 @pytest.fixture

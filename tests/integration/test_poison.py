@@ -20,8 +20,8 @@ from streams.settings import Settings
 from streams.trainer_worker import TrainerWorker, manual_job
 from tests.integration.test_serving import ROWS, _settings
 from tests.integration.worker import WorkerProcess
-from trainers.learner import OnlineLearner
-from trainers.service import load_checkpoint
+from trainers.online.learner import OnlineLearner
+from trainers.online.processor import load_checkpoint
 
 
 def _finite(value: Any) -> bool:

@@ -20,9 +20,9 @@ from streams.topics import ensure_topics, topic_specs
 from streams.trainer_worker import TrainerWorker, manual_job
 from tests.conftest import make_settings, settings_env
 from tests.integration.worker import WorkerProcess
-from trainers.learner import OnlineLearner
-from trainers.registry import ModelRegistry
-from trainers.service import load_checkpoint
+from trainers.batch.registry import ModelRegistry
+from trainers.online.learner import OnlineLearner
+from trainers.online.processor import load_checkpoint
 
 ROWS = list(datasets.Phishing())
 QUIET = TriggerSettings(volume_threshold=0, warning_action="none", drift_action="none")

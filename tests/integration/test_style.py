@@ -17,9 +17,9 @@ from streams.trainer_worker import TrainerWorker
 from tests.conftest import make_settings
 from tests.integration.helpers import wait_caught_up
 from tests.integration.worker import WorkerProcess
-from trainers.generator import build_tiny_lm, shipped_text
-from trainers.registry import ModelRegistry
-from trainers.style import feedback_doc_id
+from trainers.batch.generator import build_tiny_lm, shipped_text
+from trainers.batch.registry import ModelRegistry
+from trainers.batch.style import feedback_doc_id
 
 N_EXAMPLES = 12
 GENERATOR_JOB = {"epochs": 3, "batch_size": 4, "max_length": 160, "eval_max": 2,

@@ -27,9 +27,9 @@ from streams.sdk import LiveLearnClient
 from streams.settings import Settings
 from streams.trainer_worker import TrainerWorker, manual_job
 from tests.integration.helpers import wait_caught_up
-from trainers.datasets import LabelEncoder, examples_from_records
-from trainers.models import FeatureVectorizer, TabularMLP
-from trainers.registry import ModelRegistry
+from trainers.batch.datasets import LabelEncoder, examples_from_records
+from trainers.batch.models import FeatureVectorizer, TabularMLP
+from trainers.batch.registry import ModelRegistry
 
 FINAL = ("promoted", "rejected", "failed")
 

@@ -18,7 +18,7 @@ from streams.sdk import LiveLearnClient
 from streams.settings import Settings
 from streams.trainer_worker import TrainerWorker, manual_job
 from tests.conftest import settings_env
-from trainers.registry import ModelRegistry
+from trainers.batch.registry import ModelRegistry
 
 
 def _phishing(start: int, stop: int) -> list[tuple[dict[str, float], bool]]:

@@ -20,7 +20,7 @@ from streams.topics import ensure_topics, topic_specs
 from streams.trainer_worker import TrainerWorker, topic_offsets
 from tests.conftest import make_settings, settings_env
 from tests.integration.worker import WorkerProcess
-from trainers.service import load_checkpoint
+from trainers.online.processor import load_checkpoint
 
 ROWS = list(itertools.islice(synth.SEA(seed=1, variant=0), 9000))
 

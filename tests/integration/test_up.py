@@ -30,8 +30,8 @@ from tests.integration.helpers import (
     wait_checkpoint,
     wait_predicted,
 )
-from trainers.learner import OnlineLearner
-from trainers.service import load_checkpoint
+from trainers.online.learner import OnlineLearner
+from trainers.online.processor import load_checkpoint
 
 
 def test_up_status_and_a_clean_ctrl_c(settings: Settings, tmp_path: Path) -> None:

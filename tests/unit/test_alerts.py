@@ -13,8 +13,8 @@ import pytest
 from streams.handlers import _embedding_alerts
 from streams.processing import DecodedRecord
 from streams.settings import Settings
-from trainers.data_drift import EmbeddingDriftMonitor
-from trainers.trigger import TriggerPolicy
+from trainers.drift.data import EmbeddingDriftMonitor
+from trainers.drift.trigger import TriggerPolicy
 
 DIM = 16
 
@@ -65,7 +65,7 @@ def test_a_cooldown_is_logged_once_not_every_tick(caplog: pytest.LogCaptureFixtu
     policy.job_update(policy.in_flight.job_id, "rejected")  # type: ignore[union-attr]
     for off in range(20, 40):
         policy.observe(0, off, labelled=True)
-    with caplog.at_level(logging.INFO, logger="trainers.trigger"):
+    with caplog.at_level(logging.INFO, logger="trainers.drift.trigger"):
         for t in range(60):
             assert policy.tick(now=1001.0 + t) is None
     infos = [r for r in caplog.records if r.levelno >= logging.INFO and "cooldown" in r.message]
@@ -86,8 +86,8 @@ def test_milvus_lite_start_up_logs_no_error(tmp_path: Path, caplog: pytest.LogCa
 
 def test_per_key_drift_names_the_key(tmp_path: Path) -> None:
     """Tenant b's concept flips; tenant a's does not: b's own monitor alerts, naming b."""
-    from trainers.learner import OnlineLearner
-    from trainers.service import OnlineService
+    from trainers.online.learner import OnlineLearner
+    from trainers.online.processor import OnlineService
 
     rng = random.Random(4)
     service = OnlineService(OnlineLearner("logreg"), None, per_key="tenant")

@@ -11,10 +11,10 @@ from typing import Any
 
 from river.datasets import synth
 
-from trainers.data_drift import EmbeddingDriftMonitor, FeatureDriftMonitor
-from trainers.learner import OnlineLearner
-from trainers.service import OnlineService
-from trainers.trigger import TriggerPolicy
+from trainers.drift.data import EmbeddingDriftMonitor, FeatureDriftMonitor
+from trainers.drift.trigger import TriggerPolicy
+from trainers.online.learner import OnlineLearner
+from trainers.online.processor import OnlineService
 
 
 def _sea(n: int, seed: int) -> list[dict[str, Any]]:

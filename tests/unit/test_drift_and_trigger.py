@@ -8,9 +8,9 @@ import random
 import pytest
 from river.datasets import synth
 
-from trainers.drift_monitor import DETECTORS, ConceptDriftMonitor
-from trainers.learner import OnlineLearner
-from trainers.trigger import TriggerPolicy
+from trainers.drift.concept import DETECTORS, ConceptDriftMonitor
+from trainers.drift.trigger import TriggerPolicy
+from trainers.online.learner import OnlineLearner
 
 
 def _signals(stream, n: int) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]

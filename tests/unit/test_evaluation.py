@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.unit.test_jobs import TAB, job, tabular_records
-from trainers.evaluation import gate
-from trainers.jobs import JobConfig, run_job
-from trainers.registry import ModelRegistry
+from trainers.batch.evaluation import gate
+from trainers.batch.jobs import JobConfig, run_job
+from trainers.batch.registry import ModelRegistry
 
 
 def _noise(n: int) -> list[tuple[int, int, dict[str, Any]]]:

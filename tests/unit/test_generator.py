@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from retrieval.answering import Context
-from trainers.generator import (
+from trainers.batch.generator import (
     IGNORE,
     GeneratorConfig,
     build_tiny_lm,
@@ -19,9 +19,9 @@ from trainers.generator import (
     run_generator_job,
     shipped_text,
 )
-from trainers.jobs import pick_device
-from trainers.registry import ModelRegistry
-from trainers.style import StyleCheck
+from trainers.batch.jobs import pick_device
+from trainers.batch.registry import ModelRegistry
+from trainers.batch.style import StyleCheck
 
 CHECK = StyleCheck(r"\[\d+\]", ("Summary:",))
 

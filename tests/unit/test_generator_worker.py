@@ -19,7 +19,7 @@ from streams.generator_worker import (
 )
 from streams.processing import DecodedRecord, OutRecord
 from streams.settings import ModelSettings, Settings, StyleSettings
-from trainers.style import feedback_doc_id
+from trainers.batch.style import feedback_doc_id
 
 LABELLED = Path(__file__).resolve().parents[1] / "data" / "feedback_routes.json"
 
@@ -103,8 +103,8 @@ def test_a_style_slump_alerts_and_asks_for_a_job(tmp_path: Path) -> None:
 
 
 def test_refresh_swaps_in_the_promoted_version(tmp_path: Path) -> None:
-    from trainers.generator import build_tiny_lm, shipped_text
-    from trainers.registry import ModelRegistry
+    from trainers.batch.generator import build_tiny_lm, shipped_text
+    from trainers.batch.registry import ModelRegistry
 
     base = build_tiny_lm(tmp_path / "lm", hidden=32, layers=1, heads=2, positions=128,
                          vocab_size=300, pretrain_steps=1, seq_len=32, batch_size=2,

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from trainers import jobs as jobs_module
-from trainers.datasets import examples_from_records, replay_sample, split_by_time
+from trainers.batch import jobs as jobs_module
+from trainers.batch.datasets import examples_from_records, replay_sample, split_by_time
+from trainers.batch.jobs import JobConfig, load_serving_predictor, run_job
+from trainers.batch.models import save_tiny_encoder
+from trainers.batch.registry import ModelRegistry
 from trainers.exceptions import JobConfigError
-from trainers.jobs import JobConfig, load_serving_predictor, run_job
-from trainers.models import save_tiny_encoder
-from trainers.registry import ModelRegistry
 
 SPORT = "goal match team score player coach league ball".split()
 FOOD = "pasta bread cheese soup salad pizza rice apple".split()
@@ -311,7 +311,7 @@ def test_the_bf16_path_trains_fine_tunes_and_predicts(
     a loss or a metric unconverted)."""
     import torch
 
-    from trainers import models
+    from trainers.batch import models
 
     entered: list[tuple[str, Any]] = []
 

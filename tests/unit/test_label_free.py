@@ -9,8 +9,12 @@ from typing import Any
 from streams.processing import DecodedRecord
 from streams.services import make_online_service
 from streams.settings import Settings
-from trainers.label_free import LABEL_FREE_SIGNALS, EstimatedAccuracyMonitor, LabelFreeMonitors
-from trainers.trigger import TriggerPolicy
+from trainers.drift.label_free import (
+    LABEL_FREE_SIGNALS,
+    EstimatedAccuracyMonitor,
+    LabelFreeMonitors,
+)
+from trainers.drift.trigger import TriggerPolicy
 
 LATE, CHANGE, N = 5000, 12_000, 20_000
 

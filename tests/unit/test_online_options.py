@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from river.datasets import synth
 
-from trainers.drift_monitor import ConceptDriftMonitor
+from trainers.drift.concept import ConceptDriftMonitor
 from trainers.exceptions import ModelSpecError
-from trainers.learner import OnlineLearner
-from trainers.service import OnlineService, SnapshotPredictor
-from trainers.serving import ServingPolicy
+from trainers.online.learner import OnlineLearner
+from trainers.online.processor import OnlineService, SnapshotPredictor
+from trainers.online.serving import ServingPolicy
 
 
 def _rec(off: int, value: dict[str, Any]) -> Any:

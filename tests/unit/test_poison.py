@@ -18,9 +18,9 @@ from streams.exceptions import ContractError, DeliveryError
 from streams.kafka import deliver_or_retry, flush_or_raise, producer
 from streams.settings import KafkaSettings, LimitSettings, Settings
 from trainers.exceptions import ModelSpecError
-from trainers.learner import LabelJoiner, OnlineLearner
-from trainers.service import OnlineService
-from trainers.serving import ServingPolicy
+from trainers.online.learner import LabelJoiner, OnlineLearner
+from trainers.online.processor import OnlineService
+from trainers.online.serving import ServingPolicy
 
 
 def _rec(offset: int, value: dict[str, Any], partition: int = 0) -> Any:
@@ -215,7 +215,7 @@ def test_deliver_or_retry_sends_again_until_told_to_stop() -> None:
 
 
 def test_the_cooldown_survives_a_resuming_worker_whose_clock_is_off() -> None:
-    from trainers.trigger import TriggerPolicy
+    from trainers.drift.trigger import TriggerPolicy
 
     policy = TriggerPolicy("m", "events", volume_threshold=1, cooldown_seconds=300)
     policy.observe(0, 0, labelled=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from trainers import registry as registry_module
+from trainers.batch import registry as registry_module
+from trainers.batch.registry import ModelRegistry
 from trainers.exceptions import RegistryError
-from trainers.registry import ModelRegistry
 
 
 def _artifact(tmp_path: Path, name: str = "art", payload: bytes = b"w") -> Path:
@@ -84,7 +84,7 @@ def test_killed_process_mid_register_leaves_only_a_temp_dir(tmp_path: Path) -> N
     # A real crash: the process dies (no cleanup, no finally) right before the rename.
     code = (
         "import os, sys\n"
-        "from trainers.registry import ModelRegistry\n"
+        "from trainers.batch.registry import ModelRegistry\n"
         "os.rename = lambda *a, **k: os._exit(9)\n"
         f"ModelRegistry({str(root)!r}).register('m', {str(art)!r}, {{'job_id': 'j'}})\n"
     )
@@ -234,7 +234,7 @@ def test_concurrent_registrations_of_one_job_yield_one_version(tmp_path: Path) -
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from trainers.registry import ModelRegistry\n"
+        "from trainers.batch.registry import ModelRegistry\n"
         "reg = ModelRegistry(sys.argv[1])\n"
         "art = Path(sys.argv[2])\n"
         "(art / 'model').mkdir(parents=True)\n"

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 from trainers.exceptions import ModelSpecError
-from trainers.learner import OnlineLearner
-from trainers.service import OnlineService
-from trainers.serving import ServingPolicy
+from trainers.online.learner import OnlineLearner
+from trainers.online.processor import OnlineService
+from trainers.online.serving import ServingPolicy
 
 
 class ThresholdModel:
-    """A batch version that predicts ``x > cut`` (the protocol of trainers.jobs.Predictor)."""
+    """A batch version that predicts ``x > cut`` (the protocol of trainers.batch.jobs.Predictor)."""
 
     def __init__(self, version: str, cut: float) -> None:
         self.version, self.cut, self.calls = version, cut, 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from streams import contracts
-from trainers.style import (
+from trainers.batch.style import (
     AdherenceWindow,
     RetrievalWindow,
     StyleCheck,

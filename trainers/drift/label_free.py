@@ -41,8 +41,8 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any
 
-from trainers.data_drift import ks_test
-from trainers.drift_monitor import DriftSignal
+from trainers.drift.concept import DriftSignal
+from trainers.drift.data import ks_test
 
 __all__ = [
     "LABEL_FREE_SIGNALS",

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from trainers.datasets import LabelEncoder
+from trainers.batch.datasets import LabelEncoder
 from trainers.exceptions import ModelSpecError
 
 __all__ = [

@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from trainers.label_free import LABEL_FREE_SIGNALS
+from trainers.drift.label_free import LABEL_FREE_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class TriggerPolicy:
         if job is not None and kind == "retrain" and self.drift_since:
             # A retrain covers the whole history, most of it from before the change: the
             # trainer is told where the change was noticed, to validate on what came after
-            # and to weigh it as much as the history (see trainers.jobs).
+            # and to weigh it as much as the history (see trainers.batch.jobs).
             since = {str(p): o for p, o in sorted(self.drift_since.items())}
             job = replace(job, data={**job.data, "since": since})
             self.in_flight = job

@@ -5,8 +5,8 @@ Run manual
 The ``streams`` job runner replays the job's Kafka offsets into ``(partition, offset,
 value)`` records and calls :func:`run_job`; nothing here imports Kafka::
 
-    from trainers.jobs import JobConfig, run_job
-    from trainers.registry import ModelRegistry
+    from trainers.batch.jobs import JobConfig, run_job
+    from trainers.batch.registry import ModelRegistry
 
     job = {"job_id": "j-42", "kind": "retrain", "reason": "drift",
            "data": {"topic": "events", "offsets": {"0": [0, 9999]}}}
@@ -16,7 +16,7 @@ value)`` records and calls :func:`run_job`; nothing here imports Kafka::
 
 From a shell, on a JSON job and a JSON-lines file of ``[partition, offset, value]``::
 
-    python -m trainers.jobs job.json records.jsonl --registry .livelearn/registry \\
+    python -m trainers.batch.jobs job.json records.jsonl --registry .livelearn/registry \\
         --model default --set epochs=2 --set batch_size=64 [--replay old.jsonl]
 
 Benchmark against a bare torch/peft loop: ``python bench/bench_training.py --model tiny``.
@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainers.datasets import (
+from trainers.batch.datasets import (
     Example,
     LabelEncoder,
     examples_from_records,
@@ -68,9 +68,8 @@ from trainers.datasets import (
     split_at_change,
     split_by_time,
 )
-from trainers.evaluation import LOWER_IS_BETTER, GateDecision, gate, score, trivial_metrics
-from trainers.exceptions import JobConfigError, RegistryError, TrainingJobError
-from trainers.models import (
+from trainers.batch.evaluation import LOWER_IS_BETTER, GateDecision, gate, score, trivial_metrics
+from trainers.batch.models import (
     MINILM_ID,
     BatchModel,
     FeatureVectorizer,
@@ -81,7 +80,8 @@ from trainers.models import (
     bf16_autocast,
     load_model,
 )
-from trainers.registry import ModelRegistry, Version
+from trainers.batch.registry import ModelRegistry, Version
+from trainers.exceptions import JobConfigError, RegistryError, TrainingJobError
 
 __all__ = [
     "JobConfig",
@@ -863,7 +863,9 @@ def _read_records(path: Path) -> list[Record]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: run one job from files (see the module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m trainers.jobs", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m trainers.batch.jobs", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("job", type=Path, help="training-jobs record (JSON file)")
     ap.add_argument("records", type=Path, help="JSON lines of [partition, offset, value]")
     ap.add_argument("--replay", type=Path, help="older records to replay (fine-tune)")

@@ -46,7 +46,7 @@ Policy = Literal["online", "batch", "best"]
 
 
 class BatchPredictor(Protocol):
-    """What serving needs from a loaded batch version (:class:`trainers.jobs.Predictor`)."""
+    """What serving needs from a loaded batch version (:class:`trainers.batch.jobs.Predictor`)."""
 
     version: str
 

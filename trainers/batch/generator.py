@@ -5,9 +5,9 @@ Run manual
 The ``streams`` trainer replays the job's ``style-examples`` offsets into ``(partition,
 offset, value)`` records and calls :func:`run_generator_job`; nothing here imports Kafka::
 
-    from trainers.generator import GeneratorConfig, run_generator_job
-    from trainers.registry import ModelRegistry
-    from trainers.style import StyleCheck
+    from trainers.batch.generator import GeneratorConfig, run_generator_job
+    from trainers.batch.registry import ModelRegistry
+    from trainers.batch.style import StyleCheck
 
     job = {"job_id": "g-1", "kind": "finetune", "reason": "volume",
            "data": {"topic": "style-examples", "offsets": {"0": [0, 400]}}}
@@ -29,7 +29,7 @@ What a job does
 * **gate**: the newest ``val_fraction`` of the new examples is held out; candidate and serving
   are scored on it: perplexity of the held-out answers, and style adherence of the answers
   they generate for those questions. The candidate is promoted only if it is no worse on both
-  (:func:`trainers.evaluation.gate` for each metric); the registry records the lineage (job,
+  (:func:`trainers.batch.evaluation.gate` for each metric); the registry records the lineage (job,
   kind, base version, the ``style-examples`` offsets).
 """
 
@@ -48,10 +48,9 @@ from typing import Any
 import torch
 
 from retrieval.answering import CausalLMGenerator, Context, build_prompt
-from trainers.datasets import Example, replay_sample, split_by_time
-from trainers.evaluation import GateDecision, gate
-from trainers.exceptions import JobConfigError, RegistryError, TrainingJobError
-from trainers.jobs import (
+from trainers.batch.datasets import Example, replay_sample, split_by_time
+from trainers.batch.evaluation import GateDecision, gate
+from trainers.batch.jobs import (
     JobResult,
     ProgressCallback,
     Record,
@@ -65,9 +64,10 @@ from trainers.jobs import (
     pick_device,
     seed_everything,
 )
-from trainers.models import bf16_autocast, resolve_model_path
-from trainers.registry import ModelRegistry, Version
-from trainers.style import StyleCheck
+from trainers.batch.models import bf16_autocast, resolve_model_path
+from trainers.batch.registry import ModelRegistry, Version
+from trainers.batch.style import StyleCheck
+from trainers.exceptions import JobConfigError, RegistryError, TrainingJobError
 
 __all__ = [
     "GeneratorConfig",
@@ -378,7 +378,7 @@ def load_lm(path: str, device: torch.device) -> tuple[Any, Any]:
     except (OSError, ValueError, ImportError) as exc:
         raise TrainingJobError(
             f"could not load the causal LM {path!r}: {exc}; give a local folder or a Hugging "
-            "Face id available offline (trainers.generator.build_tiny_lm writes a small one)"
+            "Face id available offline (trainers.batch.generator.build_tiny_lm writes a small one)"
         ) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -658,7 +658,7 @@ def run_generator_job(
 ) -> JobResult:
     """Run one generator ``training-jobs`` record end to end (see the module docstring).
 
-    Idempotent like :func:`trainers.jobs.run_job`: a job id already registered returns its
+    Idempotent like :func:`trainers.batch.jobs.run_job`: a job id already registered returns its
     version untrained; a job that raises is a ``failed`` result that registers nothing.
     """
     job_id = str(job.get("job_id") or "")

@@ -38,13 +38,13 @@ from typing import Any
 
 import orjson
 
-from trainers.data_drift import FeatureDriftMonitor
-from trainers.drift_monitor import ConceptDriftMonitor, DriftSignal, KeyedDriftMonitors
+from trainers.drift.concept import ConceptDriftMonitor, DriftSignal, KeyedDriftMonitors
+from trainers.drift.data import FeatureDriftMonitor
+from trainers.drift.label_free import LabelFreeMonitors
+from trainers.drift.trigger import TriggerPolicy
 from trainers.exceptions import CheckpointError, ModelSpecError
-from trainers.label_free import LabelFreeMonitors
-from trainers.learner import Challenger, LabelJoiner, OnlineLearner
-from trainers.serving import ServingPolicy
-from trainers.trigger import TriggerPolicy
+from trainers.online.learner import Challenger, LabelJoiner, OnlineLearner
+from trainers.online.serving import ServingPolicy
 
 log = logging.getLogger(__name__)
 

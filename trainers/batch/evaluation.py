@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainers.datasets import Example
+from trainers.batch.datasets import Example
 
 __all__ = [
     "LOWER_IS_BETTER",
@@ -84,7 +84,7 @@ def score(model: Any, val_examples: Sequence[Example], task: str) -> dict[str, f
     Parameters
     ----------
     model
-        A :class:`trainers.models.BatchModel` or any object with the same ``predict``.
+        A :class:`trainers.batch.models.BatchModel` or any object with the same ``predict``.
     val_examples
         Held-out examples.
     task

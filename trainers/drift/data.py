@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from trainers.drift_monitor import DriftSignal
+from trainers.drift.concept import DriftSignal
 
 __all__ = ["EmbeddingDriftMonitor", "FeatureDriftMonitor", "ks_test", "psi"]
 
