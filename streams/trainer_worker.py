@@ -15,6 +15,10 @@
 * ``model-updates`` gets ``started``, throttled ``progress`` and the final status.
 
 Run it with ``livelearn trainer``.
+
+One module (about 570 lines) because it is one worker: its consumer loop, its job thread, and
+the reading of a job's data from Kafka (the offset ranges, the replay sample, the manual job a
+person asks for), which nothing but this worker (and the drift benchmark) uses.
 """
 
 from __future__ import annotations
