@@ -171,10 +171,11 @@ def _online_learner(m: ModelSettings) -> Any:
     return OnlineLearner(m.online, m.task, m.name, text_buckets=m.text_buckets)
 
 
-def _serving_policy(policy: str, m: ModelSettings, paths: StatePaths, **kwargs: Any) -> Any:
+def _serving_policy(policy: str, m: ModelSettings, paths: StatePaths, min_samples: int = 50) -> Any:
+    """Who answers (``policy``), with the registry's serving batch version as the batch model."""
     from trainers.online.serving import ServingPolicy
 
-    return ServingPolicy(policy, m.task, _batch_loader(paths, m.name), **kwargs)
+    return ServingPolicy(policy, m.task, _batch_loader(paths, m.name), min_samples=min_samples)
 
 
 def _batch_loader(paths: StatePaths, name: str) -> Callable[[], Any]:
