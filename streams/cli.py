@@ -289,7 +289,7 @@ def up(
 ) -> None:
     """Run the whole system (embedded Kafka unless configured, worker, trainer) until Ctrl-C;
     a crashed child is restarted (exit 1: one kept crashing; 3: Kafka lost, if so set)."""
-    from streams.supervisor import run_up
+    from streams.up import run_up
 
     raise typer.Exit(run_up(_settings(), trainer=trainer, console=console))
 
@@ -300,7 +300,8 @@ def status() -> None:
     from rich.console import Console as _Console
 
     from streams.status import KafkaProblem, try_snapshot
-    from streams.supervisor import ChildStatus, read_state, state_path, status_table
+    from streams.supervisor import ChildStatus
+    from streams.up import read_state, state_path, status_table
 
     settings = _settings()
     out = _Console()
@@ -338,7 +339,7 @@ def trainer(
 ) -> None:
     """Run a trainer worker: consume training-jobs, train, evaluate, register, announce."""
     from streams.metrics import serve_metrics
-    from streams.trainer import TrainerWorker
+    from streams.trainer_worker import TrainerWorker
 
     settings = _settings()
     bootstrap = resolve_bootstrap(settings)
@@ -369,7 +370,7 @@ def train(
 ) -> None:
     """Ask for a training job now (reason: manual), over the right offsets of `events`."""
     from streams.sdk import LiveLearnClient
-    from streams.trainer import manual_job
+    from streams.trainer_worker import manual_job
 
     if kind not in ("finetune", "retrain"):
         raise typer.BadParameter("--kind is finetune or retrain")
@@ -387,9 +388,10 @@ def train(
 
 
 def _registry(settings: Settings) -> Any:
+    from streams.paths import StatePaths
     from trainers.batch.registry import ModelRegistry
 
-    return ModelRegistry(settings.data_dir / "registry")
+    return ModelRegistry(StatePaths.of(settings).registry)
 
 
 @models_app.command("list")

@@ -5,6 +5,9 @@ these fields (``livelearn config --markdown``). Environment variables use the ``
 prefix and ``__`` for nesting, e.g. ``LIVELEARN_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
 ``LIVELEARN_TOPICS__EVENTS=my-events``.
 
+One module on purpose: it is the whole configuration surface, one small class per group,
+so the generated table and the code cannot drift apart.
+
 >>> s = Settings(kafka=KafkaSettings(bootstrap_servers="localhost:9092"))
 >>> s.kafka.bootstrap_servers
 'localhost:9092'

@@ -38,7 +38,7 @@ from streams.kafka import admin_client, deliver_or_retry, producer
 from streams.sdk import LiveLearnClient
 from streams.settings import BrokerSettings, ModelSettings, Settings, TriggerSettings
 from streams.topics import ensure_topics, topic_specs
-from streams.trainer import manual_job
+from streams.trainer_worker import manual_job
 from tests.conftest import make_settings, settings_env
 from tests.integration.helpers import (
     collection_state,

@@ -11,7 +11,7 @@ import pytest
 
 from streams import metrics
 from streams.settings import MlflowSettings, Settings
-from streams.trainer import TrainerWorker, make_tracker
+from streams.trainer_worker import TrainerWorker, make_tracker
 from tests.unit.test_jobs import TAB, job, tabular_records
 from trainers.batch.jobs import JobConfig, run_job
 from trainers.batch.registry import ModelRegistry

@@ -15,6 +15,10 @@
 * ``model-updates`` gets ``started``, throttled ``progress`` and the final status.
 
 Run it with ``livelearn trainer``.
+
+One module (about 570 lines) because it is one worker: its consumer loop, its job thread, and
+the reading of a job's data from Kafka (the offset ranges, the replay sample, the manual job a
+person asks for), which nothing but this worker (and the drift benchmark) uses.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import orjson
 from streams import contracts, metrics
 from streams.exceptions import ContractError
 from streams.kafka import consumer, flush_or_raise, producer
+from streams.paths import StatePaths
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -186,7 +191,7 @@ class TrainerWorker:
         self.bootstrap = bootstrap
         self.config = dict(config or {})
         self.max_retries = max_retries
-        self.registry_root = registry_root or settings.data_dir / "registry"
+        self.registry_root = registry_root or StatePaths.of(settings).registry
         self.on_result = on_result
         self.retry_backoff_s = retry_backoff_s
         self.retry_backoff_max_s = retry_backoff_max_s
@@ -564,7 +569,7 @@ def manual_job(
 
     topic = settings.topics.events
     marks = topic_offsets(settings, bootstrap, topic)
-    serving = ModelRegistry(registry_root or settings.data_dir / "registry").serving(
+    serving = ModelRegistry(registry_root or StatePaths.of(settings).registry).serving(
         settings.models.name
     )
     trained: dict[int, int] = {}
