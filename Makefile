@@ -42,8 +42,10 @@ promtool:
 	   (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus \
 	    >/dev/null 2>&1)) ; } || echo "no promtool: the alerting rules' promtool checks will skip"
 
+# Two pytest workers, each with its own session broker; a module's tests stay on one worker
+# (its module-scoped broker, cluster, registry or worker is shared by them).
 test: lint typecheck browser promtool
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 demo: install
 	$(VENV)/bin/livelearn demo

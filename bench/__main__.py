@@ -1,4 +1,4 @@
-"""``python -m bench {ingest,online,drift,train,style,soak,retrieval} [args]``: run one benchmark.
+"""``python -m bench {ingest,online,...,retrieval,scaleout} [args]``: run one benchmark.
 
 * ``ingest``: docs → Milvus throughput against the bare encoder, and freshness at half
   capacity (``bench/bench_ingest.py``; writes ``bench/results/ingest.json``).
@@ -18,6 +18,9 @@
   ~2,500 numpy/SciPy/scikit-learn docstrings with 170 paraphrased questions, update and delete
   questions, idle search latency per mode (``bench/bench_retrieval.py``; writes
   ``bench/results/retrieval.json``).
+* ``scaleout``: predict-only replicas 1 → 2 → 3 on a 6-partition ``events`` (events/s, p99)
+  and indexers 1 → 2 on a milvus-lite server (docs/s), with the cores they had
+  (``bench/bench_scaleout.py``; writes ``bench/results/scaleout.json``).
 
 Each takes ``--quick`` (a short run: under two minutes on 2 CPU cores; three for ``train``).
 
@@ -39,6 +42,7 @@ BENCHMARKS = {
     "style": "bench.bench_style",
     "soak": "bench.bench_soak",
     "retrieval": "bench.bench_retrieval",
+    "scaleout": "bench.bench_scaleout",
 }
 
 

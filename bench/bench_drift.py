@@ -17,7 +17,7 @@ concept is another random hyperplane). Each generator gives, per seed, an *abrup
 Streams are 14,000 records with the change at ``position`` 5,000 (``--quick``: 8,000 and 3,000).
 
 **The production path, in process** (no Kafka, no GPU): the learner's service is built by
-``streams.app.make_online_service`` from the default :class:`streams.settings.Settings` (online
+``streams.services.make_online_service`` from the default :class:`streams.settings.Settings` (online
 model ``logreg``, serving ``best``, :class:`TriggerSettings` defaults: ADWIN, drift
 sensitivity 0.002, warning 0.05, min_samples 300, quiet_records 2000, drift_min_records 200,
 data-drift watch on) and is fed the stream in micro-batches of ``--batch-size`` records through
@@ -65,7 +65,7 @@ that point is back within ``--tolerance`` (2 points) of that level (so at least 
   job the policy asked for run for real: :func:`trainers.batch.jobs.run_job` with the default
   :class:`JobConfig` (a retrain is a fresh tabular MLP in torch, on CPU here, trained on the
   job's offsets, i.e. the whole history ``[0, next)``; a fine-tune gets the replay ranges
-  ``streams.trainer`` would read), registered in a temporary registry, fed back through
+  ``streams.trainer_worker`` would read), registered in a temporary registry, fed back through
   ``OnlineProcessor.on_model_update`` (started, then promoted/rejected) and swapped in by the
   serving policy (``best``: served once it beats the online model on the same labels). The job
   is deemed instant: its result is fed back right after the micro-batch whose ``tick`` emitted
@@ -308,7 +308,7 @@ def make_settings(args: argparse.Namespace, data_dir: Path) -> Any:
 
 def run_stream(spec: StreamSpec, args: argparse.Namespace) -> Run:
     """Feed ``spec`` through a fresh production ``OnlineProcessor``; run the jobs it asks for."""
-    from streams.app import make_online_service
+    from streams.services import make_online_service
 
     records = events(spec)
     with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
@@ -350,7 +350,7 @@ def run_training_job(
     job: dict[str, Any], records: Sequence[DecodedRecord], settings: Any, args: argparse.Namespace
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run a ``training-jobs`` record as the trainer worker would; its ``model-updates``."""
-    from streams.trainer import replay_sample_ranges
+    from streams.trainer_worker import replay_sample_ranges
     from trainers.batch.jobs import JobConfig, run_job
     from trainers.batch.registry import ModelRegistry
 
@@ -596,7 +596,7 @@ def burst_arrivals(records: Sequence[DecodedRecord], partitions: int, max_chunk:
 
 
 def _service(args: argparse.Namespace, tmp: str) -> Any:
-    from streams.app import make_online_service
+    from streams.services import make_online_service
 
     return make_online_service(make_settings(args, Path(tmp)))
 

@@ -44,7 +44,7 @@ the trigger policy and checkpoints stay on: they are on the learner's path in pr
 trainer runs, so a job the policy asks for is only a record on ``training-jobs``.
 
 Also reported (diagnostics, no target): ``service_events_per_s``, the worker's domain object
-(``streams.app.make_online_service``, checkpoints included) fed the same measured slice
+(``streams.services.make_online_service``, checkpoints included) fed the same measured slice
 in-process in the learner's batches of 500, no Kafka and no JSON (and
 ``service_events_per_s_without_data_drift``, the same with the input-drift monitor off): the
 gap between it and ``river_events_per_s`` is the domain's cost, the gap between it and
@@ -85,7 +85,7 @@ from bench import common  # noqa: E402
 RESULTS = common.RESULTS / "online.json"
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 20.0
-BATCH = 500  # the learner loop's batch size (streams.learner.LearnerLoop)
+BATCH = 500  # the learner loop's batch size (streams.learner_worker.LearnerLoop)
 Record = tuple[str, dict[str, Any], Any]  # id, features, label
 
 STAGES = {
@@ -132,8 +132,8 @@ def bare_river(
 def service_rate(settings: Any, records: list[Record], timed: slice) -> float:
     """The worker's domain object in-process over ``timed`` (after the records before it), in
     the learner loop's batches, checkpoints included: events/s."""
-    from streams.app import make_online_service
     from streams.processing import DecodedRecord
+    from streams.services import make_online_service
 
     service = make_online_service(settings)
     decoded = [DecodedRecord(0, i, {"id": rid, "ts": 0.0, "features": x, "label": y}, 0.0)

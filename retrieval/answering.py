@@ -13,7 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -393,6 +393,50 @@ class CausalLMGenerator:
             )
         text: str = tok.decode(out[0, len(ids) :], skip_special_tokens=True)
         return text.strip()
+
+    def generate_stream(self, question: str, contexts: Sequence[Context]) -> Iterator[str]:
+        """The answer in pieces as the model generates them (greedy, as :meth:`generate`;
+        joined and stripped, the same text). Generation runs on a thread of its own that feeds
+        a ``TextIteratorStreamer``; an error there is raised here."""
+        import threading
+
+        import torch
+        from transformers import TextIteratorStreamer
+
+        if not contexts:
+            yield NO_CONTEXT_ANSWER
+            return
+        ids = self._input_ids(build_prompt(question, contexts))
+        tok = self._tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self._device)
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self._model.generate(
+                        input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                        max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad,
+                        streamer=streamer,
+                    )  # fmt: skip
+            except BaseException as exc:  # handed to the reader, who raises it
+                failed.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="lm-stream", daemon=True)
+        thread.start()
+        started = False
+        for piece in streamer:
+            if not started:
+                piece = piece.lstrip()
+                started = bool(piece)
+            if piece:
+                yield piece
+        thread.join()
+        if failed:
+            raise failed[0]
 
 
 @dataclass

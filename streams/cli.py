@@ -1,6 +1,7 @@
 """The ``livelearn`` command line.
 
 livelearn broker up                 # embedded Kafka (KRaft) from its jars, data on disk
+livelearn broker up --brokers 3     # a local 3-node cluster (replication 3, min ISR 2)
 livelearn topics                    # create the topics of the design, list them
 livelearn produce events.jsonl --topic events
 livelearn tail predictions          # follow a topic (drift-alerts, model-updates, ...)
@@ -27,10 +28,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streams import contracts
 from streams.broker import LocalBroker
+from streams.cluster import LocalCluster
 from streams.exceptions import ContractError, LiveLearnError
 from streams.kafka import (
     admin_client,
     flush_or_raise,
+    local_cluster,
     produce_or_wait,
     producer,
     resolve_bootstrap,
@@ -41,7 +44,7 @@ from streams.topics import ensure_topics, topic_specs
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="livelearn: models that stay current"
 )
-broker_app = typer.Typer(no_args_is_help=True, help="The embedded single-node broker")
+broker_app = typer.Typer(no_args_is_help=True, help="The embedded broker or local cluster")
 app.add_typer(broker_app, name="broker")
 models_app = typer.Typer(no_args_is_help=True, help="Model versions in the registry")
 app.add_typer(models_app, name="models")
@@ -57,12 +60,22 @@ def _settings() -> Settings:
 
 
 @broker_app.command("up")
-def broker_up() -> None:
+def broker_up(
+    brokers: int = typer.Option(
+        0, "--brokers", min=0, max=9,
+        help="Kafka nodes: 3 = a local cluster (replication 3, min.insync.replicas 2); "
+        "0 = LIVELEARN_BROKER__BROKERS",
+    ),
+) -> None:  # fmt: skip
     """Start the embedded broker (Apache Kafka with Java 17+, else Tansu) and create topics."""
     settings = _settings()
     if settings.kafka.bootstrap_servers:
         console.print(f"Kafka is configured ({settings.kafka.bootstrap_servers}); nothing to start")
         raise typer.Exit(0)
+    n = brokers or settings.broker.brokers
+    if n > 1 or local_cluster(settings).running() is not None:
+        _cluster_up(settings, n)
+        return
     broker = LocalBroker(settings.data_dir, settings.broker)
     bootstrap = broker.start()
     created = ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
@@ -76,18 +89,47 @@ def broker_up() -> None:
     typer.echo(bootstrap)
 
 
+def _cluster_up(settings: Settings, brokers: int) -> None:
+    cluster = LocalCluster(
+        settings.data_dir, settings.broker, max(brokers, 1), settings.broker.node_heap
+    )
+    bootstrap = cluster.start()
+    topics = settings.topics
+    if topics.replication < cluster.replication:  # replication 1 cannot meet min.insync 2
+        topics = topics.model_copy(update={"replication": cluster.replication})
+        console.print(
+            f"topics made with replication {cluster.replication}: set "
+            f"LIVELEARN_TOPICS__REPLICATION={cluster.replication} for workers and tools"
+        )
+    created = ensure_topics(admin_client(settings, bootstrap), topic_specs(topics))
+    console.print(
+        f"[green]Kafka cluster of {len(cluster.node_ids)} nodes ready[/] at [bold]{bootstrap}[/] "
+        f"(replication {cluster.replication}, min.insync.replicas {cluster.min_insync_replicas})"
+    )
+    if created:
+        console.print(f"created topics: {', '.join(sorted(created))}")
+    typer.echo(bootstrap)
+
+
 @broker_app.command("down")
 def broker_down() -> None:
-    """Stop the embedded broker cleanly (its data stays on disk)."""
+    """Stop the embedded broker or local cluster cleanly (its data stays on disk)."""
     settings = _settings()
-    stopped = LocalBroker(settings.data_dir, settings.broker).stop()
+    stopped = local_cluster(settings).stop()
+    stopped = LocalBroker(settings.data_dir, settings.broker).stop() or stopped
     console.print("broker stopped" if stopped else "no embedded broker running")
 
 
 @broker_app.command("status")
 def broker_status() -> None:
-    """Where the embedded broker is, if it runs."""
+    """Where the embedded broker (or local cluster) is, if it runs."""
     settings = _settings()
+    cluster = local_cluster(settings).running()
+    if cluster is not None:
+        for node in cluster.nodes:
+            up = "up" if node.alive() else "down"
+            typer.echo(f"kafka node {node.node_id} 127.0.0.1:{node.port} pid={node.pid} {up}")
+        return
     state = LocalBroker(settings.data_dir, settings.broker).running()
     if state is None:
         console.print("no embedded broker running")
@@ -129,6 +171,9 @@ def produce(
     bootstrap = resolve_bootstrap(settings)
     contract = None if no_validate else _contract_for(settings, topic)
     prod = producer(settings, bootstrap, **{"linger.ms": 20, "batch.num.messages": 10000})
+    from streams.schema_registry import WireEncoder
+
+    wire = WireEncoder.from_settings(settings)  # Schema Registry framing when asked for
     errors: list[str] = []
     rejected = 0
 
@@ -164,7 +209,8 @@ def produce(
                 continue
             key = value.get(key_field) if isinstance(value, dict) else None
             key_bytes = None if key is None else str(key).encode()
-            produce_or_wait(prod, topic, line, key_bytes, on_delivery=on_delivery)
+            payload = line if wire is None else wire(topic, line)
+            produce_or_wait(prod, topic, payload, key_bytes, on_delivery=on_delivery)
             sent += 1
             if sent % 2000 == 0:
                 prod.poll(0)
@@ -245,7 +291,7 @@ def up(
 ) -> None:
     """Run the whole system (embedded Kafka unless configured, worker, trainer) until Ctrl-C;
     a crashed child is restarted (exit 1: one kept crashing; 3: Kafka lost, if so set)."""
-    from streams.supervisor import run_up
+    from streams.up import run_up
 
     raise typer.Exit(run_up(_settings(), trainer=trainer, console=console))
 
@@ -256,7 +302,8 @@ def status() -> None:
     from rich.console import Console as _Console
 
     from streams.status import KafkaProblem, try_snapshot
-    from streams.supervisor import ChildStatus, read_state, state_path, status_table
+    from streams.supervisor import ChildStatus
+    from streams.up import read_state, state_path, status_table
 
     settings = _settings()
     out = _Console()
@@ -294,11 +341,14 @@ def trainer(
 ) -> None:
     """Run a trainer worker: consume training-jobs, train, evaluate, register, announce."""
     from streams.metrics import serve_metrics
-    from streams.trainer import TrainerWorker
+    from streams.trainer_worker import TrainerWorker
 
     settings = _settings()
     bootstrap = resolve_bootstrap(settings)
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
+    from streams import schema_registry
+
+    schema_registry.install(settings, register=False)  # jobs replay wire-format records too
     serve_metrics(settings.metrics_port, settings.web.host, settings.web.token.get_secret_value())
     overrides = {}
     for item in set_ or []:
@@ -322,7 +372,7 @@ def train(
 ) -> None:
     """Ask for a training job now (reason: manual), over the right offsets of `events`."""
     from streams.sdk import LiveLearnClient
-    from streams.trainer import manual_job
+    from streams.trainer_worker import manual_job
 
     if kind not in ("finetune", "retrain"):
         raise typer.BadParameter("--kind is finetune or retrain")
@@ -340,9 +390,10 @@ def train(
 
 
 def _registry(settings: Settings) -> Any:
+    from streams.paths import StatePaths
     from trainers.batch.registry import ModelRegistry
 
-    return ModelRegistry(settings.data_dir / "registry")
+    return ModelRegistry(StatePaths.of(settings).registry)
 
 
 @models_app.command("list")

@@ -46,6 +46,7 @@ import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from streams import metrics, plots
+from streams.paths import StatePaths
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class ConsoleFeed:
     def _read_versions(self) -> list[dict[str, Any]]:
         from trainers.batch.registry import ModelRegistry
 
-        registry = ModelRegistry(self.settings.data_dir / "registry")
+        registry = ModelRegistry(StatePaths.of(self.settings).registry)
         name = self.settings.models.name
         serving = registry.serving(name)
         return [

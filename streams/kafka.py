@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError
 from confluent_kafka import Producer as _Producer
 
 from streams.broker import LocalBroker
+from streams.cluster import LocalCluster
 from streams.exceptions import BrokerError, DeliveryError
 from streams.settings import Settings
 from streams.topics import MAX_MESSAGE_BYTES
@@ -32,6 +33,7 @@ __all__ = [
     "consumer",
     "deliver_or_retry",
     "flush_or_raise",
+    "local_cluster",
     "produce_or_wait",
     "producer",
     "resolve_bootstrap",
@@ -55,6 +57,12 @@ def resolve_bootstrap(settings: Settings, start: bool = True) -> str:
     """The configured cluster, else the embedded broker (started when ``start`` is true)."""
     if settings.kafka.bootstrap_servers:
         return settings.kafka.bootstrap_servers
+    cluster = local_cluster(settings)
+    state = cluster.running()
+    if state is not None:  # `livelearn broker up --brokers N` started one
+        return state.bootstrap
+    if settings.broker.brokers > 1:
+        return cluster.start() if start else _running_cluster(cluster)
     broker = LocalBroker(settings.data_dir, settings.broker)
     running = broker.running()
     if running is not None:
@@ -65,6 +73,23 @@ def resolve_bootstrap(settings: Settings, start: bool = True) -> str:
             "`livelearn broker up` or set LIVELEARN_KAFKA__BOOTSTRAP_SERVERS"
         )
     return broker.start()
+
+
+def local_cluster(settings: Settings) -> LocalCluster:
+    """The local Kafka cluster these settings describe (``LIVELEARN_BROKER__BROKERS``)."""
+    return LocalCluster(
+        settings.data_dir, settings.broker, settings.broker.brokers, settings.broker.node_heap
+    )
+
+
+def _running_cluster(cluster: LocalCluster) -> str:
+    state = cluster.running()
+    if state is None:
+        raise BrokerError(
+            "no Kafka configured and the local cluster is not running: run "
+            "`livelearn broker up --brokers N` or set LIVELEARN_KAFKA__BOOTSTRAP_SERVERS"
+        )
+    return state.bootstrap
 
 
 def admin_client(settings: Settings, bootstrap: str) -> Any:

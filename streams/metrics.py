@@ -75,6 +75,11 @@ CONSUMER_LAG = Gauge(
     "livelearn_consumer_lag", "Records not yet processed, by topic and partition",
     ["topic", "partition"],
 )  # fmt: skip
+TRACKING_FAILURES = Counter(
+    "livelearn_tracking_failures_total",
+    "Training jobs an external tracker (MLflow) could not log; the jobs themselves went on",
+    ["tracker"],
+)
 RETRIES = Counter(
     "livelearn_retries_total", "Transient failures retried with backoff, by dependency",
     ["dependency"],

@@ -49,6 +49,9 @@ class LiveLearnClient:
         self.bootstrap = bootstrap or resolve_bootstrap(self.settings, start=True)
         self._producer = producer(self.settings, self.bootstrap)
         self._errors: list[str] = []
+        from streams.schema_registry import WireEncoder
+
+        self._wire = WireEncoder.from_settings(self.settings)  # Schema Registry framing, or None
 
     # -- producing -------------------------------------------------------------------------
     def _on_delivery(self, err: Any, _msg: Any) -> None:
@@ -59,6 +62,8 @@ class LiveLearnClient:
         """Validate ``value`` against ``contract`` and produce it keyed by its id."""
         topic = self.settings.topics.by_contract()[contract]
         payload = contracts.encode_checked(contract, value)
+        if self._wire is not None:
+            payload = self._wire(topic, payload)
         key = value.get("id") or value.get("job_id") or value.get("alert_id")
         while True:
             try:
@@ -178,8 +183,11 @@ class LiveLearnClient:
                         return
                     continue
                 idle_since = time.monotonic()
+                raw = msg.value() or b"null"
+                if raw[0] == 0 and len(raw) >= 5:  # Schema Registry wire format: skip its header
+                    raw = raw[5:]
                 try:
-                    value = orjson.loads(msg.value() or b"null")
+                    value = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     continue
                 if isinstance(value, dict):

@@ -5,6 +5,9 @@ these fields (``livelearn config --markdown``). Environment variables use the ``
 prefix and ``__`` for nesting, e.g. ``LIVELEARN_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
 ``LIVELEARN_TOPICS__EVENTS=my-events``.
 
+One module on purpose: it is the whole configuration surface, one small class per group,
+so the generated table and the code cannot drift apart.
+
 >>> s = Settings(kafka=KafkaSettings(bootstrap_servers="localhost:9092"))
 >>> s.kafka.bootstrap_servers
 'localhost:9092'
@@ -33,8 +36,10 @@ __all__ = [
     "KafkaSettings",
     "LimitSettings",
     "MilvusSettings",
+    "MlflowSettings",
     "ModelSettings",
     "RetrievalSettings",
+    "SchemaRegistrySettings",
     "Settings",
     "SecretStr",
     "StateSettings",
@@ -107,6 +112,10 @@ class BrokerSettings(_Frozen):
         description="where the broker jars are cached (Maven fetches them once)",
     )
     start_timeout_s: float = Field(90.0, description="readiness wait for the embedded broker")
+    brokers: int = Field(
+        1, ge=1, le=9, description="embedded Kafka nodes; 3 = a local cluster (streams/cluster.py)"
+    )
+    node_heap: str = Field("384m", description="JVM heap of each node of a local cluster")
 
 
 class TopicSettings(_Frozen):
@@ -421,6 +430,47 @@ class MemorySettings(_Frozen):
     )
 
 
+class SchemaRegistrySettings(_Frozen):
+    """A Confluent-compatible Schema Registry; empty ``url`` = none (plain JSON only)."""
+
+    url: str = Field(
+        "", description="Schema Registry URL (Confluent API), e.g. http://registry:8081; "
+        "empty = contracts stay in the package only"
+    )  # fmt: skip
+    username: str = Field("", description="basic-auth user of the registry")
+    password: SecretStr = Field(SecretStr(""), description="basic-auth password (secret)")
+    compatibility: Literal[
+        "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL",
+        "FULL_TRANSITIVE", "NONE",
+    ] = Field(
+        "BACKWARD", description="compatibility level set on every subject: an incompatible "
+        "contract change is refused at registration"
+    )  # fmt: skip
+    wire_format: bool = Field(
+        False, description="SDK/CLI producers write the Confluent wire format (magic byte 0 + "
+        "4-byte schema id + JSON); agents read both it and plain JSON either way"
+    )  # fmt: skip
+    timeout_s: float = Field(5.0, gt=0, description="timeout of one registry request")
+    dialect: Literal["2020-12", "draft-07"] = Field(
+        "2020-12", description="JSON Schema dialect the contracts are registered as; draft-07 "
+        "for registries whose checks stop there (Apicurio 2.x): the contracts use no keyword "
+        "newer than draft-07, so both say the same"
+    )  # fmt: skip
+
+
+class MlflowSettings(_Frozen):
+    """Optional MLflow tracking of training jobs; the built-in registry stays the truth."""
+
+    tracking_uri: str = Field(
+        "", description="MLflow tracking URI (http://mlflow:5000, sqlite:///mlflow.db, any "
+        "store MLflow takes); empty = no MLflow"
+    )  # fmt: skip
+    experiment: str = Field("livelearn", description="MLflow experiment the job runs go to")
+    register_models: bool = Field(
+        True, description="register promoted versions as MLflow model versions"
+    )
+
+
 class StateSettings(_Frozen):
     """The online state files (the learner's checkpoint, which replicas read too)."""
 
@@ -509,6 +559,8 @@ class Settings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 = off")
     web_port: int = Field(6066, ge=0, description="worker HTTP port: /search, /ask, /healthz")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import orjson
 
 from streams.kafka import admin_client, consumer
+from streams.paths import StatePaths
 from streams.settings import Settings
 
 __all__ = [
@@ -165,7 +166,7 @@ def snapshot(settings: Settings, bootstrap: str, last: int = 5) -> Snapshot:
     for group, topic in consumer_groups(settings).items():
         if topic in md.topics:
             snap.lags.append(group_lag(settings, bootstrap, group, topic))
-    registry = ModelRegistry(settings.data_dir / "registry")
+    registry = ModelRegistry(StatePaths.of(settings).registry)
     serving = registry.serving(settings.models.name)
     snap.serving = serving.version if serving is not None else None
     for v in registry.list(settings.models.name)[-last:]:

@@ -2,8 +2,9 @@
 
 Integration tests run against a real Apache Kafka broker (KRaft, one node) started once per
 session by :class:`streams.broker.LocalBroker` in a temporary folder (Tansu where no JVM is
-found), or against ``LIVELEARN_TEST_BOOTSTRAP`` when that is set. Every test gets its own
-uuid-named topics and consumer-group prefix, so tests never see each other's records.
+found), or against ``LIVELEARN_TEST_BOOTSTRAP`` when that is set (``LIVELEARN_TEST_KAFKA_VERSION``
+picks the Kafka release of that broker). Every test gets its own uuid-named topics and
+consumer-group prefix, so tests never see each other's records.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    broker = LocalBroker(tmp_path_factory.mktemp("broker"), BrokerSettings())
+    # LIVELEARN_TEST_KAFKA_VERSION runs the suite on another Kafka release (e.g. 4.4.0).
+    version = os.environ.get("LIVELEARN_TEST_KAFKA_VERSION") or BrokerSettings().kafka_version
+    broker = LocalBroker(tmp_path_factory.mktemp("broker"), BrokerSettings(kafka_version=version))
     bootstrap = broker.start()
     try:
         yield bootstrap

@@ -27,7 +27,7 @@ import base64
 import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -49,6 +49,7 @@ __all__ = [
     "decode",
     "encode",
     "schema",
+    "use_wire_format",
     "validate",
 ]
 
@@ -261,14 +262,57 @@ def validate(contract: str, value: Any) -> dict[str, Any]:
     return value
 
 
+#: Checks a wire-format record's schema id for a contract (raises ContractError); set by
+#: :func:`streams.schema_registry.install` when a registry is configured.
+_wire_check: Callable[[str, int], None] | None = None
+
+
+def use_wire_format(check: Callable[[str, int], None] | None) -> None:
+    """Accept Confluent wire-format records (magic byte 0, 4-byte schema id, JSON) whose
+    schema id ``check(contract, id)`` accepts; ``None`` refuses them again."""
+    global _wire_check
+    _wire_check = check
+
+
+def _strip_wire_header(contract: str, raw: bytes) -> bytes:
+    """The JSON of a wire-format record, its schema id checked; plain JSON unchanged.
+
+    >>> _strip_wire_header("events", b"\\x00\\x00\\x00\\x00\\x01{}")
+    Traceback (most recent call last):
+    ...
+    streams.exceptions.ContractError: wire-format record (schema id 1) but no schema registry \
+is configured (set LIVELEARN_SCHEMA_REGISTRY__URL)
+    """
+    if not raw or raw[0] != 0:  # JSON never starts with a zero byte
+        return raw
+    if len(raw) < 5:
+        raise ContractError(
+            f"wire-format record of {len(raw)} bytes, shorter than its 5-byte header "
+            "(magic byte 0 + 4-byte schema id)"
+        )
+    schema_id = int.from_bytes(raw[1:5], "big")
+    check = _wire_check
+    if check is None:
+        raise ContractError(
+            f"wire-format record (schema id {schema_id}) but no schema registry is "
+            "configured (set LIVELEARN_SCHEMA_REGISTRY__URL)"
+        )
+    check(contract, schema_id)
+    return raw[5:]
+
+
 def decode(
     contract: str, raw: bytes | None, key: bytes | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> dict[str, Any]:
-    """Bytes from Kafka → a validated dict. Anything wrong raises :class:`ContractError`."""
+    """Bytes from Kafka → a validated dict. Anything wrong raises :class:`ContractError`.
+
+    Plain JSON and the Schema Registry wire format are both read (see
+    :mod:`streams.schema_registry`)."""
     if raw is None:
         raise ContractError(f"{contract}: empty record (null value)")
     try:
         limits.check_raw(raw)
+        raw = _strip_wire_header(contract, raw)
         value = orjson.loads(raw)
         limits.check_value(value)
     except orjson.JSONDecodeError as exc:

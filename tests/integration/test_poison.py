@@ -17,7 +17,7 @@ from streams import contracts
 from streams.kafka import admin_client, producer
 from streams.sdk import LiveLearnClient
 from streams.settings import Settings
-from streams.trainer import TrainerWorker, manual_job
+from streams.trainer_worker import TrainerWorker, manual_job
 from tests.integration.test_serving import ROWS, _settings
 from tests.integration.worker import WorkerProcess
 from trainers.online.learner import OnlineLearner

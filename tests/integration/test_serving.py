@@ -17,7 +17,7 @@ from streams.kafka import admin_client
 from streams.sdk import LiveLearnClient
 from streams.settings import ModelSettings, Settings, TriggerSettings
 from streams.topics import ensure_topics, topic_specs
-from streams.trainer import TrainerWorker, manual_job
+from streams.trainer_worker import TrainerWorker, manual_job
 from tests.conftest import make_settings, settings_env
 from tests.integration.worker import WorkerProcess
 from trainers.batch.registry import ModelRegistry

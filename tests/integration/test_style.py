@@ -13,7 +13,7 @@ import pytest
 
 from streams.sdk import LiveLearnClient
 from streams.settings import ModelSettings, Settings
-from streams.trainer import TrainerWorker
+from streams.trainer_worker import TrainerWorker
 from tests.conftest import make_settings
 from tests.integration.helpers import wait_caught_up
 from tests.integration.worker import WorkerProcess

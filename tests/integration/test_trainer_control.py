@@ -25,7 +25,7 @@ from river import datasets
 from streams import contracts
 from streams.sdk import LiveLearnClient
 from streams.settings import Settings
-from streams.trainer import TrainerWorker, manual_job
+from streams.trainer_worker import TrainerWorker, manual_job
 from tests.integration.helpers import wait_caught_up
 from trainers.batch.datasets import LabelEncoder, examples_from_records
 from trainers.batch.models import FeatureVectorizer, TabularMLP
@@ -113,7 +113,7 @@ def _plant_a_model(folder: Path, client_rows: list[tuple[dict[str, float], bool]
 def test_a_base_version_that_is_a_path_is_dead_lettered_and_nothing_is_promoted(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="streams.trainer")
+    caplog.set_level(logging.INFO, logger="streams.trainer_worker")
     client = LiveLearnClient(settings)
     _send_phishing(client, 0, 300)
     registry = ModelRegistry(settings.data_dir / "registry")
@@ -162,7 +162,7 @@ def test_a_base_version_that_is_a_path_is_dead_lettered_and_nothing_is_promoted(
 def test_a_transient_failure_is_retried_after_a_backoff(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="streams.trainer")
+    caplog.set_level(logging.WARNING, logger="streams.trainer_worker")
     client = LiveLearnClient(settings)
     _send_phishing(client, 0, 300)
     # The registry's folder cannot be created (a file is in the way): an OSError, transient.
@@ -198,7 +198,7 @@ def test_a_transient_failure_is_retried_after_a_backoff(
 def test_two_trainers_and_rebalances_mid_job_finish_every_job_once(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="streams.trainer")
+    caplog.set_level(logging.INFO, logger="streams.trainer_worker")
     client = LiveLearnClient(settings)
     _send_phishing(client, 0, 600)
     base = manual_job(settings, client.bootstrap, "retrain")

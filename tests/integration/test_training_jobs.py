@@ -16,7 +16,7 @@ from river import datasets
 
 from streams.sdk import LiveLearnClient
 from streams.settings import Settings
-from streams.trainer import TrainerWorker, manual_job
+from streams.trainer_worker import TrainerWorker, manual_job
 from tests.conftest import settings_env
 from trainers.batch.registry import ModelRegistry
 

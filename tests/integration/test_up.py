@@ -18,8 +18,9 @@ from streams.broker import LocalBroker, free_port
 from streams.kafka import admin_client
 from streams.sdk import LiveLearnClient
 from streams.settings import BrokerSettings, Settings
-from streams.supervisor import ChildStatus, SupervisorState, read_state, state_path
+from streams.supervisor import ChildStatus
 from streams.topics import ensure_topics, topic_specs
+from streams.up import SupervisorState, read_state, state_path
 from tests.conftest import make_settings, settings_env
 from tests.integration.helpers import (
     collection_state,

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from streams.app import _embedding_alerts
+from streams.handlers import _embedding_alerts
 from streams.processing import DecodedRecord
 from streams.settings import Settings
 from trainers.drift.data import EmbeddingDriftMonitor

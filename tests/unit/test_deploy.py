@@ -696,7 +696,7 @@ def test_keda_scales_workers_and_trainers_on_their_consumer_groups(
 ) -> None:
     # The group names livelearn uses; if the code changes them, this test must change too.
     assert re.search(r"group_prefix\}-worker\"", (ROOT / "streams/app.py").read_text())
-    assert re.search(r"group_prefix\}-trainers\"", (ROOT / "streams/trainer.py").read_text())
+    assert re.search(r"group_prefix\}-trainers\"", (ROOT / "streams/trainer_worker.py").read_text())
     keda = _by_kind(K8S / "keda")
     topics = TopicSettings()
     partitions = int(config_env["LIVELEARN_TOPICS__PARTITIONS"])
@@ -778,8 +778,10 @@ def test_strimzi_topics_match_the_topics_livelearn_creates(config_env: dict[str,
     )
     for spec in topic_specs(topics):
         assert declared.pop(spec.name) == (spec.partitions, spec.replication, spec.config)
-    # What is left: the learner's one-partition lease topic (streams/learner.py).
-    assert re.search(r"group_prefix\}\.lease\.\{name\}", (ROOT / "streams/learner.py").read_text())
+    # What is left: the learner's one-partition lease topic (streams/learner_worker.py).
+    assert re.search(
+        r"group_prefix\}\.lease\.\{name\}", (ROOT / "streams/learner_worker.py").read_text()
+    )
     lease = f"{config_env['LIVELEARN_KAFKA__GROUP_PREFIX']}.lease.{ModelSettings().name}"
     assert set(declared) == {lease}
     assert declared[lease][0] == 1
@@ -1035,9 +1037,9 @@ def test_one_kafka_principal_per_role_with_the_acls_it_needs(
         for rtype, resource, operation in wanted:
             assert _allows(users[name], rtype, resource, operation), (name, operation, resource)
     for pattern in (r"group_prefix\}-replay\"", r"group_prefix\}-trainers\""):
-        assert re.search(pattern, (ROOT / "streams/trainer.py").read_text())
+        assert re.search(pattern, (ROOT / "streams/trainer_worker.py").read_text())
     for pattern in (r"group_prefix\}-learner-", r"group_prefix\}-lease-", r"-predictors-"):
-        assert re.search(pattern, (ROOT / "streams/learner.py").read_text())
+        assert re.search(pattern, (ROOT / "streams/learner_worker.py").read_text())
     assert '"livelearn-sdk-' in (ROOT / "streams/sdk.py").read_text()
 
 

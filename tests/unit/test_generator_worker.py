@@ -11,7 +11,7 @@ import numpy as np
 from retrieval.answering import CausalLMGenerator, QueryAnswerer
 from retrieval.store import Hit
 from streams import contracts
-from streams.generator import (
+from streams.generator_worker import (
     GeneratorRuntime,
     observe_answers,
     observe_style_examples,

@@ -6,8 +6,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from streams.app import make_online_service
 from streams.processing import DecodedRecord
+from streams.services import make_online_service
 from streams.settings import Settings
 from trainers.drift.label_free import (
     LABEL_FREE_SIGNALS,

@@ -145,6 +145,13 @@ def test_causal_lm_generator_runs_a_tiny_model(tiny_lm: tuple[Any, Any]) -> None
     assert isinstance(gen, Generator)
 
 
+def test_causal_lm_streams_the_answer_it_generates(tiny_lm: tuple[Any, Any]) -> None:
+    gen = CausalLMGenerator(tiny_lm, max_new_tokens=8, device="cpu")
+    pieces = list(gen.generate_stream("Where is the log?", CONTEXTS))
+    assert "".join(pieces).strip() == gen.generate("Where is the log?", CONTEXTS)
+    assert list(gen.generate_stream("Where?", [])) == [NO_CONTEXT_ANSWER]
+
+
 def test_query_answerer_with_causal_lm(store: VectorStore, tiny_lm: tuple[Any, Any]) -> None:
     qa = QueryAnswerer(KeywordEmbedder(), store, CausalLMGenerator(tiny_lm, 4, "cpu"))
     answer = qa.answer("kafka?", k=2)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from retrieval.exceptions import InvalidArgumentError
 from retrieval.store import build_filter
-from streams.app import http_query
 from streams.contracts import ContractError, validate
+from streams.pages import http_query
 
 
 def _query(**filt: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from retrieval.chunking import TokenChunker
 from retrieval.indexing import ChunkIndexer
 from retrieval.store import VectorStore
 from streams import metrics
-from streams.app import index_docs
+from streams.handlers import index_docs
 
 
 class Letters:

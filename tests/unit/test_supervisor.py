@@ -23,12 +23,9 @@ from streams.supervisor import (
     Restart,
     RestartPolicy,
     Supervisor,
-    SupervisorState,
     child_command,
-    read_state,
-    status_table,
-    write_state,
 )
+from streams.up import SupervisorState, read_state, status_table, write_state
 
 ROOT = Path(__file__).resolve().parents[2]
 

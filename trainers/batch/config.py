@@ -203,6 +203,7 @@ def is_transient(exc: BaseException) -> bool:
     are transient; a bad job (no labelled data, an unknown base version, a task or class the
     model does not have, an invalid config) fails the same way every time, and so does a bug.
 
+    >>> from trainers.exceptions import TrainingJobError
     >>> is_transient(TimeoutError("replay stalled")), is_transient(MemoryError())
     (True, True)
     >>> is_transient(TrainingJobError("no labelled examples")), is_transient(KeyError("x"))

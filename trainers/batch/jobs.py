@@ -373,6 +373,7 @@ def _train_and_register(
             "device": str(device),
             "trainable_params": n_trainable,
             "total_params": n_total,
+            "epoch_loss": [None if math.isnan(x) else x for x in state.epoch_losses],
         },
         "artifacts": artifacts,
         "status": "candidate",

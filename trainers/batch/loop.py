@@ -166,6 +166,7 @@ class TrainState:
     samples: int = 0
     loss: float = float("nan")
     step_times: list[float] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)  # loss last logged in each
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -261,6 +262,7 @@ def train(
                 break
             loader = make_loader(model, examples, batches, device, config.num_workers, items)
             train_epoch(model, loader, optimizer, state, config, base_lr, device, on_progress, bar)
+            state.epoch_losses.append(state.loss)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return state

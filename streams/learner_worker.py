@@ -22,13 +22,21 @@ yet every worker should be able to take over when the learner's process dies. So
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streams import contracts, metrics
-from streams.contracts import encode
+from streams.contracts import Limits, encode
+from streams.events_thread import (
+    OUTPUT_LINGER_MS,
+    EventsThread,
+    count_retries,
+    export_latency_and_lag,
+    export_status,
+    key_bytes,
+)
 from streams.exceptions import ContractError, DeliveryError
 from streams.kafka import (
     admin_client,
@@ -39,17 +47,13 @@ from streams.kafka import (
     producer,
 )
 from streams.ordering import EventTimeMerger
-from streams.processing import OutRecord, RawRecord, dead, decode_batch
+from streams.processing import OutRecord, RawRecord, dead
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LearnerLoop", "Lease", "OnlineProcessor", "PredictorLoop"]
-
-#: librdkafka's ``linger.ms`` for predictions (5 ms elsewhere): a batch's outputs are produced
-#: in one go, so waiting for more would only add to every prediction's latency.
-OUTPUT_LINGER_MS = 1
 
 
 class OnlineProcessor(Protocol):
@@ -139,62 +143,29 @@ class Lease:
         metrics.LEASE_HELD.labels(self.name).set(0)
 
 
-class _EventsLoop(threading.Thread):
-    """A worker thread over ``events``: a stop flag, and the error it died of (the worker
-    surfaces it and exits non-zero)."""
+@dataclass
+class _Turn:
+    """What one turn of the learner loop processed, for the emit step."""
 
-    def __init__(self, name: str, settings: Settings, bootstrap: str, batch_size: int) -> None:
-        super().__init__(name=name, daemon=True)
-        self.settings = settings
-        self.bootstrap = bootstrap
-        self.batch_size = batch_size
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        self.limits = settings.limits.contract_limits()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:  # surfaced by the worker, which then exits non-zero
-            log.exception("%s loop crashed", self.name)
-            self.error = exc
-
-    def _run(self) -> None:
-        raise NotImplementedError
-
-    def _take(self, events: Any, timeout_s: float) -> list[RawRecord]:
-        """Up to ``batch_size`` records: those already fetched, else the first to arrive
-        within ``timeout_s`` and whatever came with it. (librdkafka's ``consume(n, t)`` waits
-        the whole ``t`` unless ``n`` records are there: 100 ms added to every record's
-        latency at a steady rate.)"""
-        msgs = events.consume(self.batch_size, 0)
-        if not msgs:
-            first = events.poll(timeout_s)
-            if first is None:
-                return []
-            msgs = [first, *events.consume(self.batch_size - 1, 0)]
-        return self._raw(msgs)
-
-    def _raw(self, msgs: list[Any]) -> list[RawRecord]:
-        topic = self.settings.topics.events
-        return [
-            RawRecord(topic, m.partition(), m.offset(), m.key(), m.value(),
-                      m.timestamp()[1] / 1000.0)
-            for m in msgs if m.error() is None
-        ]  # fmt: skip
-
-    def _decode(self, batch: list[RawRecord]) -> tuple[list[Any], list[Any]]:
-        s = self.settings
-        return decode_batch(
-            "events", batch, s.topics.dlq(s.topics.events), self.limits, s.limits.dlq_raw_bytes
-        )
+    good: list[Any]  #: the records the processor took, in the order it learned them
+    dead: list[OutRecord]  #: dead letters: records that broke their contract or were refused
+    rejected: int  #: how many of ``dead`` the processor refused (valid, but not learnable)
+    outputs: list[tuple[str, str, dict[str, Any]]]  #: the processor's outputs
 
 
-class LearnerLoop(_EventsLoop):
+class LearnerLoop(EventsThread):
     """Consume ``events`` while holding the lease; produce predictions and friends.
+
+    Each turn of the loop is five named steps, in this order:
+
+    1. :meth:`_lease_step`: keep the lease; on gaining it, build the processor from the
+       checkpoint and assign ``events`` at its offsets; on losing it, drop the processor;
+    2. :meth:`_updates_step`: apply the ``model-updates`` records that arrived;
+    3. :meth:`_process_step`: decode a batch, merge it into event-time order, hand it to the
+       processor (and, idle, still once a second: schedules and swaps are due anyway);
+    4. :meth:`_emit_step`: produce the dead letters and the outputs without waiting;
+    5. :meth:`_checkpoint_step`: when a checkpoint is due, wait for Kafka's acknowledgement
+       of every output produced, then write it.
 
     Parameters
     ----------
@@ -204,6 +175,8 @@ class LearnerLoop(_EventsLoop):
         Builds the domain processor from the latest checkpoint (called on each lease gain).
     batch_size
         Records taken per poll.
+    limits
+        The contract limits of the decoder (the settings' own when not given).
     """
 
     def __init__(
@@ -212,106 +185,169 @@ class LearnerLoop(_EventsLoop):
         bootstrap: str,
         make_processor: Callable[[], OnlineProcessor],
         batch_size: int = 500,
+        limits: Limits | None = None,
     ) -> None:
-        super().__init__("learner", settings, bootstrap, batch_size)
+        super().__init__("learner", settings, bootstrap, batch_size, limits)
         self.make_processor = make_processor
         self._held_raw: dict[tuple[int, int], RawRecord] = {}  # of the records the merge holds
         self._released_raw: list[RawRecord] = []  # of the records it released last
+        # The Kafka side and the processor, for the duration of ``_run``.
+        self._lease: Any = None
+        self._events: Any = None
+        self._updates: Any = None
+        self._prod: Any = None
+        self._processor: OnlineProcessor | None = None
+        self._merger = EventTimeMerger(0.0)
+        self._last_turn = 0.0
 
     def _run(self) -> None:
+        s = self.settings
+        self._lease = Lease(s, self.bootstrap, s.models.name)
+        self._events = consumer(s, self.bootstrap,
+                                f"{s.kafka.group_prefix}-learner-{s.models.name}")  # fmt: skip
+        self._prod = producer(s, self.bootstrap, **{"linger.ms": OUTPUT_LINGER_MS})
+        self._updates = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-updates")
+        try:
+            while not self.stop_event.is_set():
+                processor = self._lease_step()
+                if processor is None:
+                    continue
+                self._updates_step(processor)
+                turn = self._process_step(processor)
+                if turn is not None:
+                    self._emit_step(processor, turn)
+                self._checkpoint_step(processor)
+            self._last_checkpoint()
+        finally:
+            self._prod.flush(10)
+            self._events.close()
+            self._updates.close()
+            self._lease.close()
+
+    # -- 1. lease -----------------------------------------------------------------------------
+
+    def _lease_step(self) -> OnlineProcessor | None:
+        """The processor while this worker holds the lease, else None (after a short wait).
+
+        On gaining the lease the processor is built from the checkpoint and ``events`` is
+        assigned at its offsets; on losing it the in-memory model is dropped: the new learner
+        resumes from the checkpoint, and so will this one if the lease comes back.
+        """
+        if not self._lease.poll():
+            if self._processor is not None:
+                self._events.unassign()
+                self._processor = None
+            time.sleep(0.2)
+            return None
+        if self._processor is None:
+            self._processor = self._resume()
+        return self._processor
+
+    def _resume(self) -> OnlineProcessor:
+        """Build the processor from the checkpoint; read ``events`` from its offsets."""
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+        topic = self.settings.topics.events
+        processor = self.make_processor()
+        processor.start()
+        n = len(self._events.list_topics(topic, timeout=10).topics[topic].partitions)
+        start = processor.offsets()
+        self._events.assign(
+            [TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in range(n)]
+        )
+        log.info("learning %s from offsets %s", topic, start or "the beginning")
+        self._merger = self._merger_for(processor, start, n)
+        self._follow_updates(self._updates)
+        return processor
+
+    # -- 2. updates ---------------------------------------------------------------------------
+
+    def _updates_step(self, processor: OnlineProcessor) -> None:
+        """Apply the ``model-updates`` records that arrived (jobs started, versions promoted)."""
+        for m in self._updates.consume(100, 0):
+            if m.error() is None:
+                self._model_update(processor, m, self._prod)
+
+    # -- 3. process ---------------------------------------------------------------------------
+
+    def _process_step(self, processor: OnlineProcessor) -> _Turn | None:
+        """Take a batch, decode it, merge it into event-time order and process what the merge
+        releases; None when there is nothing to do. Idle, the processor still runs once a
+        second: schedules and swaps are due whether records flow or not."""
+        batch = self._take(self._events, 0.0 if self._merger.more_ready else 0.1)
+        if not (batch or self._merger.buffered or time.monotonic() - self._last_turn >= 1.0):
+            return None
+        self._last_turn = time.monotonic()
+        good, bad = self._decode(batch) if batch else ([], [])
+        good = self._in_event_order(self._merger, self._events, batch, good)
+        outputs = processor.process(good)
+        rejected = self._rejected(processor, self._released_raw)
+        return _Turn(good, bad + rejected, len(rejected), outputs)
+
+    # -- 4. emit ------------------------------------------------------------------------------
+
+    def _emit_step(self, processor: OnlineProcessor, turn: _Turn) -> None:
+        """Produce the turn's dead letters and outputs (delivery reports are served; the
+        records go out in the background) and export its metrics."""
         s = self.settings
         topic = s.topics.events
         by_contract = s.topics.by_contract()
-        lease = Lease(s, self.bootstrap, s.models.name)
-        events = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-{s.models.name}")
-        prod = producer(s, self.bootstrap, **{"linger.ms": OUTPUT_LINGER_MS})
-        updates = consumer(s, self.bootstrap, f"{s.kafka.group_prefix}-learner-updates")
-        processor: OnlineProcessor | None = None
-        merger = EventTimeMerger(0.0)
-        last_run = 0.0
-        try:
-            while not self.stop_event.is_set():
-                if not lease.poll():
-                    if processor is not None:
-                        # Lost the lease: drop the in-memory model; the new learner resumes
-                        # from the checkpoint, and so will we if the lease comes back.
-                        events.unassign()
-                        processor = None
-                    time.sleep(0.2)
-                    continue
-                if processor is None:
-                    processor = self.make_processor()
-                    processor.start()
-                    n = len(events.list_topics(topic, timeout=10).topics[topic].partitions)
-                    start = processor.offsets()
-                    events.assign(
-                        [TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in range(n)]
-                    )
-                    log.info("learning %s from offsets %s", topic, start or "the beginning")
-                    merger = self._merger(processor, start, n)
-                    self._follow_updates(updates)
-                for m in updates.consume(100, 0):
-                    if m.error() is None:
-                        self._model_update(processor, m, prod)
-                batch = self._take(events, 0.0 if merger.more_ready else 0.1)
-                # Idle, the processor still runs once a second: schedules and swaps are due
-                # whether records flow or not.
-                if batch or merger.buffered or time.monotonic() - last_run >= 1.0:
-                    last_run = time.monotonic()
-                    good, bad = self._decode(batch) if batch else ([], [])
-                    good = self._in_event_order(merger, events, batch, good)
-                    outputs = processor.process(good)
-                    n_before = len(bad)
-                    bad.extend(self._rejected(processor, self._released_raw))
-                    for rec in bad:
-                        produce_or_wait(prod, rec.topic, rec.encoded(), _key(rec.key))
-                        metrics.DEAD_LETTERS.labels(topic).inc()
-                    n_rejected = len(bad) - n_before
-                    sent: dict[str, int] = {}
-                    for contract, key, value in outputs:
-                        out_topic = by_contract[contract]
-                        produce_or_wait(prod, out_topic, encode(value), key.encode())
-                        sent[out_topic] = sent.get(out_topic, 0) + 1
-                        if contract == "drift-alerts":
-                            metrics.DRIFT_ALERTS.labels(
-                                s.models.name, value["detector"], value["severity"]
-                            ).inc()
-                    for out_topic, n_out in sent.items():
-                        metrics.RECORDS_OUT.labels(out_topic).inc(n_out)
-                    prod.poll(0)  # delivery reports; the records go out in the background
-                    _export_latency_and_lag(events, topic, good)  # as learned (after the merge)
-                    metrics.RECORDS_IN.labels(topic, "ok").inc(len(good) - n_rejected)
-                    metrics.RECORDS_IN.labels(topic, "dead").inc(len(bad))
-                    _export_status(s.models.name, processor.status())
-                # The next batch does not wait for Kafka's acknowledgement of this one's
-                # outputs; a checkpoint does: it moves the replay point past their records,
-                # so it is written only once every output before it is acknowledged (sent
-                # again for as long as Kafka refuses them; a lost lease or a stop ends the
-                # wait without a checkpoint, and the records are processed again).
-                if processor.checkpoint_due():
-                    deliver_or_retry(prod, lambda: self.stop_event.is_set() or not lease.poll(),
-                                     on_retry=_count_retries)  # fmt: skip
-                    processor.ordering_state = merger.state()
-                    if processor.maybe_checkpoint():
-                        self._commit_for_lag(events, processor.offsets(), topic)
-            if processor is not None and lease.held:
-                try:
-                    flush_or_raise(prod, 30)
-                except DeliveryError as exc:  # no checkpoint past outputs Kafka lacks
-                    log.warning("stopping without a last checkpoint: %s", exc)
-                else:
-                    processor.ordering_state = merger.state()
-                    processor.maybe_checkpoint(force=True)
-        finally:
-            prod.flush(10)
-            events.close()
-            updates.close()
-            lease.close()
+        for rec in turn.dead:
+            produce_or_wait(self._prod, rec.topic, rec.encoded(), key_bytes(rec.key))
+            metrics.DEAD_LETTERS.labels(topic).inc()
+        sent: dict[str, int] = {}
+        for contract, key, value in turn.outputs:
+            out_topic = by_contract[contract]
+            produce_or_wait(self._prod, out_topic, encode(value), key.encode())
+            sent[out_topic] = sent.get(out_topic, 0) + 1
+            if contract == "drift-alerts":
+                metrics.DRIFT_ALERTS.labels(
+                    s.models.name, value["detector"], value["severity"]
+                ).inc()
+        for out_topic, n_out in sent.items():
+            metrics.RECORDS_OUT.labels(out_topic).inc(n_out)
+        self._prod.poll(0)
+        export_latency_and_lag(self._events, topic, turn.good)  # as learned (after the merge)
+        metrics.RECORDS_IN.labels(topic, "ok").inc(len(turn.good) - turn.rejected)
+        metrics.RECORDS_IN.labels(topic, "dead").inc(len(turn.dead))
+        export_status(s.models.name, processor.status())
 
-    def _merger(self, processor: OnlineProcessor, start: dict[int, int], n: int
-                ) -> EventTimeMerger:  # fmt: skip
+    # -- 5. checkpoint ------------------------------------------------------------------------
+
+    def _checkpoint_step(self, processor: OnlineProcessor) -> None:
+        """Checkpoint when one is due, once Kafka acknowledged every output before it.
+
+        The next batch does not wait for Kafka's acknowledgement of this one's outputs; a
+        checkpoint does: it moves the replay point past their records, so it is written only
+        once every output before it is acknowledged (sent again for as long as Kafka refuses
+        them; a lost lease or a stop ends the wait without a checkpoint, and the records are
+        processed again).
+        """
+        if not processor.checkpoint_due():
+            return
+        deliver_or_retry(self._prod, lambda: self.stop_event.is_set() or not self._lease.poll(),
+                         on_retry=count_retries)  # fmt: skip
+        processor.ordering_state = self._merger.state()
+        if processor.maybe_checkpoint():
+            self._commit_for_lag(self._events, processor.offsets(), self.settings.topics.events)
+
+    def _last_checkpoint(self) -> None:
+        """On a stop while holding the lease: a last checkpoint, if Kafka holds every output."""
+        processor = self._processor
+        if processor is None or not self._lease.held:
+            return
+        try:
+            flush_or_raise(self._prod, 30)
+        except DeliveryError as exc:  # no checkpoint past outputs Kafka lacks
+            log.warning("stopping without a last checkpoint: %s", exc)
+        else:
+            processor.ordering_state = self._merger.state()
+            processor.maybe_checkpoint(force=True)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _merger_for(self, processor: OnlineProcessor, start: dict[int, int], n: int
+                    ) -> EventTimeMerger:  # fmt: skip
         """The event-time merge, resumed from the checkpoint's state (lateness 0 when the
         learner learns in arrival order)."""
         m = self.settings.models
@@ -375,7 +411,7 @@ class LearnerLoop(_EventsLoop):
         log.warning("model update at offset %d set aside: %s", m.offset(), reason)
         raw = RawRecord(topic, m.partition(), m.offset(), m.key(), m.value())
         rec = dead(raw, s.topics.dlq(topic), reason, s.limits.dlq_raw_bytes)
-        produce_or_wait(prod, rec.topic, rec.encoded(), _key(rec.key))
+        produce_or_wait(prod, rec.topic, rec.encoded(), key_bytes(rec.key))
         metrics.DEAD_LETTERS.labels(topic).inc()
 
     def _follow_updates(self, updates: Any) -> None:
@@ -407,7 +443,7 @@ class LearnerLoop(_EventsLoop):
             log.debug("lag commit failed: %s", exc)
 
 
-class PredictorLoop(_EventsLoop):
+class PredictorLoop(EventsThread):
     """A predict-only replica: ``events`` in a consumer group → ``predictions``.
 
     With ``LIVELEARN_MODELS__PREDICT=replicas`` every worker runs one beside its learner loop
@@ -422,8 +458,8 @@ class PredictorLoop(_EventsLoop):
     """
 
     def __init__(self, settings: Settings, bootstrap: str, make_predictor: Callable[[], Any],
-                 batch_size: int = 500) -> None:  # fmt: skip
-        super().__init__("predictor", settings, bootstrap, batch_size)
+                 batch_size: int = 500, limits: Limits | None = None) -> None:  # fmt: skip
+        super().__init__("predictor", settings, bootstrap, batch_size, limits)
         self.make_predictor = make_predictor
 
     def _run(self) -> None:
@@ -447,56 +483,9 @@ class PredictorLoop(_EventsLoop):
                 for _contract, key, value in predictor.process(good):
                     produce_or_wait(prod, out_topic, encode(value), key.encode())
                     metrics.RECORDS_OUT.labels(out_topic).inc()
-                deliver_or_retry(prod, self.stop_event.is_set, on_retry=_count_retries)
-                _export_latency_and_lag(events, topic, batch)
+                deliver_or_retry(prod, self.stop_event.is_set, on_retry=count_retries)
+                export_latency_and_lag(events, topic, batch)
                 metrics.RECORDS_IN.labels(topic, "ok").inc(len(good))
                 events.commit(asynchronous=False)
         finally:
             events.close()
-
-
-_served: dict[str, str] = {}
-
-
-def _export_latency_and_lag(events: Any, topic: str, batch: list[Any]) -> None:
-    """Produce-to-prediction latency per record, and the lag left per partition."""
-    from confluent_kafka import TopicPartition
-
-    now = time.time()
-    last: dict[int, int] = {}
-    for rec in batch:
-        if rec.timestamp > 0:
-            metrics.PREDICTION_LATENCY.observe(max(0.0, now - rec.timestamp))
-        last[rec.partition] = rec.offset
-    for partition, offset in last.items():
-        _low, high = events.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-        if high is not None and high >= 0:
-            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, high - offset - 1))
-
-
-def _export_status(model: str, status: dict[str, Any]) -> None:
-    """Rolling metrics and the serving version as Prometheus gauges."""
-    for name, value in (status.get("online_metrics") or {}).items():
-        if name != "n":
-            metrics.MODEL_METRIC.labels(model, "online", name).set(value)
-    paired = status.get("paired")
-    if paired:
-        metrics.MODEL_METRIC.labels(model, "batch", "paired_score").set(paired["batch"])
-        metrics.MODEL_METRIC.labels(model, "online", "paired_score").set(paired["online"])
-    source = status.get("serving", "online")
-    version = status.get("batch_version") if source == "batch" else "online"
-    label = f"{source}:{version}"
-    if _served.get(model) != label:
-        old = _served.get(model)
-        if old is not None:
-            metrics.SERVING_VERSION.remove(model, *old.split(":", 1))
-        metrics.SERVING_VERSION.labels(model, source, str(version)).set(1)
-        _served[model] = label
-
-
-def _count_retries(n: int) -> None:
-    metrics.RETRIES.labels("delivery").inc(n)
-
-
-def _key(key: str | None) -> bytes | None:
-    return key.encode() if key is not None else None

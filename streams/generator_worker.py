@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streams import metrics
+from streams.paths import StatePaths
 from streams.processing import OutRecord
 from streams.settings import Settings
 from trainers.batch.style import AdherenceWindow, RetrievalWindow, route_feedback
@@ -130,7 +131,7 @@ class GeneratorRuntime:
         from trainers.batch.registry import ModelRegistry
 
         s = self.settings
-        registry = ModelRegistry(registry_root or s.data_dir / "registry")
+        registry = ModelRegistry(registry_root or StatePaths.of(s).registry)
         serving = registry.serving(s.models.generator_name)
         wanted = serving.version if serving is not None else "base"
         if wanted == self.version:

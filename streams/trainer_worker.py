@@ -15,6 +15,10 @@
 * ``model-updates`` gets ``started``, throttled ``progress`` and the final status.
 
 Run it with ``livelearn trainer``.
+
+One module (about 570 lines) because it is one worker: its consumer loop, its job thread, and
+the reading of a job's data from Kafka (the offset ranges, the replay sample, the manual job a
+person asks for), which nothing but this worker (and the drift benchmark) uses.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import orjson
 from streams import contracts, metrics
 from streams.exceptions import ContractError
 from streams.kafka import consumer, flush_or_raise, producer
+from streams.paths import StatePaths
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -186,7 +191,7 @@ class TrainerWorker:
         self.bootstrap = bootstrap
         self.config = dict(config or {})
         self.max_retries = max_retries
-        self.registry_root = registry_root or settings.data_dir / "registry"
+        self.registry_root = registry_root or StatePaths.of(settings).registry
         self.on_result = on_result
         self.retry_backoff_s = retry_backoff_s
         self.retry_backoff_max_s = retry_backoff_max_s
@@ -198,6 +203,7 @@ class TrainerWorker:
         self._current: tuple[str, int] | None = None  # the running job's partition
         self.running: str | None = None  # id of the job running now
         self._lost = threading.Event()  # the running job's partition was revoked
+        self.tracker = make_tracker(settings)  # MLflow, when configured
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -257,10 +263,15 @@ class TrainerWorker:
         return msg
 
     def _on_assign(self, c: Any, partitions: list[Any]) -> None:
+        c.incremental_assign(partitions)
         if self._current is not None:
             # Mid-job: take the partitions now and pause them, or their jobs would be fetched.
-            c.incremental_assign(partitions)
             c.pause(partitions)
+        else:
+            # librdkafka keeps a partition paused across a revoke and a new assignment: one
+            # paused by a job that was then abandoned (its partition lost, e.g. the group
+            # coordinator's broker went down) would never be fetched again.
+            c.resume(partitions)
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         log.info("trainer assigned %s", sorted(p.partition for p in partitions))
 
@@ -375,6 +386,7 @@ class TrainerWorker:
             update = {**base, "status": "failed", "error": "the job crashed; see the log",
                       "ts": time.time()}  # fmt: skip
         self._announce(prod, update)
+        self._track(job, model, result_box)
         metrics.JOBS.labels(job["kind"], update["status"]).inc()
         metrics.JOB_SECONDS.labels(job["kind"], update["status"]).observe(
             time.monotonic() - started
@@ -383,6 +395,15 @@ class TrainerWorker:
         if self.on_result is not None:
             self.on_result(update)
         return True
+
+    def _track(self, job: dict[str, Any], model: str, result_box: dict[str, Any]) -> None:
+        """Log the job to MLflow when configured; a failure there is a warning and a metric."""
+        if self.tracker is None or "result" not in result_box:
+            return
+        config: Any = result_box.get("config")  # None for the answering LM's jobs
+        config_dict = config.to_dict() if config is not None else {}
+        if self.tracker.log_job(job, model, result_box["result"], config_dict) is None:
+            metrics.TRACKING_FAILURES.labels("mlflow").inc()
 
     def _work(
         self,
@@ -469,6 +490,7 @@ class TrainerWorker:
                     self._check_abandoned()
                     time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             result_box["update"] = result.to_update(model)
+            result_box["result"], result_box["config"] = result, config
         except _JobAbandoned as exc:
             result_box["abandoned"] = str(exc)
 
@@ -477,6 +499,16 @@ class TrainerWorker:
             raise _JobAbandoned("its partition moved to another trainer")
         if self.stop_event.is_set():
             raise _JobAbandoned("the trainer is stopping")
+
+
+def make_tracker(settings: Settings) -> Any:
+    """The MLflow tracker of ``settings.mlflow``, or ``None`` when no tracking URI is set."""
+    m = settings.mlflow
+    if not m.tracking_uri:
+        return None
+    from trainers.batch.tracking import MlflowTracker
+
+    return MlflowTracker(m.tracking_uri, m.experiment, m.register_models)
 
 
 def check_job(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
@@ -537,7 +569,7 @@ def manual_job(
 
     topic = settings.topics.events
     marks = topic_offsets(settings, bootstrap, topic)
-    serving = ModelRegistry(registry_root or settings.data_dir / "registry").serving(
+    serving = ModelRegistry(registry_root or StatePaths.of(settings).registry).serving(
         settings.models.name
     )
     trained: dict[int, int] = {}

@@ -1,0 +1,343 @@
+"""The composition root: the worker's settings turned into its services, each built once.
+
+Everything the worker runs is made here from :class:`streams.settings.Settings` and nowhere
+else: the state paths (:class:`streams.paths.StatePaths`), the contract limits, the one
+output producer, the retrieval side (embedder, store, indexer, answerer), the answering
+model's runtime, the agents' batch runners, and the online side (the learner's processor, the
+predict-only replica, the learner threads). The faust app (:mod:`streams.app`) only registers
+agents, timers and pages over a :class:`WorkerServices`; benchmarks and tests take the same
+factories from here (:func:`make_online_service`, :func:`make_snapshot_predictor`).
+
+Domain objects come from ``retrieval`` and ``trainers`` (imported where they are built, so the
+CLI starts without torch); each is built from its own settings object by one small function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from streams.batch_runner import BatchRunner
+from streams.generator_worker import GeneratorRuntime
+from streams.paths import StatePaths
+from streams.settings import ModelSettings, Settings, TriggerSettings
+
+__all__ = [
+    "RetrievalServices",
+    "WorkerServices",
+    "make_online_service",
+    "make_snapshot_predictor",
+]
+
+
+class RetrievalServices:
+    """Embedder, vector store, indexer and answerer, built once on first use.
+
+    milvus-lite allows one process per file, and its writes are serialised; everything that
+    touches the store therefore runs on one dedicated thread (``executor``).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="retrieval")
+        self._indexer: Any = None
+        self._answerer: Any = None
+        self._lock = threading.Lock()
+        self.embedding_monitor: Any = None
+        if settings.trigger.embedding_drift:
+            from trainers.drift.data import EmbeddingDriftMonitor
+
+            self.embedding_monitor = EmbeddingDriftMonitor(
+                settings.trigger.embedding_drift_window, settings.trigger.embedding_drift_window
+            )
+
+    def _build(self) -> None:
+        with self._lock:
+            if self._indexer is None:
+                self._build_locked()
+
+    def _build_locked(self) -> None:
+        from retrieval.answering import ExtractiveGenerator, QueryAnswerer
+        from retrieval.chunking import TokenChunker
+        from retrieval.embedding import TextEmbedder
+        from retrieval.indexing import ChunkIndexer
+        from retrieval.store import VectorStore
+
+        s = self.settings
+        embedder = TextEmbedder(s.models.embedding)
+        store = VectorStore(
+            s.milvus_uri,
+            collection=s.milvus.collection,
+            dim=embedder.dim,
+            metric=s.milvus.metric,
+            token=s.milvus.token.get_secret_value() or None,
+            bm25=True,
+        )
+        chunker = TokenChunker(embedder.tokenizer, s.models.chunk_tokens, s.models.chunk_overlap)
+        self._indexer = ChunkIndexer(
+            chunker, embedder, store, s.limits.max_chunks_per_doc, s.models.embed_batch
+        )
+        generator: Any = ExtractiveGenerator()
+        if s.models.generator != "extractive":
+            from retrieval.answering import CausalLMGenerator
+
+            generator = CausalLMGenerator(s.models.generator)
+        r = s.retrieval
+        reranker = None
+        if r.reranker:
+            from retrieval.rerank import CrossEncoderReranker
+
+            reranker = CrossEncoderReranker(r.reranker)
+        self._answerer = QueryAnswerer(
+            embedder, store, generator, mode=r.mode, fusion=r.fusion,
+            dense_weight=r.dense_weight, reranker=reranker, rerank_top_n=r.rerank_top_n,
+        )  # fmt: skip
+
+    def load(self) -> None:
+        """Load the embedder and open the store now (raises what the store raises)."""
+        self._build()
+
+    @property
+    def indexer(self) -> Any:
+        if self._indexer is None:
+            self._build()
+        return self._indexer
+
+    @property
+    def answerer(self) -> Any:
+        if self._answerer is None:
+            self._build()
+        return self._answerer
+
+    def close(self) -> None:
+        """Release the vector store (milvus-lite flushes and unlocks its file)."""
+        if self._answerer is not None:
+            self._answerer.store.close()
+        self.executor.shutdown(wait=True)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+
+# -- the online side ---------------------------------------------------------------------------
+
+
+def _concept_monitor(t: TriggerSettings) -> Any:
+    from trainers.drift.concept import ConceptDriftMonitor
+
+    return ConceptDriftMonitor(
+        t.detector, t.warning_sensitivity, t.drift_sensitivity, t.min_samples,
+        min_increase=t.min_increase, quiet_records=t.quiet_records,
+        warning_min_increase=t.warning_min_increase,
+    )  # fmt: skip
+
+
+def _trigger_policy(name: str, topic: str, t: TriggerSettings) -> Any:
+    from trainers.drift.trigger import TriggerPolicy
+
+    return TriggerPolicy(
+        name, topic, volume_threshold=t.volume_threshold,
+        schedule_seconds=t.schedule_s or None, cooldown_seconds=t.cooldown_s,
+        warning_action=t.warning_action, drift_action=t.drift_action,
+        data_drift_action=t.data_drift_action, drift_min_records=t.drift_min_records,
+        label_free_action=t.label_free_action,
+    )  # fmt: skip
+
+
+def _feature_monitor(t: TriggerSettings) -> Any:
+    if not t.data_drift:
+        return None
+    from trainers.drift.data import FeatureDriftMonitor
+
+    return FeatureDriftMonitor(t.data_drift_window, t.data_drift_window)
+
+
+def _label_free_monitors(task: str, t: TriggerSettings) -> Any:
+    if not t.label_free:
+        return None
+    from trainers.drift.label_free import LabelFreeMonitors
+
+    return LabelFreeMonitors(task, t.label_free_window, t.label_free_min_labels)
+
+
+def _online_learner(m: ModelSettings) -> Any:
+    from trainers.online.learner import OnlineLearner
+
+    return OnlineLearner(m.online, m.task, m.name, text_buckets=m.text_buckets)
+
+
+def _serving_policy(policy: str, m: ModelSettings, paths: StatePaths, min_samples: int = 50) -> Any:
+    """Who answers (``policy``), with the registry's serving batch version as the batch model."""
+    from trainers.online.serving import ServingPolicy
+
+    return ServingPolicy(policy, m.task, _batch_loader(paths, m.name), min_samples=min_samples)
+
+
+def _batch_loader(paths: StatePaths, name: str) -> Callable[[], Any]:
+    """Loads the version the registry's ``SERVING`` points at (None when there is none)."""
+
+    def load_batch() -> Any:
+        from trainers.batch.predictor import load_serving_predictor
+        from trainers.batch.registry import ModelRegistry
+
+        registry = ModelRegistry(paths.registry)
+        if registry.serving(name) is None:
+            return None
+        return load_serving_predictor(registry, name)
+
+    return load_batch
+
+
+def _promoted_lineage(paths: StatePaths, name: str) -> Callable[[str], dict[str, list[int]] | None]:
+    """``version -> training offsets`` of a version the registry holds as promoted (serving
+    or retired since), else None: what the learner checks a ``promoted`` update against."""
+
+    def lineage(version: str) -> dict[str, list[int]] | None:
+        from trainers.batch.registry import ModelRegistry
+
+        try:
+            v = ModelRegistry(paths.registry).get(name, version)
+        except Exception:  # no such version, or a name that is no version at all
+            return None
+        if v.status not in ("promoted", "retired"):
+            return None
+        offsets = (v.manifest.get("data") or {}).get("offsets")
+        return dict(offsets) if isinstance(offsets, dict) else {}
+
+    return lineage
+
+
+def make_online_service(settings: Settings) -> Any:
+    """The learner's domain object, resumed from its checkpoint when there is one."""
+    from trainers.online.processor import OnlineProcessor
+
+    m, t, paths = settings.models, settings.trigger, StatePaths.of(settings)
+    service = OnlineProcessor(
+        _online_learner(m),
+        paths.checkpoint,
+        every_records=m.checkpoint_every_records,
+        every_seconds=m.checkpoint_every_s,
+        label_ttl_seconds=m.label_ttl_s,
+        monitor=_concept_monitor(t),
+        policy=_trigger_policy(m.name, settings.topics.events, t),
+        data_monitor=_feature_monitor(t),
+        serving=_serving_policy(m.serving, m, paths, min_samples=m.serving_min_samples),
+        emit_predictions=m.predict == "learner",
+        per_key=m.per_key, max_keys=m.max_keys,
+        reaction=m.drift_reaction, reaction_window=m.reaction_window,
+        label_store_bytes=int(m.label_store_mb * 2**20),
+        lineage=_promoted_lineage(paths, m.name),
+        label_free=_label_free_monitors(m.task, t),
+        signing_key=settings.state.signing_key(),
+        migrate_unsigned=settings.state.migrate_unsigned,
+    )  # fmt: skip
+    if service.policy.serving_version is None:  # a version promoted before this state began
+        from trainers.batch.registry import ModelRegistry
+
+        serving = ModelRegistry(paths.registry).serving(m.name)
+        service.policy.serving_version = serving.version if serving is not None else None
+    return service
+
+
+def make_snapshot_predictor(settings: Settings) -> Any:
+    """A predict-only replica answering from the learner's published snapshot."""
+    from trainers.online.replica import SnapshotPredictor
+
+    m, paths = settings.models, StatePaths.of(settings)
+    policy = "online" if m.serving == "online" else "batch"
+    return SnapshotPredictor(paths.checkpoint, _serving_policy(policy, m, paths), model_name=m.name,
+                             signing_key=settings.state.signing_key())  # fmt: skip
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+class WorkerServices:
+    """What one worker runs, built once from its settings.
+
+    Parameters
+    ----------
+    settings
+        The worker's settings (read once, at the entry point).
+    bootstrap
+        Where Kafka is.
+
+    Attributes
+    ----------
+    paths
+        The state paths (:class:`streams.paths.StatePaths`).
+    limits
+        The contract limits every decoder of this worker applies.
+    retrieval
+        The retrieval side (:class:`RetrievalServices`), built on first use.
+    generator
+        The answering model's runtime (:class:`streams.generator_worker.GeneratorRuntime`).
+
+    >>> services = WorkerServices(Settings(), "localhost:9092")
+    >>> services.limits.max_features, [name for name, _make in services.learner_threads()]
+    (256, ['learner'])
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.paths = StatePaths.of(settings)
+        self.limits = settings.limits.contract_limits()
+        self.retrieval = RetrievalServices(settings)
+        self.generator = GeneratorRuntime(settings)
+        self.runners: list[BatchRunner] = []
+
+    @functools.cached_property
+    def producer(self) -> Any:
+        """The one confluent-kafka producer of the agents' outputs (made on first use)."""
+        from streams.kafka import producer
+
+        return producer(self.settings, self.bootstrap)
+
+    def runner(
+        self,
+        contract: str,
+        topic: str,
+        handle: Callable[[Sequence[Any]], Awaitable[list[Any]]],
+        retry_on: tuple[type[BaseException], ...] = (),
+    ) -> BatchRunner:
+        """An agent's batch runner over ``topic`` (records checked against ``contract``)."""
+        runner = BatchRunner(self.settings, contract, topic, handle, self.producer,
+                             self.limits, retry_on)  # fmt: skip
+        self.runners.append(runner)
+        return runner
+
+    def learner_threads(self) -> list[tuple[str, Callable[[], Any]]]:
+        """``(name, make thread)`` of the online side's threads (none without a learner):
+        the learner loop, and a predict-only replica when ``models.predict`` is ``replicas``."""
+        from streams.learner_worker import LearnerLoop, PredictorLoop
+
+        s, b = self.settings, self.bootstrap
+        if not s.models.learner:
+            return []
+
+        def learner() -> Any:
+            return LearnerLoop(s, b, lambda: make_online_service(s), limits=self.limits)
+
+        threads: list[tuple[str, Callable[[], Any]]] = [("learner", learner)]
+        if s.models.predict == "replicas":
+
+            def replica() -> Any:
+                return PredictorLoop(s, b, lambda: make_snapshot_predictor(s), limits=self.limits)
+
+            threads.append(("predictor", replica))
+        return threads
+
+    def stop_runners(self) -> None:
+        """Stop every runner waiting for deliveries (the worker is shutting down)."""
+        for runner in self.runners:
+            runner.stopping.set()
+
+    def close(self) -> None:
+        """Release the vector store."""
+        self.retrieval.close()
