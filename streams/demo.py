@@ -176,7 +176,7 @@ def run_demo(data_dir: Path = Path(".livelearn/demo"), n_docs: int = 300,
         _steady_docs(client, console, web)
         total = _freshness(_get(f"http://127.0.0.1:{prom}/metrics"))
         result.steady_freshness = [(le, c - b) for (le, c), (_, b) in zip(total, bulk, strict=True)]
-        _training(client, console, result)
+        _training(client, console, result, f"http://127.0.0.1:{prom}/metrics")
         client.flush()
         del client  # its librdkafka threads would complain once the broker is gone
         gc.collect()
@@ -286,7 +286,23 @@ def _first(client: LiveLearnClient, stream: str, match: Any, timeout_s: float) -
     return None
 
 
-def _training(client: LiveLearnClient, console: Console, result: DemoResult) -> None:
+def _wait_served(metrics_url: str, version: str, timeout_s: float) -> bool:
+    """Wait until the worker's metrics say ``version`` answers events (the hot swap is done:
+    the promoted model is loaded in the background and swapped in between two batches)."""
+    wanted = ('source="batch"', f'version="{version}"')
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in str(_get(metrics_url)).splitlines():
+            if line.startswith("livelearn_serving_model_info{") and all(w in line for w in wanted):
+                if float(line.rsplit(" ", 1)[1]) == 1.0:
+                    return True
+        time.sleep(0.5)
+    return False
+
+
+def _training(
+    client: LiveLearnClient, console: Console, result: DemoResult, metrics_url: str
+) -> None:
     """Events with a concept change; the trigger policy and the serving policy do the rest."""
     from river import datasets
 
@@ -324,6 +340,8 @@ def _training(client: LiveLearnClient, console: Console, result: DemoResult) -> 
     with console.status(f"{change} labelled events; the volume trigger starts a first job ..."):
         send(0, change)
         first = final_update(set(), 300)
+        if first is not None and first["status"] == "promoted":  # swapped in before the change
+            _wait_served(metrics_url, first["model_version"], 120)
     _print_update(console, first)
     with console.status("the concept changes: the labels flip; watching for drift ..."):
         send(change, change + 400)

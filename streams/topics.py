@@ -5,6 +5,8 @@ tombstone-free ``op: delete`` record so replays stay correct); ``events`` is kep
 as configured (forever by default) because a full retrain replays the whole history.
 
 >>> from streams.settings import TopicSettings
+
+log = logging.getLogger(__name__)
 >>> specs = {s.name: s for s in topic_specs(TopicSettings(partitions=3))}
 >>> specs["docs"].config["cleanup.policy"]
 'compact'
@@ -18,6 +20,8 @@ as configured (forever by default) because a full retrain replays the whole hist
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +29,8 @@ from streams.exceptions import TopicError
 from streams.settings import TopicSettings
 
 __all__ = ["MAX_MESSAGE_BYTES", "TopicSpec", "ensure_topics", "topic_specs"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,46 +81,64 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
     return specs
 
 
-def ensure_topics(admin: Any, specs: list[TopicSpec], timeout_s: float = 30.0) -> list[str]:
+#: Errors of a cluster that is electing a controller or restarting a node: asked again.
+_TRANSIENT = ("_DESTROY_BROKER", "_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "NOT_CONTROLLER",
+              "REQUEST_TIMED_OUT", "BROKER_NOT_AVAILABLE", "LEADER_NOT_AVAILABLE")  # fmt: skip
+
+
+def ensure_topics(
+    admin: Any, specs: list[TopicSpec], timeout_s: float = 30.0, attempts: int = 4
+) -> list[str]:
     """Create the topics that do not exist yet; return the names created.
 
     ``admin`` is a ``confluent_kafka.admin.AdminClient``. Existing topics are left as they are
-    (their partition count is checked: fewer partitions than configured is reported).
+    (their partition count is checked: fewer partitions than configured is reported). A
+    creation that fails for a reason that passes (a controller moving, a node restarting) is
+    asked again, up to ``attempts`` times; any other failure is a :class:`TopicError`.
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
-    existing = admin.list_topics(timeout=timeout_s).topics
-    wanted = [s for s in specs if s.name not in existing]
-    for spec in specs:
-        meta = existing.get(spec.name)
-        if meta is not None and len(meta.partitions) < spec.partitions:
-            raise TopicError(
-                f"topic {spec.name!r} has {len(meta.partitions)} partitions, fewer than the "
-                f"configured {spec.partitions}; add partitions with kafka-topics --alter "
-                "or configure LIVELEARN_TOPICS__PARTITIONS to match"
-            )
-    if not wanted:
-        return []
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                s.name,
-                num_partitions=s.partitions,
-                replication_factor=s.replication,
-                config=s.config,
-            )
-            for s in wanted
-        ],  # fmt: skip
-        operation_timeout=timeout_s,
-    )
-    created = []
-    for name, future in futures.items():
-        try:
-            future.result(timeout=timeout_s)
-            created.append(name)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" in str(exc):  # a concurrent creator won: fine
-                continue
-            raise TopicError(f"could not create topic {name!r}: {exc}") from exc
+    created: list[str] = []
+    for attempt in range(attempts):
+        existing = admin.list_topics(timeout=timeout_s).topics
+        wanted = [s for s in specs if s.name not in existing]
+        for spec in specs:
+            meta = existing.get(spec.name)
+            if meta is not None and len(meta.partitions) < spec.partitions:
+                raise TopicError(
+                    f"topic {spec.name!r} has {len(meta.partitions)} partitions, fewer than the "
+                    f"configured {spec.partitions}; add partitions with kafka-topics --alter "
+                    "or configure LIVELEARN_TOPICS__PARTITIONS to match"
+                )
+        if not wanted:
+            return created
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    s.name,
+                    num_partitions=s.partitions,
+                    replication_factor=s.replication,
+                    config=s.config,
+                )
+                for s in wanted
+            ],  # fmt: skip
+            operation_timeout=timeout_s,
+        )
+        retry = False
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout_s)
+                created.append(name)
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" in str(exc):  # a concurrent creator won: fine
+                    continue
+                if attempt + 1 < attempts and any(t in str(exc) for t in _TRANSIENT):
+                    log.warning("creating topic %s: %s; asking again", name, exc)
+                    retry = True
+                    continue
+                raise TopicError(f"could not create topic {name!r}: {exc}") from exc
+        if not retry:
+            return created
+        time.sleep(1.0 + attempt)
     return created
