@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,12 @@ def test_mlflow_down_is_a_warning_and_a_metric_not_a_failed_job(
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    # A logging config applied earlier in this process (faust's, in a test that ran a worker
+    # in-process) may have disabled existing loggers: the warning must still be seen here.
+    tracking_log = logging.getLogger("trainers.batch.tracking")
+    monkeypatch.setattr(tracking_log, "disabled", False)
+    monkeypatch.setattr(tracking_log, "propagate", True)
+    caplog.set_level(logging.WARNING, logger="trainers.batch.tracking")
     settings = Settings(data_dir=tmp_path, mlflow=MlflowSettings(tracking_uri="http://127.0.0.1:9"))
     worker = TrainerWorker(settings, "127.0.0.1:9")
     assert isinstance(worker.tracker, MlflowTracker)
