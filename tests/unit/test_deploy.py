@@ -778,10 +778,8 @@ def test_strimzi_topics_match_the_topics_livelearn_creates(config_env: dict[str,
     )
     for spec in topic_specs(topics):
         assert declared.pop(spec.name) == (spec.partitions, spec.replication, spec.config)
-    # What is left: the learner's one-partition lease topic (streams/learner_worker.py).
-    assert re.search(
-        r"group_prefix\}\.lease\.\{name\}", (ROOT / "streams/learner_worker.py").read_text()
-    )
+    # What is left: the learner's one-partition lease topic (streams/lease.py).
+    assert re.search(r"group_prefix\}\.lease\.\{name\}", (ROOT / "streams/lease.py").read_text())
     lease = f"{config_env['LIVELEARN_KAFKA__GROUP_PREFIX']}.lease.{ModelSettings().name}"
     assert set(declared) == {lease}
     assert declared[lease][0] == 1
@@ -1038,8 +1036,10 @@ def test_one_kafka_principal_per_role_with_the_acls_it_needs(
             assert _allows(users[name], rtype, resource, operation), (name, operation, resource)
     for pattern in (r"group_prefix\}-replay\"", r"group_prefix\}-trainers\""):
         assert re.search(pattern, (ROOT / "streams/trainer_worker.py").read_text())
+    learner = (ROOT / "streams/learner_worker.py").read_text()
+    learner += (ROOT / "streams/lease.py").read_text()
     for pattern in (r"group_prefix\}-learner-", r"group_prefix\}-lease-", r"-predictors-"):
-        assert re.search(pattern, (ROOT / "streams/learner_worker.py").read_text())
+        assert re.search(pattern, learner)
     assert '"livelearn-sdk-' in (ROOT / "streams/sdk.py").read_text()
 
 
