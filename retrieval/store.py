@@ -44,6 +44,8 @@ __all__ = [
     "FUSIONS",
     "SEARCH_MODES",
     "ChunkRow",
+    "CollectionCatalog",
+    "MODEL_PROPERTY",
     "Hit",
     "VectorStore",
     "build_filter",
@@ -804,4 +806,102 @@ class VectorStore:
 
     def close(self) -> None:
         """Release the client (milvus-lite flushes and unlocks its file)."""
+        self._client.close()
+
+
+#: Collection property naming the embedding model a collection's vectors come from.
+MODEL_PROPERTY = "livelearn.embedding_model"
+
+
+class CollectionCatalog:
+    """Collections and aliases of one Milvus (names, the model a collection was built with,
+    the alias switch), over the public ``MilvusClient`` API; used by embedder migrations.
+
+    Parameters
+    ----------
+    uri, token
+        As for :class:`VectorStore`.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> uri = os.path.join(tempfile.mkdtemp(), "catalog.db")
+    >>> VectorStore(uri, "chunks", dim=2).close()
+    >>> VectorStore(uri, "chunks__b", dim=3).close()
+    >>> with CollectionCatalog(uri) as catalog:
+    ...     catalog.set_model("chunks", "model-a")
+    ...     catalog.resolve("chunks"), catalog.model("chunks")
+    ...     catalog.point_alias("chunks", "chunks__b", rename_to="chunks__a")
+    ...     catalog.resolve("chunks"), catalog.model("chunks__a")
+    ('chunks', 'model-a')
+    ('chunks__b', 'model-a')
+    """
+
+    def __init__(self, uri: str, token: str | None = None) -> None:
+        from pymilvus import MilvusClient
+
+        try:
+            self._client: Any = MilvusClient(uri=uri, token=token or "")
+        except Exception as exc:
+            raise VectorStoreUnavailableError(f"cannot open Milvus at {uri!r}: {exc}") from exc
+
+    def __enter__(self) -> CollectionCatalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def alias_target(self, alias: str) -> str | None:
+        """The collection ``alias`` points to (None: no such alias)."""
+        aliases = self._client.list_aliases().get("aliases", [])
+        if alias not in aliases:
+            return None
+        return str(self._client.describe_alias(alias)["collection_name"])
+
+    def is_collection(self, name: str) -> bool:
+        """Whether a collection (not an alias) is called ``name``."""
+        return name in self._client.list_collections()
+
+    def resolve(self, name: str) -> str | None:
+        """The collection ``name`` means: an alias's target, the collection itself, or None."""
+        target = self.alias_target(name)
+        if target is not None:
+            return target
+        return name if self.is_collection(name) else None
+
+    def model(self, collection: str) -> str | None:
+        """The embedding model recorded on ``collection`` (None: not recorded)."""
+        props = self._client.describe_collection(collection).get("properties") or {}
+        value = props.get(MODEL_PROPERTY)
+        return str(value) if value else None
+
+    def set_model(self, collection: str, model: str) -> None:
+        """Record the embedding model ``collection``'s vectors come from."""
+        self._client.alter_collection_properties(collection, {MODEL_PROPERTY: model})
+
+    def drop(self, collection: str) -> None:
+        """Drop ``collection`` (nothing when there is none)."""
+        if self.is_collection(collection):
+            self._client.drop_collection(collection)
+
+    def point_alias(self, alias: str, collection: str, rename_to: str | None = None) -> None:
+        """Make ``alias`` point to ``collection``.
+
+        An existing alias is altered (one call: atomic for every reader). A *collection*
+        named ``alias`` (the layout before any migration) is first renamed ``rename_to``, then
+        the alias is created: two calls, so a reader that opens the name between them finds
+        nothing; the worker itself never does (it holds collection names, not the alias).
+        """
+        if self.alias_target(alias) is not None:
+            self._client.alter_alias(collection, alias)
+            return
+        if self.is_collection(alias):
+            if not rename_to:
+                raise InvalidArgumentError(
+                    f"a collection is called {alias!r}: name what to rename it to"
+                )
+            self._client.rename_collection(alias, rename_to)
+        self._client.create_alias(collection, alias)
+
+    def close(self) -> None:
         self._client.close()

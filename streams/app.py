@@ -188,6 +188,7 @@ def _register_retrieval_agents(app: faust.App, services: WorkerServices) -> None
         while True:
             try:
                 await retrieval.run(retrieval.load)
+                retrieval.start_migration(services.bootstrap)  # if the embedding model changed
                 _freeze_startup_heap()
                 return
             except VectorStoreUnavailableError as exc:

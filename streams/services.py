@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from streams.batch_runner import BatchRunner
 from streams.generator_worker import GeneratorRuntime
 from streams.paths import StatePaths
 from streams.settings import ModelSettings, Settings, TriggerSettings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RetrievalServices",
@@ -47,6 +50,9 @@ class RetrievalServices:
         self._indexer: Any = None
         self._answerer: Any = None
         self._lock = threading.Lock()
+        self._migration: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.serving: Any = None
         self.embedding_monitor: Any = None
         if settings.trigger.embedding_drift:
             from trainers.drift.data import EmbeddingDriftMonitor
@@ -68,15 +74,17 @@ class RetrievalServices:
         from retrieval.store import VectorStore
 
         s = self.settings
-        embedder = TextEmbedder(s.models.embedding)
+        self.serving = self._serving()
+        embedder = TextEmbedder(self.serving.model)
         store = VectorStore(
             s.milvus_uri,
-            collection=s.milvus.collection,
+            collection=self.serving.collection,
             dim=embedder.dim,
             metric=s.milvus.metric,
             token=s.milvus.token.get_secret_value() or None,
             bm25=True,
         )
+        self._record_model(self.serving)
         chunker = TokenChunker(embedder.tokenizer, s.models.chunk_tokens, s.models.chunk_overlap)
         self._indexer = ChunkIndexer(
             chunker, embedder, store, s.limits.max_chunks_per_doc, s.models.embed_batch
@@ -97,6 +105,79 @@ class RetrievalServices:
             dense_weight=r.dense_weight, reranker=reranker, rerank_top_n=r.rerank_top_n,
         )  # fmt: skip
 
+    def _serving(self) -> Any:
+        """The collection to answer from and its model (see :mod:`streams.migration_worker`)."""
+        from retrieval.store import CollectionCatalog
+        from streams.migration_worker import Serving, resolve_serving
+
+        s = self.settings
+        try:
+            with CollectionCatalog(s.milvus_uri, s.milvus.token.get_secret_value() or None) as c:
+                return resolve_serving(c, s.milvus.collection, s.models.embedding)
+        except Exception as exc:  # e.g. a server without aliases: the configured collection
+            log.warning("cannot read Milvus's aliases (%s): serving %r with %s, no migration",
+                        exc, s.milvus.collection, s.models.embedding)  # fmt: skip
+            return Serving(s.milvus.collection, s.models.embedding)
+
+    def _record_model(self, serving: Any) -> None:
+        from retrieval.store import CollectionCatalog
+
+        s = self.settings
+        try:
+            with CollectionCatalog(s.milvus_uri, s.milvus.token.get_secret_value() or None) as c:
+                if c.model(serving.collection) is None:
+                    c.set_model(serving.collection, serving.model)
+        except Exception as exc:  # a server without collection properties: nothing recorded
+            log.warning("cannot record the embedding model on %r: %s", serving.collection, exc)
+
+    @property
+    def migration_target(self) -> str | None:
+        """The configured embedding model when the serving collection holds another one."""
+        if self._indexer is None or self.serving.model == self.settings.models.embedding:
+            return None
+        return self.settings.models.embedding
+
+    def start_migration(self, bootstrap: str) -> None:
+        """Start the embedder migration thread if the configured model is not the one served
+        (the worker answers from the old collection until the switch)."""
+        target = self.migration_target
+        if target is None or self._migration is not None:
+            return
+        from streams.migration_worker import EmbedderMigration
+
+        def run_store(fn: Callable[..., Any], *args: Any) -> Any:
+            return self.executor.submit(fn, *args).result()
+
+        migration = EmbedderMigration(
+            self.settings, bootstrap, target, self.serving, self._answerer,
+            run_store=run_store, on_switch=self._switch, stop=self._stop,
+        )  # fmt: skip
+
+        def run() -> None:
+            try:
+                migration.run()
+            except InterruptedError:
+                log.info("embedder migration to %s stopped; a restart continues it", target)
+            except Exception:
+                log.exception("embedder migration to %s failed; a restart retries it", target)
+
+        log.info("embedder migration: serving %s (%s) while %s is built",
+                 self.serving.collection, self.serving.model, target)  # fmt: skip
+        self._migration = threading.Thread(target=run, name="embedder-migration", daemon=True)
+        self._migration.start()
+
+    def _switch(self, embedder: Any, store: Any, chunker: Any) -> None:
+        """Swap embedder, chunker and store together (on the retrieval thread, between two
+        batches): no query pairs one model with the other's vectors."""
+        from streams.migration_worker import Serving
+
+        old = self._answerer.store
+        indexer = self._indexer
+        indexer.embedder, indexer.chunker, indexer.store = embedder, chunker, store
+        self._answerer.embedder, self._answerer.store = embedder, store
+        self.serving = Serving(store.collection, self.settings.models.embedding)
+        old.close()
+
     def load(self) -> None:
         """Load the embedder and open the store now (raises what the store raises)."""
         self._build()
@@ -115,6 +196,9 @@ class RetrievalServices:
 
     def close(self) -> None:
         """Release the vector store (milvus-lite flushes and unlocks its file)."""
+        self._stop.set()
+        if self._migration is not None:
+            self._migration.join(60)
         if self._answerer is not None:
             self._answerer.store.close()
         self.executor.shutdown(wait=True)
