@@ -233,6 +233,21 @@ def fuse(
     return [replace(hits[c], score=scores[c]) for c in order[:k]]
 
 
+def _client_options(uri: str) -> dict[str, Any]:
+    """``MilvusClient`` options for ``uri``: a connection of its own on a milvus-lite file.
+
+    pymilvus shares one connection among the clients of a URI and health-checks it (a 5 s
+    ``GetVersion``) when a new client joins after 30 s idle; milvus-lite answers from a thread
+    of this process, so on a loaded machine (a model loading meanwhile) the check can time
+    out, and the failed recovery leaves the new client unable to connect. A dedicated
+    connection has no such check.
+
+    >>> _client_options("./data/milvus.db"), _client_options("http://host:19530")
+    ({'dedicated': True}, {})
+    """
+    return {"dedicated": True} if uri.endswith(".db") else {}
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the server could not be reached (worth retrying).
 
@@ -362,7 +377,7 @@ class VectorStore:
         from pymilvus import MilvusClient
 
         try:
-            self._client: Any = MilvusClient(uri=uri, token=token or "")
+            self._client: Any = MilvusClient(uri=uri, token=token or "", **_client_options(uri))
         except Exception as exc:
             raise VectorStoreUnavailableError(
                 f"cannot open Milvus at {uri!r}: {exc}; check that the server is up (or, for "
@@ -826,22 +841,25 @@ class CollectionCatalog:
     --------
     >>> import tempfile, os
     >>> uri = os.path.join(tempfile.mkdtemp(), "catalog.db")
-    >>> VectorStore(uri, "chunks", dim=2).close()
-    >>> VectorStore(uri, "chunks__b", dim=3).close()
-    >>> with CollectionCatalog(uri) as catalog:
-    ...     catalog.set_model("chunks", "model-a")
-    ...     catalog.resolve("chunks"), catalog.model("chunks")
-    ...     catalog.point_alias("chunks", "chunks__b", rename_to="chunks__a")
-    ...     catalog.resolve("chunks"), catalog.model("chunks__a")
+    >>> catalog = CollectionCatalog(uri)
+    >>> a, b = VectorStore(uri, "chunks", dim=2), VectorStore(uri, "chunks__b", dim=3)
+    >>> catalog.set_model("chunks", "model-a")
+    >>> catalog.resolve("chunks"), catalog.model("chunks")
     ('chunks', 'model-a')
+    >>> catalog.point_alias("chunks", "chunks__b", rename_to="chunks__a")
+    >>> catalog.resolve("chunks"), catalog.model("chunks__a")
     ('chunks__b', 'model-a')
+    >>> a.close(); b.close(); catalog.close()
+
+    milvus-lite stops its in-process server when its last client closes, and a client opened
+    right after may find it gone: keep one open while the next one opens.
     """
 
     def __init__(self, uri: str, token: str | None = None) -> None:
         from pymilvus import MilvusClient
 
         try:
-            self._client: Any = MilvusClient(uri=uri, token=token or "")
+            self._client: Any = MilvusClient(uri=uri, token=token or "", **_client_options(uri))
         except Exception as exc:
             raise VectorStoreUnavailableError(f"cannot open Milvus at {uri!r}: {exc}") from exc
 

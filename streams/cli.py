@@ -433,15 +433,15 @@ def embedder_migrate(
     settings = _settings()
     target = to or settings.models.embedding
     token = settings.milvus.token.get_secret_value() or None
-    with CollectionCatalog(settings.milvus_uri, token) as catalog:
+    with CollectionCatalog(settings.milvus_uri, token) as catalog:  # open until the store is
         serving = resolve_serving(catalog, settings.milvus.collection, settings.models.embedding)
-    if serving.model == target:
-        typer.echo(f"{serving.collection} already holds {target}'s vectors")
-        return
-    old = TextEmbedder(serving.model)
+        if serving.model == target:
+            typer.echo(f"{serving.collection} already holds {target}'s vectors")
+            return
+        old = TextEmbedder(serving.model)
+        store = VectorStore(settings.milvus_uri, serving.collection, old.dim,
+                            settings.milvus.metric, token, bm25=True)  # fmt: skip
     r = settings.retrieval
-    store = VectorStore(settings.milvus_uri, serving.collection, old.dim, settings.milvus.metric,
-                        token, bm25=True)  # fmt: skip
     answerer = QueryAnswerer(old, store, mode=r.mode, fusion=r.fusion, dense_weight=r.dense_weight)
     plain = not sys.stderr.isatty()
     with Progress(TextColumn("replay"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

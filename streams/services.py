@@ -71,20 +71,27 @@ class RetrievalServices:
         from retrieval.chunking import TokenChunker
         from retrieval.embedding import TextEmbedder
         from retrieval.indexing import ChunkIndexer
-        from retrieval.store import VectorStore
+        from retrieval.store import CollectionCatalog, VectorStore
 
         s = self.settings
-        self.serving = self._serving()
-        embedder = TextEmbedder(self.serving.model)
-        store = VectorStore(
-            s.milvus_uri,
-            collection=self.serving.collection,
-            dim=embedder.dim,
-            metric=s.milvus.metric,
-            token=s.milvus.token.get_secret_value() or None,
-            bm25=True,
-        )
-        self._record_model(self.serving)
+        token = s.milvus.token.get_secret_value() or None
+        # The catalog stays open until the store is: milvus-lite stops its in-process server
+        # when its last client closes, and a client opened right after may find it gone.
+        catalog = CollectionCatalog(s.milvus_uri, token)
+        try:
+            self.serving = self._serving(catalog)
+            embedder = TextEmbedder(self.serving.model)
+            store = VectorStore(
+                s.milvus_uri,
+                collection=self.serving.collection,
+                dim=embedder.dim,
+                metric=s.milvus.metric,
+                token=token,
+                bm25=True,
+            )
+            self._record_model(catalog, self.serving)
+        finally:
+            catalog.close()
         chunker = TokenChunker(embedder.tokenizer, s.models.chunk_tokens, s.models.chunk_overlap)
         self._indexer = ChunkIndexer(
             chunker, embedder, store, s.limits.max_chunks_per_doc, s.models.embed_batch
@@ -105,28 +112,22 @@ class RetrievalServices:
             dense_weight=r.dense_weight, reranker=reranker, rerank_top_n=r.rerank_top_n,
         )  # fmt: skip
 
-    def _serving(self) -> Any:
+    def _serving(self, catalog: Any) -> Any:
         """The collection to answer from and its model (see :mod:`streams.migration_worker`)."""
-        from retrieval.store import CollectionCatalog
         from streams.migration_worker import Serving, resolve_serving
 
         s = self.settings
         try:
-            with CollectionCatalog(s.milvus_uri, s.milvus.token.get_secret_value() or None) as c:
-                return resolve_serving(c, s.milvus.collection, s.models.embedding)
+            return resolve_serving(catalog, s.milvus.collection, s.models.embedding)
         except Exception as exc:  # e.g. a server without aliases: the configured collection
             log.warning("cannot read Milvus's aliases (%s): serving %r with %s, no migration",
                         exc, s.milvus.collection, s.models.embedding)  # fmt: skip
             return Serving(s.milvus.collection, s.models.embedding)
 
-    def _record_model(self, serving: Any) -> None:
-        from retrieval.store import CollectionCatalog
-
-        s = self.settings
+    def _record_model(self, catalog: Any, serving: Any) -> None:
         try:
-            with CollectionCatalog(s.milvus_uri, s.milvus.token.get_secret_value() or None) as c:
-                if c.model(serving.collection) is None:
-                    c.set_model(serving.collection, serving.model)
+            if catalog.model(serving.collection) is None:
+                catalog.set_model(serving.collection, serving.model)
         except Exception as exc:  # a server without collection properties: nothing recorded
             log.warning("cannot record the embedding model on %r: %s", serving.collection, exc)
 
