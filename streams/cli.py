@@ -425,24 +425,10 @@ def embedder_migrate(
 ) -> None:
     """Replay ``docs`` into a collection for the new model, probe it, and switch the alias
     (milvus-lite: with no worker running; see streams/migration_worker.py)."""
-    from retrieval.answering import QueryAnswerer
-    from retrieval.embedding import TextEmbedder
-    from retrieval.store import CollectionCatalog, VectorStore
-    from streams.migration_worker import EmbedderMigration, resolve_serving
+    from streams.migration_worker import migrate_standalone
 
     settings = _settings()
     target = to or settings.models.embedding
-    token = settings.milvus.token.get_secret_value() or None
-    with CollectionCatalog(settings.milvus_uri, token) as catalog:  # open until the store is
-        serving = resolve_serving(catalog, settings.milvus.collection, settings.models.embedding)
-        if serving.model == target:
-            typer.echo(f"{serving.collection} already holds {target}'s vectors")
-            return
-        old = TextEmbedder(serving.model)
-        store = VectorStore(settings.milvus_uri, serving.collection, old.dim,
-                            settings.milvus.metric, token, bm25=True)  # fmt: skip
-    r = settings.retrieval
-    answerer = QueryAnswerer(old, store, mode=r.mode, fusion=r.fusion, dense_weight=r.dense_weight)
     plain = not sys.stderr.isatty()
     with Progress(TextColumn("replay"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, disable=plain) as bar:  # fmt: skip
@@ -453,16 +439,15 @@ def embedder_migrate(
             if plain:
                 typer.echo(f"progress {done} {total}")
 
-        try:
-            result = EmbedderMigration(settings, resolve_bootstrap(settings, start=False), target,
-                                       serving, answerer, on_progress=progress).run()  # fmt: skip
-        finally:
-            store.close()
+        result = migrate_standalone(settings, resolve_bootstrap(settings, start=False), target,
+                                    progress)  # fmt: skip
+    if result is None:
+        typer.echo(f"the serving collection already holds {target}'s vectors")
+        return
     typer.echo(orjson.dumps(result.__dict__).decode())
-    if result.switched:
-        typer.echo(f"switched: set LIVELEARN_MODELS__EMBEDDING={target} for the workers")
-    else:
+    if not result.switched:
         raise typer.Exit(3)
+    typer.echo(f"switched: set LIVELEARN_MODELS__EMBEDDING={target} for the workers")
 
 
 def _announce(settings: Settings, v: Any, kind: str) -> None:

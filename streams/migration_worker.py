@@ -41,7 +41,13 @@ from streams import metrics
 from streams.processing import RawRecord, decode_batch
 from streams.settings import Settings
 
-__all__ = ["EmbedderMigration", "MigrationResult", "Serving", "resolve_serving"]
+__all__ = [
+    "EmbedderMigration",
+    "MigrationResult",
+    "Serving",
+    "migrate_standalone",
+    "resolve_serving",
+]
 
 log = logging.getLogger(__name__)
 
@@ -388,3 +394,35 @@ class _StoreOn:
 
     def delete_chunks(self, chunk_ids: Any) -> None:
         self._run(self._store.delete_chunks, chunk_ids)
+
+
+def migrate_standalone(
+    settings: Settings,
+    bootstrap: str,
+    target: str,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> MigrationResult | None:
+    """The migration outside a worker (``livelearn embedder migrate``): open the serving
+    collection with its own model as the probe's baseline, migrate to ``target``; None when
+    the serving collection holds ``target``'s vectors already."""
+    from retrieval.answering import QueryAnswerer
+    from retrieval.embedding import TextEmbedder
+    from retrieval.store import CollectionCatalog, VectorStore
+
+    s, r = settings, settings.retrieval
+    token = s.milvus.token.get_secret_value() or None
+    with CollectionCatalog(s.milvus_uri, token) as catalog:  # open until the store is
+        serving = resolve_serving(catalog, s.milvus.collection, s.models.embedding)
+        if serving.model == target:
+            return None
+        old = TextEmbedder(serving.model)
+        store = VectorStore(s.milvus_uri, serving.collection, old.dim, s.milvus.metric, token,
+                            bm25=True)  # fmt: skip
+    try:
+        answerer = QueryAnswerer(old, store, mode=r.mode, fusion=r.fusion,
+                                 dense_weight=r.dense_weight)  # fmt: skip
+        migration = EmbedderMigration(s, bootstrap, target, serving, answerer,
+                                      on_progress=on_progress)  # fmt: skip
+        return migration.run()
+    finally:
+        store.close()
