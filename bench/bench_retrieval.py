@@ -275,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(0, len(docs), 256):
             chunks += indexer.apply(docs[i : i + 256]).chunks_written
         index_s = time.perf_counter() - started
+        store.flush()  # as an idle worker does (retrieval.flush_idle_s): search a segment
         print(f"indexed {len(docs)} documents, {chunks} chunks in {index_s:.0f} s; "
               f"{len(questions)} questions")  # fmt: skip
 

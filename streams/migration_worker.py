@@ -61,6 +61,25 @@ def _direct(fn: Callable[..., _T], *args: Any) -> _T:
     return fn(*args)
 
 
+def _kafka(fn: Callable[..., _T], *args: Any, timeout_s: float = 60.0, **kwargs: Any) -> _T:
+    """``fn(*args, **kwargs)``, retried while Kafka says to (a group's coordinator loading or
+    moving, as on a broker that just started)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                 KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._WAIT_COORD}  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.code() in transient or err.retriable()) or time.monotonic() > deadline:
+                raise
+            log.info("embedder migration: %s; retrying", err)
+            time.sleep(0.5)
+
+
 @dataclass(frozen=True)
 class Serving:
     """The collection answering now and the model its vectors come from."""
@@ -271,8 +290,8 @@ class EmbedderMigration:
         last: dict[int, int] = {}
         for r in raw:
             last[r.partition] = max(last.get(r.partition, -1), r.offset)
-        consumer.commit(offsets=[TopicPartition(raw[0].topic, p, o + 1) for p, o in last.items()],
-                        asynchronous=False)  # fmt: skip
+        offsets = [TopicPartition(raw[0].topic, p, o + 1) for p, o in last.items()]
+        _kafka(consumer.commit, offsets=offsets, asynchronous=False)
         for p, o in last.items():
             progress.advance(p, o)
         self.records += len(raw)
@@ -286,6 +305,7 @@ class EmbedderMigration:
         r = self.settings.retrieval
         new = QueryAnswerer(embedder, store, mode=r.mode, fusion=r.fusion,
                             dense_weight=r.dense_weight)  # fmt: skip
+        self.run_store(store.flush)  # the replayed rows: searched from a segment, not scanned
         sample = probes.sample()
         if not sample:
             return 0.0, 0.0, 0
@@ -331,7 +351,7 @@ class EmbedderMigration:
     # -- Kafka plumbing -----------------------------------------------------------------------
 
     def _partitions(self, consumer: Any, topic: str) -> list[int]:
-        meta = consumer.list_topics(topic, timeout=30)
+        meta = _kafka(consumer.list_topics, topic, timeout=30)
         info = meta.topics.get(topic)
         if info is None or info.error is not None:
             raise RuntimeError(f"topic {topic!r} not found: {info and info.error}")
@@ -344,7 +364,7 @@ class EmbedderMigration:
 
         low, high = {}, {}
         for p in partitions:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            lo, hi = _kafka(consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=30)
             low[p], high[p] = lo, hi
         return low, high
 
@@ -354,7 +374,8 @@ class EmbedderMigration:
         """Assign every partition at the group's commit (the beginning when there is none)."""
         from confluent_kafka import TopicPartition
 
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)
+        parts = [TopicPartition(topic, p) for p in partitions]
+        committed = _kafka(consumer.committed, parts, timeout=30)
         positions = {tp.partition: (tp.offset if tp.offset >= 0 else start[tp.partition])
                      for tp in committed}  # fmt: skip
         consumer.assign([TopicPartition(topic, p, positions[p]) for p in partitions])
@@ -364,7 +385,8 @@ class EmbedderMigration:
         from confluent_kafka import TopicPartition
 
         found = consumer.position([TopicPartition(topic, p) for p in partitions])
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)
+        parts = [TopicPartition(topic, p) for p in partitions]
+        committed = _kafka(consumer.committed, parts, timeout=30)
         out = {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
         out.update({tp.partition: tp.offset for tp in found if tp.offset >= 0})
         return out

@@ -19,6 +19,7 @@ import concurrent.futures
 import functools
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -53,6 +54,7 @@ class RetrievalServices:
         self._migration: threading.Thread | None = None
         self._stop = threading.Event()
         self.serving: Any = None
+        self._written_at: float | None = None  # last index write not flushed yet
         self.embedding_monitor: Any = None
         if settings.trigger.embedding_drift:
             from trainers.drift.data import EmbeddingDriftMonitor
@@ -178,6 +180,24 @@ class RetrievalServices:
         self._answerer.embedder, self._answerer.store = embedder, store
         self.serving = Serving(store.collection, self.settings.models.embedding)
         old.close()
+        self.note_written()  # the catch-up's rows
+
+    def note_written(self) -> None:
+        """The index changed (called on the retrieval thread after a batch)."""
+        self._written_at = time.monotonic()
+
+    def flush_if_idle(self) -> bool:
+        """Flush the store's write buffer once no batch has written for ``flush_idle_s``
+        (on the retrieval thread); returns whether it flushed."""
+        idle = self.settings.retrieval.flush_idle_s
+        written = self._written_at
+        if not idle or written is None or self._answerer is None:
+            return False
+        if time.monotonic() - written < idle:
+            return False
+        self._written_at = None
+        self._answerer.store.flush()
+        return True
 
     def load(self) -> None:
         """Load the embedder and open the store now (raises what the store raises)."""
