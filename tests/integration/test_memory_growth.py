@@ -45,9 +45,9 @@ RATE, DOCS_RATE, MINUTES = 300, 10, 1.25
 #: a leak of 3 MB/s shows as ~75 MB. Measured without a leak: +1 to +66 MB with glibc's
 #: 30 s trim, +19 with the 2 s trim used here (2-core machine, shared).
 MAX_RSS_RISE_MB = 80
-#: Threads and descriptors may vary a little (the default executor starts its threads lazily,
-#: a socket reconnects); a librdkafka client adds 3 threads or more and a socket per broker.
-MAX_THREAD_RISE, MAX_FD_RISE = 3, 6
+#: Medians again (a file open for a checkpoint, a thread of the default executor come and go:
+#: 49-50 threads and 64-70 descriptors here); a librdkafka client adds 3 threads or more.
+MAX_THREAD_RISE, MAX_FD_RISE = 2, 3
 
 pytestmark = pytest.mark.slow  # ~2 min: the worker's model load and 75 s of load
 
@@ -59,18 +59,12 @@ def _medians(samples: list[dict[str, Any]], key: str) -> tuple[float, float]:
     return statistics.median(middle), statistics.median(last)
 
 
-def _rise(samples: list[dict[str, Any]], key: str) -> float:
-    """The most ``key`` reached in the second half over the most it reached in the first."""
-    n = len(samples)
-    return max(s[key] for s in samples[n // 2 :]) - max(s[key] for s in samples[: n // 2])
-
-
 def test_a_fast_short_soak_keeps_the_worker_flat(tmp_path: Path, kafka_bootstrap: str) -> None:
     out = tmp_path / "soak.json"
     bench_soak.main([
         "--bootstrap", kafka_bootstrap, "--minutes", str(MINUTES), "--rate", str(RATE),
         "--docs-rate", str(DOCS_RATE), "--sample-s", "2", "--heap-profile-s", "10",
-        "--drain-s", "15", "--max-slope", "1000", "--max-growth", "1",  # judged below
+        "--drain-s", "5", "--max-slope", "1000", "--max-growth", "1",  # judged below
         "--env", "LIVELEARN_MEMORY__MILVUS_LITE_MEMTABLE_MB=1",
         "--env", "LIVELEARN_MEMORY__MALLOC_TRIM_S=2", "--out", str(out),
     ])  # fmt: skip
@@ -86,9 +80,10 @@ def test_a_fast_short_soak_keeps_the_worker_flat(tmp_path: Path, kafka_bootstrap
     assert last - middle < MAX_RSS_RISE_MB, (middle, last, rss)
     # Clients or threads made again and again.
     assert all(s["threads"] > 0 and s["fds"] > 0 for s in samples), samples[0]
-    threads = [s["threads"] for s in samples]
-    assert _rise(samples, "threads") <= MAX_THREAD_RISE, threads
-    assert _rise(samples, "fds") <= MAX_FD_RISE, [s["fds"] for s in samples]
+    middle, last = _medians(samples, "threads")
+    assert last - middle <= MAX_THREAD_RISE, [s["threads"] for s in samples]
+    middle, last = _medians(samples, "fds")
+    assert last - middle <= MAX_FD_RISE, [s["fds"] for s in samples]
     heap = result["heap"]
     assert heap is not None and len(heap["history"]) >= 3, heap
     # The traced Python heap over the second half: what the stream keeps, per record.
