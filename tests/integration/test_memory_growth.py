@@ -20,7 +20,8 @@ this 2-core shared machine the same soak on the code before and after the stream
 gave the same RSS curve (+185 / +257 MB/min in the first minute, +89 / +52 in the second,
 -17 / +5 in the third), so the +145 to +203 MB/min once seen here was warm-up, not a
 regression. Within a minute the RSS also swings by ±50 MB from one 2 s sample to the next
-(batches in flight, a trim every 30 s), which leaves a least-squares slope over 50 s an error
+(batches in flight, and freed memory piling up between two trims: every 30 s then, every 5 s
+by default now), which leaves a least-squares slope over 50 s an error
 of about ±30 MB/min. So: glibc trims every 2 s here (the RSS then shows what is held, not what
 the next trim would hand back), the first third is warm-up, and what is judged is robust to a
 single sample: the median RSS of the last third against that of the middle third, the traced
@@ -43,7 +44,8 @@ from bench import bench_soak
 RATE, DOCS_RATE, MINUTES = 300, 10, 1.25
 #: Median RSS of the last third over that of the middle third (their centres are 25 s apart):
 #: a leak of 3 MB/s shows as ~75 MB. Measured without a leak: +1 to +66 MB with glibc's
-#: 30 s trim, +19 with the 2 s trim used here (2-core machine, shared).
+#: 30 s trim, +14 to +19 with the 2 s trim used here; with 4 MB/s of native memory leaked,
+#: +110 (2-core machine, shared, load average 20-35).
 MAX_RSS_RISE_MB = 80
 #: Medians again (a file open for a checkpoint, a thread of the default executor come and go:
 #: 49-50 threads and 64-70 descriptors here); a librdkafka client adds 3 threads or more.
