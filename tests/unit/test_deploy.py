@@ -127,43 +127,27 @@ COMPOSE_CONFIG = _compose_config_command()
 )
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     assert COMPOSE_CONFIG is not None
-    cmd = COMPOSE_CONFIG
-    sub = ["config", "-q"] if cmd[0] == "docker" else ["-q"]
+    sub = ["config", "-q"] if COMPOSE_CONFIG[0] == "docker" else ["-q"]
+
+    def config(file: Path, env: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*COMPOSE_CONFIG, "-f", str(file), *options, *sub],
+            capture_output=True, text=True, cwd=ROOT, check=False, env=env,
+        )  # fmt: skip
+
     # The admin passwords have no default: compose needs them from the environment (or .env).
     required = {"MINIO_ROOT_PASSWORD": "test-only-1", "GRAFANA_ADMIN_PASSWORD": "test-only-2"}
-    result = subprocess.run(
-        [*cmd, "-f", str(COMPOSE_FILE), *sub],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        env={**os.environ, **required, "WEB_TOKEN": ""},
-    )
+    result = config(COMPOSE_FILE, {**os.environ, **required, "WEB_TOKEN": ""})
     assert result.returncode == 0, result.stderr
     without = {k: v for k, v in os.environ.items() if k not in required}
-    env_file = ["--env-file", os.devnull]
-    refused = subprocess.run(
-        [*cmd, "-f", str(COMPOSE_FILE), *env_file, *sub],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        env=without,
-    )
+    refused = config(COMPOSE_FILE, without, "--env-file", os.devnull)
     assert refused.returncode != 0 and "PASSWORD" in refused.stderr, refused.stderr
     # The same check refuses what the Compose Specification does not allow.
     text = COMPOSE_FILE.read_text()
     assert "      interval:" in text
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(text.replace("      interval:", "      intervall:", 1))
-    mistake = subprocess.run(
-        [*cmd, "-f", str(broken), *sub],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        env={**os.environ, **required},
-    )
+    mistake = config(broken, {**os.environ, **required})
     assert mistake.returncode != 0 and "intervall" in mistake.stderr, mistake.stderr
 
 
