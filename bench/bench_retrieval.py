@@ -17,9 +17,9 @@ For each mode (dense, sparse, hybrid with RRF, hybrid with weights, hybrid+reran
 reranker is given) it prints recall@1/5/10 and MRR@10 (a question is found at the rank of the
 first chunk of its document) and the idle search p50/p99 (one query at a time, nothing
 indexing, the collection flushed). Then the update and delete questions: some documents get
-another document's text and title (update: the question about that text must now find the updated document, with the new text),
-others are deleted (delete: they must appear in no mode's results, and no chunk of theirs may
-remain). Results go to ``bench/results/retrieval.json``.
+another document's text and title (update: the question about that text must now find the
+updated document, with the new text), others are deleted (delete: they must appear in no mode's
+results, and no chunk of theirs may remain). Results go to ``bench/results/retrieval.json``.
 """
 
 from __future__ import annotations
