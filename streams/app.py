@@ -152,6 +152,7 @@ def _register_retrieval_agents(app: faust.App, services: WorkerServices) -> None
 
     async def handle_docs(records: Sequence[Any]) -> list[OutRecord | Rejection]:
         result: list[OutRecord | Rejection] = await retrieval.run(index_docs, retrieval, records)
+        retrieval.note_written()  # flushed once writes pause (flush_when_idle)
         return result
 
     async def handle_answers(records: Sequence[Any]) -> list[OutRecord]:

@@ -27,8 +27,6 @@ def index_docs(services: RetrievalServices, records: Sequence[Any]) -> list[OutR
     A document the indexer refused (over the chunk limit) comes back as a :class:`Rejection`
     of its last record in the batch."""
     report = services.indexer.apply([r.value for r in records])
-    if report.chunks_written or report.chunks_removed:
-        services.note_written()
     now = time.time()
     last = {str(r.value["id"]): r for r in records}
     refused: list[OutRecord | Rejection] = [
