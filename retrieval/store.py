@@ -248,6 +248,22 @@ def _client_options(uri: str) -> dict[str, Any]:
     return {"dedicated": True} if uri.endswith(".db") else {}
 
 
+def default_index_type(uri: str) -> str:
+    """The vector index a new collection gets: ``FLAT`` (exact) on a milvus-lite file,
+    ``AUTOINDEX`` on a server.
+
+    milvus-lite builds an approximate index for a sealed segment in the background, once rows
+    are flushed: on 3,000 random unit vectors its top 10 shared 74% with the exact top 10,
+    and none of 20 top-20 lists was exact, where an exact scan of that many rows takes about
+    7 ms. A server's AUTOINDEX is tuned for recall and meant for collections a scan is too
+    slow for.
+
+    >>> default_index_type("./data/milvus.db"), default_index_type("http://host:19530")
+    ('FLAT', 'AUTOINDEX')
+    """
+    return "FLAT" if uri.endswith(".db") else "AUTOINDEX"
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the server could not be reached (worth retrying).
 
@@ -316,7 +332,8 @@ class VectorStore:
     token
         Server token (``"user:password"`` or an API key); unused by milvus-lite.
     index_type
-        Milvus index type for the vector field.
+        Milvus index type for the vector field of a new collection (default:
+        :func:`default_index_type`, exact on milvus-lite).
     bm25
         Give a new collection a BM25 sparse field computed from ``text`` (needs Milvus 2.5+ or
         milvus-lite; on an older server the collection is made without it, with a warning).
@@ -357,7 +374,7 @@ class VectorStore:
         dim: int = 384,
         metric: str = "COSINE",
         token: str | None = None,
-        index_type: str = "AUTOINDEX",
+        index_type: str | None = None,
         bm25: bool = False,
     ) -> None:
         metric = metric.upper()
@@ -369,7 +386,7 @@ class VectorStore:
         self.collection = collection
         self.dim = dim
         self.metric = metric
-        self.index_type = index_type
+        self.index_type = index_type or default_index_type(uri)
         self.want_bm25 = bm25
         #: Whether the collection has the BM25 sparse field (set once it is opened).
         self.bm25 = False

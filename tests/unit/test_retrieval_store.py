@@ -207,3 +207,23 @@ def test_unreachable_server_raises_unavailable() -> None:
 def test_invalid_metric() -> None:
     with pytest.raises(InvalidArgumentError, match="metric must be one of"):
         VectorStore("unused.db", metric="HAMMING")
+
+
+def test_milvus_lite_search_stays_exact_after_a_flush(tmp_path: Path) -> None:
+    """milvus-lite indexes a flushed segment in the background; with an approximate index the
+    top hits of an idle worker (which flushes, retrieval.flush_idle_s) would differ from an
+    exact search's. The default index there is FLAT."""
+    import time
+
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((2000, 32)).astype("float32")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.standard_normal((10, 32)).astype("float32")
+    with VectorStore(str(tmp_path / "flat.db"), dim=32) as s:
+        assert s.index_type == "FLAT"
+        s.upsert([ChunkRow(f"c{i}", f"d{i}", 0, "text", v) for i, v in enumerate(vectors)])
+        s.flush()
+        time.sleep(3)  # the background index build, where there is one, is done by then
+        for q in queries:
+            exact = [f"c{i}" for i in np.argsort(-(vectors @ q))[:10]]
+            assert [h.chunk_id for h in s.search(q, k=10)] == exact
