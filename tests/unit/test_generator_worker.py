@@ -65,10 +65,10 @@ def test_feedback_becomes_docs_upserts_and_style_examples(tmp_path: Path) -> Non
 def test_feedback_on_an_unknown_answer_is_dead_lettered_with_its_reason(tmp_path: Path) -> None:
     runtime = GeneratorRuntime(_settings(tmp_path))
     _answers(runtime)
-    records = [DecodedRecord(2, 7, {"id": "fb-x", "answer_id": "never-given",
-                                    "preferred_answer": "Redpanda 24.2 uses Raft."}),
-               DecodedRecord(2, 8, {"id": "fb-y", "answer_id": "never-given", "rating": 1})]
-    out = route_feedback_records(runtime, records)  # fmt: skip
+    fact = {"id": "fb-x", "answer_id": "never-given", "preferred_answer": "Redpanda uses Raft."}
+    rating = {"id": "fb-y", "answer_id": "never-given", "rating": 1}
+    records = [DecodedRecord(2, 7, fact), DecodedRecord(2, 8, rating)]
+    out = route_feedback_records(runtime, records)
     assert [type(o) for o in out] == [Rejection, Rejection]
     assert [(o.partition, o.offset) for o in out] == [(2, 7), (2, 8)]
     assert all("'never-given' is not an answer this worker gave" in o.reason for o in out)
