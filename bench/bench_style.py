@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     epochs = args.epochs or (6 if args.quick else 12)
     repeats = args.repeats or (2 if args.quick else 3)
     pretrain = (
-        args.pretrain_steps if args.pretrain_steps is not None else (150 if args.quick else 400)
+        args.pretrain_steps if args.pretrain_steps is not None else (300 if args.quick else 600)
     )
     device = pick_device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "epochs": epochs,
                 "batch_size": 8,
                 "max_length": 256,
-                "max_new_tokens": 48,
+                "max_new_tokens": 64,
                 "device": str(device),
                 "replay_ratio": 0.0,
             }
