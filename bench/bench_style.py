@@ -167,7 +167,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     n_examples = args.examples or (120 if args.quick else 300)
-    epochs = args.epochs or (6 if args.quick else 12)
+    epochs = args.epochs or (20 if args.quick else 30)
     repeats = args.repeats or (2 if args.quick else 3)
     pretrain = (
         args.pretrain_steps if args.pretrain_steps is not None else (300 if args.quick else 600)
