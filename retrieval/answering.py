@@ -301,7 +301,7 @@ def _answer_no_repeat(prompt_len: int, n: int) -> Any:
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    class AnswerNoRepeatNGram(LogitsProcessor):  # type: ignore[misc]
+    class AnswerNoRepeatNGram(LogitsProcessor):
         def __call__(self, input_ids: Any, scores: Any) -> Any:
             for row in range(input_ids.shape[0]):
                 banned = ngram_bans(input_ids[row, prompt_len:].tolist(), n)
