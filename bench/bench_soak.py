@@ -16,8 +16,9 @@ milvus-lite)::
    same ids come back as updates, so the collection stays the same size and a growing process
    is a leak, not data) for ``--minutes``.
 3. Every ``--sample-s`` seconds samples the worker's resident memory (RSS), the consumer lag of
-   the docs group and of the learner (its checkpoint's offsets) and the worker's own
-   ``livelearn_consumer_lag``.
+   the docs group and of the learner (its checkpoint's offsets), the worker's own
+   ``livelearn_consumer_lag``, and its threads and open file descriptors (a client or thread
+   made per loop shows there first).
 4. Prints p50/p99 of the prediction latency (produce → prediction produced, from the
    predictions' Kafka timestamps) and of the freshness (produce → searchable, from the
    worker's ``livelearn_freshness_seconds`` histogram, interpolated in its buckets), the
@@ -201,6 +202,24 @@ def process_rss(pid: int | None) -> float:
         return -1.0
 
 
+def process_counts(pid: int) -> tuple[int, int]:
+    """(threads, open file descriptors) of ``pid`` from ``/proc``; -1 each where unknown.
+
+    A worker that makes a Kafka client, a gRPC channel or a thread per batch or per loop shows
+    here long before its RSS does: each librdkafka client adds several threads and sockets.
+
+    >>> threads, fds = process_counts(os.getpid())
+    >>> threads >= 1 and fds >= 3
+    True
+    >>> process_counts(-1)
+    (-1, -1)
+    """
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1, -1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench soak", description=__doc__.splitlines()[0]
@@ -331,11 +350,14 @@ def soak(args: argparse.Namespace) -> int:
             if now >= next_sample:
                 next_sample += args.sample_s
                 text = scrape(prom)
+                threads, fds = process_counts(worker.proc.pid)
                 sample = {
                     "t": round(elapsed, 1),
                     "rss_mb": round(rss_mb(worker.proc.pid), 1),
                     "broker_rss_mb": process_rss(broker_pid),
                     "worker_events_lag": metric_sum(text, "livelearn_consumer_lag"),
+                    "threads": threads,
+                    "fds": fds,
                 }
                 for name, (group, topic) in groups.items():
                     lag = group_lag(settings, bootstrap, group, topic).lag
@@ -345,7 +367,7 @@ def soak(args: argparse.Namespace) -> int:
                     f"  t={sample['t']:>7.1f}s rss {sample['rss_mb']:7.1f} MB "
                     f"(broker {sample['broker_rss_mb']:.0f})  lag docs "
                     f"{sample['docs_lag']:>5} events {sample['events_lag']:>6} "
-                    f"(worker {sample['worker_events_lag']:.0f})",
+                    f"(worker {sample['worker_events_lag']:.0f})  threads {threads} fds {fds}",
                     flush=True,
                 )
             time.sleep(0.01)
@@ -403,6 +425,10 @@ def soak(args: argparse.Namespace) -> int:
             "worker (with milvus-lite, in-process)": per_process("rss_mb"),
             "broker": per_process("broker_rss_mb") if broker_pid else "not started by the soak",
         },
+        "worker_threads_min_max": [min((s["threads"] for s in samples), default=None),
+                                   max((s["threads"] for s in samples), default=None)],
+        "worker_fds_min_max": [min((s["fds"] for s in samples), default=None),
+                               max((s["fds"] for s in samples), default=None)],
         "max_docs_lag": max((s["docs_lag"] for s in samples), default=None),
         "max_events_lag": max((s["events_lag"] for s in samples), default=None),
         "dead_letters": metric_sum(final, "livelearn_dead_letters_total"),

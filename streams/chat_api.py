@@ -126,7 +126,7 @@ def parse_request(body: Any) -> ChatRequest:
     if not isinstance(stream, bool):
         raise ChatRequestError(f"stream must be true or false, got {stream!r}", "stream")
     n = body.get("n", 1)
-    if n != 1:
+    if type(n) is not int or n != 1:  # True == 1, 1.0 == 1: neither is a count
         raise ChatRequestError(f"only n=1 is served, got {n!r}", "n")
     model = body.get("model", "livelearn")
     if not isinstance(model, str):

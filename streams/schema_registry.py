@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,7 +161,13 @@ class SchemaRegistryClient:
                 f"schema registry at {self.url} unreachable: {exc}; check "
                 "LIVELEARN_SCHEMA_REGISTRY__URL"
             ) from None
-        return json.loads(text) if text else None
+        try:
+            return json.loads(text) if text else None
+        except ValueError:  # a proxy's HTML page, a truncated answer
+            raise SchemaRegistryError(
+                f"schema registry: {method} {path} answered {len(text)} bytes that are not "
+                f"JSON: {text[:80]!r}"
+            ) from None
 
     def set_compatibility(self, subject: str, level: str) -> None:
         """Set ``subject``'s compatibility level (BACKWARD, FULL, NONE, ...)."""
@@ -185,7 +192,14 @@ class SchemaRegistryClient:
             if exc.status == 404:
                 return []
             raise
-        return [str(v["subject"]) for v in versions or []]
+        if not isinstance(versions, list) or not all(
+            isinstance(v, dict) and isinstance(v.get("subject"), str) for v in versions
+        ):
+            raise SchemaRegistryError(
+                f"schema registry: the versions of schema id {schema_id} are not a list of "
+                f"{{subject, version}}: {str(versions)[:120]}"
+            )
+        return [v["subject"] for v in versions]
 
 
 def _q(subject: str) -> str:
@@ -197,7 +211,8 @@ class SchemaIdResolver:
 
     An id is accepted when the registry lists it under a subject of a topic of the record's
     contract; answers are cached (refusals for ``negative_ttl_s``, so a stream of bad ids does
-    not hammer the registry).
+    not hammer the registry). The refusals kept are at most ``max_unknown`` (the oldest go
+    first): a stream of random ids must not grow the worker's memory.
 
     >>> r = SchemaIdResolver(None, {"events": {"events-value"}})
     >>> r.remember(3, ["events-value"])
@@ -215,12 +230,14 @@ a subject of docs (expected one of: none)
         client: SchemaRegistryClient | None,
         subjects: Mapping[str, set[str]],
         negative_ttl_s: float = 30.0,
+        max_unknown: int = 4096,
     ) -> None:
         self.client = client
         self.subjects = {c: set(s) for c, s in subjects.items()}
         self.negative_ttl_s = negative_ttl_s
+        self.max_unknown = max_unknown
         self._known: dict[int, list[str]] = {}
-        self._unknown: dict[int, float] = {}
+        self._unknown: OrderedDict[int, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def remember(self, schema_id: int, subjects: list[str]) -> None:
@@ -245,6 +262,9 @@ a subject of docs (expected one of: none)
                 self._known[schema_id] = found
             else:
                 self._unknown[schema_id] = time.monotonic()
+                self._unknown.move_to_end(schema_id)
+                while len(self._unknown) > self.max_unknown:
+                    self._unknown.popitem(last=False)
         return found
 
     def __call__(self, contract: str, schema_id: int) -> None:

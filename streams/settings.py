@@ -414,7 +414,7 @@ class MemorySettings(_Frozen):
         "glibc's default (8 per core)",
     )  # fmt: skip
     malloc_trim_s: float = Field(
-        30.0, ge=0, description="seconds between malloc_trim calls (freed pages go back to the "
+        5.0, ge=0, description="seconds between malloc_trim calls (freed pages go back to the "
         "OS); 0 = never",
     )  # fmt: skip
     milvus_lite_memtable_mb: float = Field(

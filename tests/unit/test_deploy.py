@@ -107,36 +107,48 @@ def test_compose_schema_check_catches_a_mistake(compose: dict[str, Any]) -> None
     assert any("service_up" in e for e in errors), errors
 
 
-def _docker_compose_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
-    return probe.returncode == 0
+def _compose_config_command() -> list[str] | None:
+    """``docker compose config``, or the same loader built by ``make compose-config``."""
+    if shutil.which("docker") is not None:
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    built = ROOT / ".venv" / "bin" / "compose-config"
+    found = shutil.which("compose-config") or (str(built) if built.exists() else None)
+    return [found] if found else None
 
 
-@pytest.mark.skipif(not _docker_compose_available(), reason="docker compose plugin not installed")
-def test_docker_compose_config_accepts_the_file() -> None:
+COMPOSE_CONFIG = _compose_config_command()
+
+
+@pytest.mark.skipif(
+    COMPOSE_CONFIG is None,
+    reason="neither the docker compose plugin nor compose-config (make compose-config, Go)",
+)
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    assert COMPOSE_CONFIG is not None
+    sub = ["config", "-q"] if COMPOSE_CONFIG[0] == "docker" else ["-q"]
+
+    def config(file: Path, env: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*COMPOSE_CONFIG, "-f", str(file), *options, *sub],
+            capture_output=True, text=True, cwd=ROOT, check=False, env=env,
+        )  # fmt: skip
+
     # The admin passwords have no default: compose needs them from the environment (or .env).
     required = {"MINIO_ROOT_PASSWORD": "test-only-1", "GRAFANA_ADMIN_PASSWORD": "test-only-2"}
-    result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        env={**os.environ, **required, "WEB_TOKEN": ""},
-    )
+    result = config(COMPOSE_FILE, {**os.environ, **required, "WEB_TOKEN": ""})
     assert result.returncode == 0, result.stderr
     without = {k: v for k, v in os.environ.items() if k not in required}
-    refused = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE_FILE), "--env-file", os.devnull, "config", "-q"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        env=without,
-    )
+    refused = config(COMPOSE_FILE, without, "--env-file", os.devnull)
     assert refused.returncode != 0 and "PASSWORD" in refused.stderr, refused.stderr
+    # The same check refuses what the Compose Specification does not allow.
+    text = COMPOSE_FILE.read_text()
+    assert "      interval:" in text
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(text.replace("      interval:", "      intervall:", 1))
+    mistake = config(broken, {**os.environ, **required})
+    assert mistake.returncode != 0 and "intervall" in mistake.stderr, mistake.stderr
 
 
 def test_compose_dependencies_and_volumes_exist(compose: dict[str, Any]) -> None:
