@@ -1,6 +1,6 @@
 """Style benchmark: a LoRA style fine-tune of the answering LM through ``run_generator_job``.
 
-    python -m bench style --quick     # tiny GPT-2, ~2-4 min on 2 CPU cores
+    python -m bench style --quick     # tiny GPT-2, ~3-5 min on 2 CPU cores
     python -m bench style             # more examples and steps; CUDA (bf16) when present
     python -m bench style --arch llama --hidden 896 --layers 24 --heads 14 --device cuda
 
