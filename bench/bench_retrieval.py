@@ -16,10 +16,10 @@ each). Everything runs in-process on a milvus-lite file, through the same
 For each mode (dense, sparse, hybrid with RRF, hybrid with weights, hybrid+rerank when a
 reranker is given) it prints recall@1/5/10 and MRR@10 (a question is found at the rank of the
 first chunk of its document) and the idle search p50/p99 (one query at a time, nothing
-indexing). Then the update and delete questions: some documents get another document's text
-(update: the question about that text must now find the updated document, with the new text),
-others are deleted (delete: they must appear in no mode's results, and no chunk of theirs may
-remain). Results go to ``bench/results/retrieval.json``.
+indexing, the collection flushed). Then the update and delete questions: some documents get
+another document's text and title (update: the question about that text must now find the
+updated document, with the new text), others are deleted (delete: they must appear in no mode's
+results, and no chunk of theirs may remain). Results go to ``bench/results/retrieval.json``.
 """
 
 from __future__ import annotations
@@ -184,8 +184,8 @@ def update_delete_checks(
 ) -> dict[str, Any]:
     """Rewrite ``n`` documents with other documents' text and delete ``n`` more; check both.
 
-    Update: document A (one no question is about) takes the text of B (a question's target),
-    and B is deleted, so the question about B's text is now about A. It passes when A is in
+    Update: document A (one no question is about) takes the text and title of B (a question's
+    target), and B is deleted, so the question about B's text is now about A. It passes when A is in
     the top 10 of the default mode (a retrieval-quality part), every hit of A in every mode
     carries the new text, and a search for A's old text (its first 300 characters) returns no
     chunk of A with old text; ``update_fresh`` counts the last two alone (no stale text).
@@ -201,7 +201,9 @@ def update_delete_checks(
     hosts = rng.sample(free, n)
     ops: list[dict[str, Any]] = []
     for (_, b), a in zip(updates, hosts, strict=True):
-        ops.append({**by_id[a], "text": by_id[b]["text"]})
+        # A is rewritten: B's text under B's title (each chunk embeds its title: kept, A's
+        # old title would describe a text A no longer has, and rank it down on its own).
+        ops.append({**by_id[a], "text": by_id[b]["text"], "title": by_id[b].get("title")})
         ops.append({"id": b, "op": "delete"})
     ops.extend({"id": d, "op": "delete"} for _, d in deletes)
     indexer.apply(ops)
@@ -275,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(0, len(docs), 256):
             chunks += indexer.apply(docs[i : i + 256]).chunks_written
         index_s = time.perf_counter() - started
+        store.flush()  # as an idle worker does (retrieval.flush_idle_s): search a segment
         print(f"indexed {len(docs)} documents, {chunks} chunks in {index_s:.0f} s; "
               f"{len(questions)} questions")  # fmt: skip
 

@@ -152,6 +152,7 @@ def _register_retrieval_agents(app: faust.App, services: WorkerServices) -> None
 
     async def handle_docs(records: Sequence[Any]) -> list[OutRecord | Rejection]:
         result: list[OutRecord | Rejection] = await retrieval.run(index_docs, retrieval, records)
+        retrieval.note_written()  # flushed once writes pause (flush_when_idle)
         return result
 
     async def handle_answers(records: Sequence[Any]) -> list[OutRecord]:
@@ -179,6 +180,14 @@ def _register_retrieval_agents(app: faust.App, services: WorkerServices) -> None
         async for events in stream.take_events(32, within=0.05):
             await query_runner(events)
 
+    @app.timer(interval=1.0)
+    async def flush_when_idle() -> None:
+        # Searches scan the rows still in Milvus's write buffer: flush them once writes pause.
+        try:
+            await retrieval.run(retrieval.flush_if_idle)
+        except Exception as exc:  # a store outage: the next pause flushes
+            log.warning("flush failed (%s); retried at the next pause", exc)
+
     @app.task
     async def load_models() -> None:
         # Load the embedder and open the store before the first batch arrives, so the
@@ -188,6 +197,7 @@ def _register_retrieval_agents(app: faust.App, services: WorkerServices) -> None
         while True:
             try:
                 await retrieval.run(retrieval.load)
+                retrieval.start_migration(services.bootstrap)  # if the embedding model changed
                 _freeze_startup_heap()
                 return
             except VectorStoreUnavailableError as exc:

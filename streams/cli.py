@@ -9,6 +9,7 @@ livelearn up                        # everything (Kafka, worker, trainer) until 
 livelearn status                    # topics, lag, model versions, last alerts
 livelearn worker                    # run the stream processors (faust)
 livelearn ask "What is a compacted topic?"
+livelearn embedder migrate --to M   # rebuild the chunks with model M (replay), then switch
 livelearn config --markdown         # the configuration table of the README
 livelearn broker down
 """
@@ -48,6 +49,8 @@ broker_app = typer.Typer(no_args_is_help=True, help="The embedded broker or loca
 app.add_typer(broker_app, name="broker")
 models_app = typer.Typer(no_args_is_help=True, help="Model versions in the registry")
 app.add_typer(models_app, name="models")
+embedder_app = typer.Typer(no_args_is_help=True, help="The embedding model of the chunks")
+app.add_typer(embedder_app, name="embedder")
 console = Console(stderr=True)
 
 
@@ -414,6 +417,37 @@ def models_show(version: Annotated[str, typer.Argument(help="version id")]) -> N
     settings = _settings()
     v = _registry(settings).get(settings.models.name, version)
     typer.echo(orjson.dumps(v.manifest, option=orjson.OPT_INDENT_2).decode())
+
+
+@embedder_app.command("migrate")
+def embedder_migrate(
+    to: Annotated[str, typer.Option(help="new embedding model (HF id or path)")] = "",
+) -> None:
+    """Replay ``docs`` into a collection for the new model, probe it, and switch the alias
+    (milvus-lite: with no worker running; see streams/migration_worker.py)."""
+    from streams.migration_worker import migrate_standalone
+
+    settings = _settings()
+    target = to or settings.models.embedding
+    plain = not sys.stderr.isatty()
+    with Progress(TextColumn("replay"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, disable=plain) as bar:  # fmt: skip
+        task = bar.add_task("replay", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+            if plain:
+                typer.echo(f"progress {done} {total}")
+
+        result = migrate_standalone(settings, resolve_bootstrap(settings, start=False), target,
+                                    progress)  # fmt: skip
+    if result is None:
+        typer.echo(f"the serving collection already holds {target}'s vectors")
+        return
+    typer.echo(orjson.dumps(result.__dict__).decode())
+    if not result.switched:
+        raise typer.Exit(3)
+    typer.echo(f"switched: set LIVELEARN_MODELS__EMBEDDING={target} for the workers")
 
 
 def _announce(settings: Settings, v: Any, kind: str) -> None:

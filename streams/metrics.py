@@ -29,6 +29,7 @@ __all__ = [
     "FEEDBACK_ROUTES",
     "GENERATOR_RATING",
     "STYLE_ADHERENCE",
+    "EMBEDDER_MIGRATION",
     "LEASE_HELD",
     "LEASE_LOST",
     "WEBHOOK_DELIVERIES",
@@ -130,6 +131,11 @@ LEASE_HELD = Gauge(
     "livelearn_learner_lease_held", "1 while this worker holds the model's learner lease",
     ["model"],
 )  # fmt: skip
+EMBEDDER_MIGRATION = Gauge(
+    "livelearn_embedder_migration_progress",
+    "Share of the docs topic an embedder migration has replayed into its new collection "
+    "(1: switched; -1: the switch was refused by the probe set)",
+)
 LEASE_LOST = Counter(
     "livelearn_learner_lease_lost_total",
     "Times this worker lost the learner lease it held (a rebalance, a session timeout)",

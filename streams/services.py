@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -25,6 +27,8 @@ from streams.batch_runner import BatchRunner
 from streams.generator_worker import GeneratorRuntime
 from streams.paths import StatePaths
 from streams.settings import ModelSettings, Settings, TriggerSettings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RetrievalServices",
@@ -47,6 +51,10 @@ class RetrievalServices:
         self._indexer: Any = None
         self._answerer: Any = None
         self._lock = threading.Lock()
+        self._migration: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.serving: Any = None
+        self._written_at: float | None = None  # last index write not flushed yet
         self.embedding_monitor: Any = None
         if settings.trigger.embedding_drift:
             from trainers.drift.data import EmbeddingDriftMonitor
@@ -65,18 +73,27 @@ class RetrievalServices:
         from retrieval.chunking import TokenChunker
         from retrieval.embedding import TextEmbedder
         from retrieval.indexing import ChunkIndexer
-        from retrieval.store import VectorStore
+        from retrieval.store import CollectionCatalog, VectorStore
 
         s = self.settings
-        embedder = TextEmbedder(s.models.embedding)
-        store = VectorStore(
-            s.milvus_uri,
-            collection=s.milvus.collection,
-            dim=embedder.dim,
-            metric=s.milvus.metric,
-            token=s.milvus.token.get_secret_value() or None,
-            bm25=True,
-        )
+        token = s.milvus.token.get_secret_value() or None
+        # The catalog stays open until the store is: milvus-lite stops its in-process server
+        # when its last client closes, and a client opened right after may find it gone.
+        catalog = CollectionCatalog(s.milvus_uri, token)
+        try:
+            self.serving = self._serving(catalog)
+            embedder = TextEmbedder(self.serving.model)
+            store = VectorStore(
+                s.milvus_uri,
+                collection=self.serving.collection,
+                dim=embedder.dim,
+                metric=s.milvus.metric,
+                token=token,
+                bm25=True,
+            )
+            self._record_model(catalog, self.serving)
+        finally:
+            catalog.close()
         chunker = TokenChunker(embedder.tokenizer, s.models.chunk_tokens, s.models.chunk_overlap)
         self._indexer = ChunkIndexer(
             chunker, embedder, store, s.limits.max_chunks_per_doc, s.models.embed_batch
@@ -97,6 +114,91 @@ class RetrievalServices:
             dense_weight=r.dense_weight, reranker=reranker, rerank_top_n=r.rerank_top_n,
         )  # fmt: skip
 
+    def _serving(self, catalog: Any) -> Any:
+        """The collection to answer from and its model (see :mod:`streams.migration_worker`)."""
+        from streams.migration_worker import Serving, resolve_serving
+
+        s = self.settings
+        try:
+            return resolve_serving(catalog, s.milvus.collection, s.models.embedding)
+        except Exception as exc:  # e.g. a server without aliases: the configured collection
+            log.warning("cannot read Milvus's aliases (%s): serving %r with %s, no migration",
+                        exc, s.milvus.collection, s.models.embedding)  # fmt: skip
+            return Serving(s.milvus.collection, s.models.embedding)
+
+    def _record_model(self, catalog: Any, serving: Any) -> None:
+        try:
+            if catalog.model(serving.collection) is None:
+                catalog.set_model(serving.collection, serving.model)
+        except Exception as exc:  # a server without collection properties: nothing recorded
+            log.warning("cannot record the embedding model on %r: %s", serving.collection, exc)
+
+    @property
+    def migration_target(self) -> str | None:
+        """The configured embedding model when the serving collection holds another one."""
+        if self._indexer is None or self.serving.model == self.settings.models.embedding:
+            return None
+        return self.settings.models.embedding
+
+    def start_migration(self, bootstrap: str) -> None:
+        """Start the embedder migration thread if the configured model is not the one served
+        (the worker answers from the old collection until the switch)."""
+        target = self.migration_target
+        if target is None or self._migration is not None:
+            return
+        from streams.migration_worker import EmbedderMigration
+
+        def run_store(fn: Callable[..., Any], *args: Any) -> Any:
+            return self.executor.submit(fn, *args).result()
+
+        migration = EmbedderMigration(
+            self.settings, bootstrap, target, self.serving, self._answerer,
+            run_store=run_store, on_switch=self._switch, stop=self._stop,
+        )  # fmt: skip
+
+        def run() -> None:
+            try:
+                migration.run()
+            except InterruptedError:
+                log.info("embedder migration to %s stopped; a restart continues it", target)
+            except Exception:
+                log.exception("embedder migration to %s failed; a restart retries it", target)
+
+        log.info("embedder migration: serving %s (%s) while %s is built",
+                 self.serving.collection, self.serving.model, target)  # fmt: skip
+        self._migration = threading.Thread(target=run, name="embedder-migration", daemon=True)
+        self._migration.start()
+
+    def _switch(self, embedder: Any, store: Any, chunker: Any) -> None:
+        """Swap embedder, chunker and store together (on the retrieval thread, between two
+        batches): no query pairs one model with the other's vectors."""
+        from streams.migration_worker import Serving
+
+        old = self._answerer.store
+        indexer = self._indexer
+        indexer.embedder, indexer.chunker, indexer.store = embedder, chunker, store
+        self._answerer.embedder, self._answerer.store = embedder, store
+        self.serving = Serving(store.collection, self.settings.models.embedding)
+        old.close()
+        self.note_written()  # the catch-up's rows
+
+    def note_written(self) -> None:
+        """The index changed (called on the retrieval thread after a batch)."""
+        self._written_at = time.monotonic()
+
+    def flush_if_idle(self) -> bool:
+        """Flush the store's write buffer once no batch has written for ``flush_idle_s``
+        (on the retrieval thread); returns whether it flushed."""
+        idle = self.settings.retrieval.flush_idle_s
+        written = self._written_at
+        if not idle or written is None or self._answerer is None:
+            return False
+        if time.monotonic() - written < idle:
+            return False
+        self._written_at = None
+        self._answerer.store.flush()
+        return True
+
     def load(self) -> None:
         """Load the embedder and open the store now (raises what the store raises)."""
         self._build()
@@ -115,6 +217,9 @@ class RetrievalServices:
 
     def close(self) -> None:
         """Release the vector store (milvus-lite flushes and unlocks its file)."""
+        self._stop.set()
+        if self._migration is not None:
+            self._migration.join(60)
         if self._answerer is not None:
             self._answerer.store.close()
         self.executor.shutdown(wait=True)

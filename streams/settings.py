@@ -194,6 +194,21 @@ class RetrievalSettings(_Frozen):
     rerank_top_n: int = Field(
         20, ge=1, le=200, description="fused hits the reranker rescores (then the best k are kept)"
     )
+    flush_idle_s: float = Field(
+        2.0, ge=0, description="seconds without index writes after which the worker flushes "
+        "Milvus's write buffer (searches scan buffered rows and rebuild BM25 over them); 0 = never",
+    )  # fmt: skip
+    migration_margin: float = Field(
+        0.02, ge=-1, le=1, description="embedder migration: most recall@5 the new model may lose "
+        "on the probe set before the switch is refused",
+    )  # fmt: skip
+    migration_probes: int = Field(
+        50, ge=1, le=1000, description="embedder migration: probe questions (sampled documents' "
+        "titles or first sentences)",
+    )  # fmt: skip
+    migration_batch: int = Field(
+        256, ge=1, le=10_000, description="embedder migration: docs records per replayed batch"
+    )
 
 
 class ModelSettings(_Frozen):
