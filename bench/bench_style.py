@@ -1,6 +1,6 @@
 """Style benchmark: a LoRA style fine-tune of the answering LM through ``run_generator_job``.
 
-    python -m bench style --quick     # tiny GPT-2, ~2-4 min on 2 CPU cores
+    python -m bench style --quick     # tiny GPT-2, ~3-5 min on 2 CPU cores
     python -m bench style             # more examples and steps; CUDA (bf16) when present
     python -m bench style --arch llama --hidden 896 --layers 24 --heads 14 --device cuda
 
@@ -167,10 +167,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     n_examples = args.examples or (120 if args.quick else 300)
-    epochs = args.epochs or (6 if args.quick else 12)
+    epochs = args.epochs or (20 if args.quick else 30)
     repeats = args.repeats or (2 if args.quick else 3)
     pretrain = (
-        args.pretrain_steps if args.pretrain_steps is not None else (150 if args.quick else 400)
+        args.pretrain_steps if args.pretrain_steps is not None else (300 if args.quick else 600)
     )
     device = pick_device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "epochs": epochs,
                 "batch_size": 8,
                 "max_length": 256,
-                "max_new_tokens": 48,
+                "max_new_tokens": 64,
                 "device": str(device),
                 "replay_ratio": 0.0,
             }

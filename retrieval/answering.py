@@ -32,6 +32,7 @@ __all__ = [
     "QueryAnswerer",
     "SearchTimings",
     "build_prompt",
+    "ngram_bans",
     "prose_passages",
     "split_sentences",
 ]
@@ -271,6 +272,46 @@ def build_prompt(question: str, contexts: Sequence[Context], max_context_chars: 
     )
 
 
+def ngram_bans(generated: Sequence[int], n: int) -> set[int]:
+    """Tokens that, written next, would repeat an ``n``-gram already in ``generated``.
+
+    What :class:`CausalLMGenerator` bans at each step, over the answer written so far only
+    (not the prompt: an answer may quote its sources), so that greedy decoding cannot loop.
+
+    Examples
+    --------
+    >>> sorted(ngram_bans([5, 6, 7, 5, 6], 3))
+    [7]
+    >>> ngram_bans([5, 6, 7, 5, 6], 0), ngram_bans([5], 3)
+    (set(), set())
+    """
+    if n < 1 or len(generated) < n - 1:
+        return set()
+    tail = tuple(generated[len(generated) - n + 1 :]) if n > 1 else ()
+    return {
+        generated[i + n - 1]
+        for i in range(len(generated) - n + 1)
+        if tuple(generated[i : i + n - 1]) == tail
+    }
+
+
+def _answer_no_repeat(prompt_len: int, n: int) -> Any:
+    """A transformers ``LogitsProcessorList`` applying :func:`ngram_bans` to the tokens
+    after the first ``prompt_len`` (empty for ``n < 1``)."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class AnswerNoRepeatNGram(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            for row in range(input_ids.shape[0]):
+                banned = ngram_bans(input_ids[row, prompt_len:].tolist(), n)
+                if banned:
+                    scores[row, list(banned)] = -torch.inf
+            return scores
+
+    return LogitsProcessorList([AnswerNoRepeatNGram()] if n >= 1 else [])
+
+
 class CausalLMGenerator:
     """Generate a cited answer with a Hugging Face causal language model (greedy decoding).
 
@@ -286,6 +327,11 @@ class CausalLMGenerator:
     version, name
         What ``answers`` records name as the generator and its version (a registry version
         after a fine-tune; ``base`` for the configured weights). ``name`` defaults to the id.
+    no_repeat_ngram_size
+        No ``n``-gram of tokens twice in one answer (:func:`ngram_bans`; ``0``: off). Greedy
+        decoding of a small or freshly tuned model otherwise loops on a heading or a
+        citation until ``max_new_tokens``. The prompt is not counted: quoting a source is
+        allowed.
 
     Examples
     --------
@@ -307,11 +353,17 @@ class CausalLMGenerator:
         device: str | None = None,
         version: str = "base",
         name: str | None = None,
+        no_repeat_ngram_size: int = 4,
     ) -> None:
 
         if max_new_tokens < 1:
             raise InvalidArgumentError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if no_repeat_ngram_size < 0:
+            raise InvalidArgumentError(
+                f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}"
+            )
         self.max_new_tokens = max_new_tokens
+        self.no_repeat_ngram_size = no_repeat_ngram_size
         self._device = torch_device(device)
         if isinstance(model, tuple):
             self._model, self._tokenizer = model
@@ -390,6 +442,7 @@ class CausalLMGenerator:
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
+                logits_processor=_answer_no_repeat(len(ids), self.no_repeat_ngram_size),
             )
         text: str = tok.decode(out[0, len(ids) :], skip_special_tokens=True)
         return text.strip()
@@ -420,6 +473,7 @@ class CausalLMGenerator:
                         input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                         max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad,
                         streamer=streamer,
+                        logits_processor=_answer_no_repeat(len(ids), self.no_repeat_ngram_size),
                     )  # fmt: skip
             except BaseException as exc:  # handed to the reader, who raises it
                 failed.append(exc)

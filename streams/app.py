@@ -213,8 +213,10 @@ def _register_generator_agents(app: faust.App, services: WorkerServices) -> None
     settings, topics = services.settings, services.settings.topics
     retrieval, runtime = services.retrieval, services.generator
 
-    async def handle_feedback(records: Sequence[Any]) -> list[OutRecord]:
-        result: list[OutRecord] = await retrieval.run(route_feedback_records, runtime, records)
+    async def handle_feedback(records: Sequence[Any]) -> list[OutRecord | Rejection]:
+        result: list[OutRecord | Rejection] = await retrieval.run(
+            route_feedback_records, runtime, records
+        )
         return result
 
     async def handle_style(records: Sequence[Any]) -> list[OutRecord]:
@@ -251,12 +253,14 @@ def _register_generator_agents(app: faust.App, services: WorkerServices) -> None
 
     @app.timer(interval=2.0)
     async def swap_generator() -> None:
-        # Load and swap on the retrieval thread: between two query batches, never inside one.
+        # Load on a thread of its own (the queries go on with the old model meanwhile), then
+        # swap on the retrieval thread: between two query batches, never inside one.
         if not runtime.uses_lm:
             return
         runtime.answerer = retrieval.answerer
         try:
-            await retrieval.run(runtime.refresh)
+            loaded = await asyncio.to_thread(runtime.load_pending)
+            await retrieval.run(runtime.swap, loaded)
         except Exception as exc:  # a bad version must not stop the worker: keep serving
             log.error("generator swap failed, still serving %s: %s", runtime.version, exc)
         jobs = runtime.job_records(runtime.policy.tick())

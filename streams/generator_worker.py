@@ -10,8 +10,9 @@ What the faust agents of :mod:`streams.app` call (each a function of records, no
   signals go to ``drift-alerts``; a style signal also asks the generator's trigger for a job;
 * :func:`observe_style_examples`: style examples count towards the trigger's volume; its jobs
   (volume, schedule, style drift; cooldown, one in flight) go to ``training-jobs``;
-* :meth:`GeneratorRuntime.refresh`: a newly promoted (or rolled back) generator version is
-  loaded beside the serving one and swapped in between two queries.
+* :meth:`GeneratorRuntime.load_pending` and :meth:`GeneratorRuntime.swap`: a newly promoted
+  (or rolled back) generator version is loaded beside the serving one, off the query thread,
+  and swapped in between two query batches.
 
 One worker's view: the recent answers and the trigger's counts are those of this worker's
 partitions, so run the generator's agents on one worker (or one partition) per deployment.
@@ -27,7 +28,7 @@ from typing import Any
 
 from streams import metrics
 from streams.paths import StatePaths
-from streams.processing import OutRecord
+from streams.processing import OutRecord, Rejection
 from streams.settings import Settings
 from trainers.batch.style import AdherenceWindow, RetrievalWindow, route_feedback
 from trainers.drift.trigger import TriggerPolicy
@@ -119,11 +120,12 @@ class GeneratorRuntime:
         """The generator's name in ``answers`` records."""
         return self.settings.models.generator_name if self.uses_lm else "extractive"
 
-    def refresh(self, registry_root: Any = None) -> str | None:
-        """Load the registry's serving version if it is not the one serving; returns it.
+    def load_pending(self, registry_root: Any = None) -> Any:
+        """The registry's serving version, loaded, when it is not the one serving (else
+        ``None``): a :class:`trainers.batch.generator.ServingGenerator` for :meth:`swap`.
 
-        The new model is loaded completely before the reference is replaced, so a query
-        in flight ends on the old one and the next starts on the new one.
+        Slow (it reads the weights) and touches nothing the queries use, so the worker runs it
+        off the query thread; the queries go on with the old model meanwhile.
         """
         if not self.uses_lm or self.answerer is None:
             return None
@@ -136,12 +138,28 @@ class GeneratorRuntime:
         wanted = serving.version if serving is not None else "base"
         if wanted == self.version:
             return None
-        loaded = load_generator(registry, s.models.generator_name, s.models.generator,
-                                s.models.generator_max_new_tokens)  # fmt: skip
-        self.answerer.generator = loaded.generator  # one reference: atomic between queries
+        return load_generator(registry, s.models.generator_name, s.models.generator,
+                              s.models.generator_max_new_tokens)  # fmt: skip
+
+    def swap(self, loaded: Any) -> str | None:
+        """Serve ``loaded`` (from :meth:`load_pending`; ``None``: nothing to do); returns its
+        version. One reference is replaced, between two query batches: a query in flight
+        ends on the old model and the next starts on the new one, never a half-loaded one."""
+        if loaded is None or self.answerer is None or loaded.version == self.version:
+            return None
+        self.answerer.generator = loaded.generator
         self.adherence.reset()
-        log.info("generator %s now serves %s", s.models.generator_name, loaded.version)
-        return loaded.version
+        log.info("generator %s now serves %s", self.settings.models.generator_name,
+                 loaded.version)  # fmt: skip
+        return str(loaded.version)
+
+    def refresh(self, registry_root: Any = None) -> str | None:
+        """:meth:`load_pending` then :meth:`swap` in one call; returns the version swapped in.
+
+        The new model is loaded completely before the reference is replaced, so a query
+        in flight ends on the old one and the next starts on the new one.
+        """
+        return self.swap(self.load_pending(registry_root))
 
     def job_records(self, job: Any) -> list[OutRecord]:
         """The ``training-jobs`` record of a decided job (or nothing)."""
@@ -192,20 +210,35 @@ def observe_style_examples(runtime: GeneratorRuntime, records: Sequence[Any]) ->
     return runtime.job_records(runtime.policy.tick())
 
 
-def route_feedback_records(runtime: GeneratorRuntime, records: Sequence[Any]) -> list[OutRecord]:
-    """Route each valid ``feedback`` record (see :func:`trainers.batch.style.route_feedback`)."""
+def route_feedback_records(
+    runtime: GeneratorRuntime, records: Sequence[Any]
+) -> list[OutRecord | Rejection]:
+    """Route each valid ``feedback`` record (see :func:`trainers.batch.style.route_feedback`).
+
+    Feedback on an answer this worker does not know (never given here, or older than the
+    ``style.answers_kept`` newest) comes back as a :class:`~streams.processing.Rejection`:
+    without the answer's contexts nothing tells knowledge from style, and a rating cannot be
+    put on a version, so it is dead-lettered with the reason rather than guessed.
+    """
     s = runtime.settings
-    outputs: list[OutRecord] = []
+    outputs: list[OutRecord | Rejection] = []
     for r in records:
         fb = r.value
         answer = runtime.answers.get(str(fb["answer_id"]))
+        if answer is None:
+            FEEDBACK_ROUTES.labels("unknown-answer").inc()
+            outputs.append(Rejection(r.partition, r.offset, (
+                f"feedback: answer_id {fb['answer_id']!r} is not an answer this worker gave "
+                f"(or is older than the newest {runtime.answers.size} it keeps): it cannot be "
+                "routed to docs or style-examples without that answer's contexts")))  # fmt: skip
+            continue
         routed = route_feedback(fb, answer)
         FEEDBACK_ROUTES.labels(routed.route).inc()
         log.info("feedback %s on %s: %s (%s)", fb["id"], fb["answer_id"], routed.route,
                  routed.reason)  # fmt: skip
         if routed.route == "neither":
             if fb.get("rating") is not None:
-                version = str((answer or {}).get("generator_version") or runtime.version)
+                version = str(answer.get("generator_version") or runtime.version)
                 GENERATOR_RATING.labels(version).observe(float(fb["rating"]))
             continue
         record = dict(routed.record or {})

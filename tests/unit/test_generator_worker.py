@@ -17,7 +17,7 @@ from streams.generator_worker import (
     observe_style_examples,
     route_feedback_records,
 )
-from streams.processing import DecodedRecord, OutRecord
+from streams.processing import DecodedRecord, OutRecord, Rejection
 from streams.settings import ModelSettings, Settings, StyleSettings
 from trainers.batch.style import feedback_doc_id
 
@@ -60,6 +60,18 @@ def test_feedback_becomes_docs_upserts_and_style_examples(tmp_path: Path) -> Non
     again = route_feedback_records(runtime, records)  # a replay: the same keys and values
     assert [(o.key, o.value) for o in again] == [(o.key, o.value) for o in outputs]
     assert {o.key for o in docs} <= {feedback_doc_id(f["id"]) for f in data["feedback"]}
+
+
+def test_feedback_on_an_unknown_answer_is_dead_lettered_with_its_reason(tmp_path: Path) -> None:
+    runtime = GeneratorRuntime(_settings(tmp_path))
+    _answers(runtime)
+    fact = {"id": "fb-x", "answer_id": "never-given", "preferred_answer": "Redpanda uses Raft."}
+    rating = {"id": "fb-y", "answer_id": "never-given", "rating": 1}
+    records = [DecodedRecord(2, 7, fact), DecodedRecord(2, 8, rating)]
+    out = route_feedback_records(runtime, records)
+    assert [type(o) for o in out] == [Rejection, Rejection]
+    assert [(o.partition, o.offset) for o in out] == [(2, 7), (2, 8)]
+    assert all("'never-given' is not an answer this worker gave" in o.reason for o in out)
 
 
 def test_answers_name_the_generator_and_weak_retrieval_is_a_knowledge_gap(

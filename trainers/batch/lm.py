@@ -269,20 +269,23 @@ def build_tiny_lm(
     batch_size: int = 8,
     seed: int = 0,
     texts: Sequence[str] | None = None,
+    lr: float = 1e-2,
 ) -> str:
     """Write a small causal LM and its tokenizer into ``folder``, pre-trained briefly.
 
-    The tokenizer and the weights are trained on ``texts`` (default :func:`shipped_text`)
-    for ``pretrain_steps`` steps of next-token prediction: enough for fluent-looking
-    docstring English, nothing like a real model's knowledge. An existing folder holding a
-    model is reused as it is. Returns the folder, loadable with ``from_pretrained``.
+    The tokenizer and the weights are trained on ``texts`` (default: :func:`shipped_text`
+    and :func:`shipped_answers`, the serving prompt answered in the extractive form) for
+    ``pretrain_steps`` steps of next-token prediction at peak rate ``lr``: enough for
+    fluent-looking docstring English and the prompt's shape, nothing like a real model's
+    knowledge. An existing folder holding a model is reused as it is. Returns the folder,
+    loadable with ``from_pretrained``.
     """
     from transformers import AutoModelForCausalLM
 
     out = Path(folder)
     if (out / "config.json").is_file():
         return str(out)
-    texts = list(texts) if texts is not None else shipped_text()
+    texts = list(texts) if texts is not None else shipped_text() + shipped_answers()
     tokenizer = train_tokenizer(texts, vocab_size)
     torch.manual_seed(seed)
     config = _tiny_config(
@@ -294,7 +297,7 @@ def build_tiny_lm(
         Encoded(ids, ids)
         for ids in (tokenizer(t)["input_ids"][: seq_len - 1] + [eos] for t in texts)
     ]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     loss = torch.tensor(float("nan"))
@@ -302,7 +305,7 @@ def build_tiny_lm(
         pick = torch.randint(0, len(docs), (batch_size,), generator=gen).tolist()
         batch = collate([docs[i] for i in pick], eos)
         for group in opt.param_groups:
-            group["lr"] = get_lr(step, pretrain_steps, 3e-3, 0.1)
+            group["lr"] = get_lr(step, pretrain_steps, lr, 0.1)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
