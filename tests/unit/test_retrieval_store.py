@@ -216,10 +216,10 @@ def test_milvus_lite_search_stays_exact_after_a_flush(tmp_path: Path) -> None:
     import time
 
     rng = np.random.default_rng(7)
-    vectors = rng.standard_normal((2000, 32)).astype("float32")
+    vectors = rng.standard_normal((3000, 384)).astype("float32")
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    queries = rng.standard_normal((10, 32)).astype("float32")
-    with VectorStore(str(tmp_path / "flat.db"), dim=32) as s:
+    queries = rng.standard_normal((10, 384)).astype("float32")
+    with VectorStore(str(tmp_path / "flat.db"), dim=384) as s:
         assert s.index_type == "FLAT"
         s.upsert([ChunkRow(f"c{i}", f"d{i}", 0, "text", v) for i, v in enumerate(vectors)])
         s.flush()
