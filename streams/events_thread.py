@@ -47,6 +47,10 @@ class EventsThread(threading.Thread):
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.limits = limits or settings.limits.contract_limits()
+        #: No delivery at all for this long while outputs wait: the thread's producer is
+        #: stuck (see :func:`streams.kafka.deliver_or_retry`), the thread ends and the
+        #: supervisor starts a new one, with a new producer.
+        self.stall_s = max(30.0, settings.kafka.delivery_timeout_ms / 2000)
 
     def stop(self) -> None:
         self.stop_event.set()

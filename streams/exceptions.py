@@ -23,5 +23,9 @@ class DeliveryError(LiveLearnError):
     """A record could not be delivered to Kafka."""
 
 
+class ProducerStalledError(DeliveryError):
+    """A producer delivered nothing for too long while the records waited: make a new one."""
+
+
 class QueryTimeoutError(LiveLearnError):
     """No answer arrived in time for a question (is the query worker running?)."""

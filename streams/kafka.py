@@ -20,7 +20,7 @@ from confluent_kafka import Producer as _Producer
 
 from streams.broker import LocalBroker
 from streams.cluster import LocalCluster
-from streams.exceptions import BrokerError, DeliveryError
+from streams.exceptions import BrokerError, DeliveryError, ProducerStalledError
 from streams.settings import Settings
 from streams.topics import MAX_MESSAGE_BYTES
 
@@ -125,6 +125,7 @@ class TrackedProducer(_Producer):
         super().__init__(conf)
         self.failed: list[FailedDelivery] = []
         self.failed_total = 0
+        self.delivered_total = 0
         self._report_cb = self._report
 
     def _report(self, err: Any, msg: Any) -> None:
@@ -133,6 +134,8 @@ class TrackedProducer(_Producer):
                 FailedDelivery(msg.topic(), msg.key(), msg.value(), str(err), err.code())
             )
             self.failed_total += 1
+        else:
+            self.delivered_total += 1
 
     def produce(self, topic: str, value: Any = None, key: Any = None, *args: Any,
                 **kwargs: Any) -> None:  # fmt: skip
@@ -246,6 +249,7 @@ def deliver_or_retry(
     wait_s: float = 10.0,
     max_backoff_s: float = 5.0,
     on_retry: Callable[[int], None] | None = None,
+    stall_s: float | None = None,
 ) -> None:
     """Return once Kafka has acknowledged every record produced so far.
 
@@ -253,9 +257,15 @@ def deliver_or_retry(
     in-sync replicas, a timeout) are sent again with backoff, for as long as it takes: the
     caller's offsets must not move before its outputs are durable. Raises
     :class:`DeliveryError` for a failure no retry can mend (a record too large), or when
-    ``should_stop()`` turns true while records are still undelivered.
+    ``should_stop()`` turns true while records are still undelivered; and
+    :class:`ProducerStalledError` when ``stall_s`` is given and a :class:`TrackedProducer`
+    delivered nothing at all for that long: after a broker restart, librdkafka was seen to
+    keep a producer that never delivered again (re-sent records timed out in it for minutes
+    while the worker's other clients had reconnected), and only a new producer mends that.
     """
     delay = 0.25
+    delivered = getattr(prod, "delivered_total", None)
+    progress_at = time.monotonic()
     while True:
         remaining = prod.flush(wait_s)
         failures = _failures(prod)
@@ -268,6 +278,15 @@ def deliver_or_retry(
             raise DeliveryError(
                 f"stopping with {remaining + len(failures)} records undelivered "
                 "(their inputs are not acknowledged and will be processed again)"
+            )
+        now = time.monotonic()
+        if getattr(prod, "delivered_total", None) != delivered:
+            delivered, progress_at = getattr(prod, "delivered_total", None), now
+        elif stall_s is not None and delivered is not None and now - progress_at > stall_s:
+            raise ProducerStalledError(
+                f"no record delivered for {now - progress_at:.0f} s with "
+                f"{remaining + len(failures)} waiting: this producer is replaced (their inputs "
+                "are not acknowledged and will be processed again)"
             )
         if not failures:  # still in librdkafka's hands: it retries them itself
             log.warning("%d records still undelivered after %.0f s; waiting", remaining, wait_s)

@@ -37,7 +37,7 @@ from streams.events_thread import (
     export_status,
     key_bytes,
 )
-from streams.exceptions import ContractError, DeliveryError
+from streams.exceptions import ContractError, DeliveryError, ProducerStalledError
 from streams.kafka import (
     consumer,
     deliver_or_retry,
@@ -172,6 +172,9 @@ class LearnerLoop(EventsThread):
                     self._emit_step(processor, turn)
                 self._checkpoint_step(processor)
             self._last_checkpoint()
+        except ProducerStalledError:  # a new learner (the supervisor's) makes a new producer
+            self._prod.purge()  # unacknowledged: their inputs are processed again
+            raise
         finally:
             self._prod.flush(10)
             self._events.close()
@@ -280,7 +283,7 @@ class LearnerLoop(EventsThread):
         if not processor.checkpoint_due():
             return
         deliver_or_retry(self._prod, lambda: self.stop_event.is_set() or not self._lease.poll(),
-                         on_retry=count_retries)  # fmt: skip
+                         on_retry=count_retries, stall_s=self.stall_s)  # fmt: skip
         processor.ordering_state = self._merger.state()
         if processor.maybe_checkpoint():
             self._commit_for_lag(self._events, processor.offsets(), self.settings.topics.events)
@@ -437,9 +440,13 @@ class PredictorLoop(EventsThread):
                 for _contract, key, value in predictor.process(good):
                     produce_or_wait(prod, out_topic, encode(value), key.encode())
                     metrics.RECORDS_OUT.labels(out_topic).inc()
-                deliver_or_retry(prod, self.stop_event.is_set, on_retry=count_retries)
+                deliver_or_retry(prod, self.stop_event.is_set, on_retry=count_retries,
+                                 stall_s=self.stall_s)  # fmt: skip
                 export_latency_and_lag(events, topic, batch)
                 metrics.RECORDS_IN.labels(topic, "ok").inc(len(good))
                 events.commit(asynchronous=False)
+        except ProducerStalledError:
+            prod.purge()  # unacknowledged: their inputs are not committed, and come again
+            raise
         finally:
             events.close()

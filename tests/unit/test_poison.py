@@ -214,6 +214,22 @@ def test_deliver_or_retry_sends_again_until_told_to_stop() -> None:
     assert len(retries) >= 2 and set(retries) == {1}  # the same record, sent again each time
 
 
+def test_a_producer_that_delivers_nothing_for_too_long_is_declared_stalled() -> None:
+    """The learner's producer after a broker restart (seen in CI): records wait in it, no
+    delivery ever comes. Past ``stall_s`` without one, the caller gets ProducerStalledError
+    (its thread ends, the supervisor makes a new one with a new producer)."""
+    from streams.exceptions import ProducerStalledError
+
+    prod = _dead_broker_producer(timeout_ms=60_000)  # librdkafka keeps them for a minute
+    prod.produce("t", b"v", key=b"k")
+    started = time.monotonic()
+    with pytest.raises(ProducerStalledError, match="no record delivered for [2-9] s"):
+        deliver_or_retry(prod, wait_s=0.5, stall_s=2)
+    assert time.monotonic() - started < 10
+    prod.purge()
+    assert prod.flush(1) == 0 and prod.delivered_total == 0
+
+
 def test_the_cooldown_survives_a_resuming_worker_whose_clock_is_off() -> None:
     from trainers.drift.trigger import TriggerPolicy
 
