@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError
 from confluent_kafka import Producer as _Producer
@@ -24,11 +24,13 @@ from streams.exceptions import BrokerError, DeliveryError, ProducerStalledError
 from streams.settings import Settings
 from streams.topics import MAX_MESSAGE_BYTES
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 __all__ = [
     "FailedDelivery",
     "TrackedProducer",
+    "TRANSIENT_ERRORS",
     "admin_client",
     "consumer",
     "deliver_or_retry",
@@ -36,6 +38,7 @@ __all__ = [
     "local_cluster",
     "produce_or_wait",
     "producer",
+    "retry_transient",
     "resolve_bootstrap",
 ]
 
@@ -241,6 +244,40 @@ def flush_or_raise(prod: Any, timeout_s: float = 30.0) -> None:
         raise DeliveryError(_describe(failures))
     if remaining:
         raise DeliveryError(f"{remaining} records not delivered after {timeout_s:.0f} s")
+
+
+#: Kafka error names that pass on their own: a coordinator or a leader moving or loading, a
+#: high watermark not caught up after a leader change, a broker restarting.
+TRANSIENT_ERRORS = frozenset(
+    "NOT_COORDINATOR COORDINATOR_LOAD_IN_PROGRESS COORDINATOR_NOT_AVAILABLE _WAIT_COORD "
+    "OFFSET_NOT_AVAILABLE LEADER_NOT_AVAILABLE NOT_LEADER_FOR_PARTITION _TRANSPORT "
+    "_TIMED_OUT _ALL_BROKERS_DOWN _DESTROY_BROKER".split()
+)
+
+
+def retry_transient(
+    fn: Callable[..., _T], *args: Any, timeout_s: float = 60.0, **kwargs: Any
+) -> _T:
+    """``fn(*args, **kwargs)``, called again every 0.5 s for up to ``timeout_s`` while Kafka
+    answers with an error that passes on its own (:data:`TRANSIENT_ERRORS`, or one it marks
+    retriable); any other error, or the last one, is raised.
+
+    >>> retry_transient(lambda a, b=0: a + b, 1, b=2)
+    3
+    """
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except KafkaException as exc:
+            err = exc.args[0]
+            passes = err.name() in TRANSIENT_ERRORS or err.retriable()
+            if not passes or time.monotonic() > deadline:
+                raise
+            log.info("%s; asking again", err)
+            time.sleep(0.5)
 
 
 def deliver_or_retry(

@@ -44,6 +44,7 @@ from streams.kafka import (
     flush_or_raise,
     produce_or_wait,
     producer,
+    retry_transient,
 )
 from streams.lease import (
     Lease,
@@ -380,7 +381,8 @@ class LearnerLoop(EventsThread):
         n = len(updates.list_topics(topic, timeout=10).topics[topic].partitions)
         parts = []
         for p in range(n):
-            _low, high = updates.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            _low, high = retry_transient(updates.get_watermark_offsets, TopicPartition(topic, p),
+                                         timeout=10)  # fmt: skip
             parts.append(TopicPartition(topic, p, high))
         updates.assign(parts)
 

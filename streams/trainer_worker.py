@@ -36,7 +36,7 @@ import orjson
 
 from streams import contracts, metrics
 from streams.exceptions import ContractError
-from streams.kafka import consumer, flush_or_raise, producer
+from streams.kafka import consumer, flush_or_raise, producer, retry_transient
 from streams.paths import StatePaths
 from streams.settings import Settings
 
@@ -547,8 +547,11 @@ def topic_offsets(settings: Settings, bootstrap: str, topic: str) -> dict[int, t
 
     c = consumer(settings, bootstrap, None)
     try:
-        n = len(c.list_topics(topic, timeout=10).topics[topic].partitions)
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(n)}
+        n = len(retry_transient(c.list_topics, topic, timeout=10).topics[topic].partitions)
+        return {
+            p: retry_transient(c.get_watermark_offsets, TopicPartition(topic, p), timeout=10)
+            for p in range(n)
+        }  # just after a leader change: OFFSET_NOT_AVAILABLE until its high watermark is known
     finally:
         c.close()
 
