@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from streams import metrics
+from streams.kafka import retry_transient
 from streams.processing import RawRecord, decode_batch
 from streams.settings import Settings
 
@@ -59,25 +60,6 @@ CATCH_UP_S = 10.0  # longest the final catch-up (on the worker's retrieval threa
 
 def _direct(fn: Callable[..., _T], *args: Any) -> _T:
     return fn(*args)
-
-
-def _kafka(fn: Callable[..., _T], *args: Any, timeout_s: float = 60.0, **kwargs: Any) -> _T:
-    """``fn(*args, **kwargs)``, retried while Kafka says to (a group's coordinator loading or
-    moving, as on a broker that just started)."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    transient = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                 KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._WAIT_COORD}  # fmt: skip
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except KafkaException as exc:
-            err = exc.args[0]
-            if not (err.code() in transient or err.retriable()) or time.monotonic() > deadline:
-                raise
-            log.info("embedder migration: %s; retrying", err)
-            time.sleep(0.5)
 
 
 @dataclass(frozen=True)
@@ -291,7 +273,7 @@ class EmbedderMigration:
         for r in raw:
             last[r.partition] = max(last.get(r.partition, -1), r.offset)
         offsets = [TopicPartition(raw[0].topic, p, o + 1) for p, o in last.items()]
-        _kafka(consumer.commit, offsets=offsets, asynchronous=False)
+        retry_transient(consumer.commit, offsets=offsets, asynchronous=False)
         for p, o in last.items():
             progress.advance(p, o)
         self.records += len(raw)
@@ -351,7 +333,7 @@ class EmbedderMigration:
     # -- Kafka plumbing -----------------------------------------------------------------------
 
     def _partitions(self, consumer: Any, topic: str) -> list[int]:
-        meta = _kafka(consumer.list_topics, topic, timeout=30)
+        meta = retry_transient(consumer.list_topics, topic, timeout=30)
         info = meta.topics.get(topic)
         if info is None or info.error is not None:
             raise RuntimeError(f"topic {topic!r} not found: {info and info.error}")
@@ -364,7 +346,9 @@ class EmbedderMigration:
 
         low, high = {}, {}
         for p in partitions:
-            lo, hi = _kafka(consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=30)
+            lo, hi = retry_transient(
+                consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=30
+            )
             low[p], high[p] = lo, hi
         return low, high
 
@@ -375,7 +359,7 @@ class EmbedderMigration:
         from confluent_kafka import TopicPartition
 
         parts = [TopicPartition(topic, p) for p in partitions]
-        committed = _kafka(consumer.committed, parts, timeout=30)
+        committed = retry_transient(consumer.committed, parts, timeout=30)
         positions = {tp.partition: (tp.offset if tp.offset >= 0 else start[tp.partition])
                      for tp in committed}  # fmt: skip
         consumer.assign([TopicPartition(topic, p, positions[p]) for p in partitions])
@@ -386,7 +370,7 @@ class EmbedderMigration:
 
         found = consumer.position([TopicPartition(topic, p) for p in partitions])
         parts = [TopicPartition(topic, p) for p in partitions]
-        committed = _kafka(consumer.committed, parts, timeout=30)
+        committed = retry_transient(consumer.committed, parts, timeout=30)
         out = {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
         out.update({tp.partition: tp.offset for tp in found if tp.offset >= 0})
         return out
