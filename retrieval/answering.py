@@ -524,6 +524,9 @@ class QueryAnswerer:
         search, and the best ``k`` of its order are returned.
     rerank_top_n
         Hits the reranker reads (at least ``k``).
+    query_cache
+        An optional :class:`~retrieval.cache.VectorCache`: a repeated question is not
+        embedded again (the cache empties itself when the embedder is swapped).
 
     Attributes
     ----------
@@ -557,6 +560,7 @@ class QueryAnswerer:
         dense_weight: float = 0.5,
         reranker: Any = None,
         rerank_top_n: int = 20,
+        query_cache: Any = None,
     ) -> None:
         from retrieval.store import FUSIONS, SEARCH_MODES
 
@@ -577,6 +581,7 @@ class QueryAnswerer:
         self.dense_weight = dense_weight
         self.reranker = reranker
         self.rerank_top_n = rerank_top_n
+        self.query_cache = query_cache
         self.timings = SearchTimings()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -607,6 +612,60 @@ class QueryAnswerer:
         self.timings = SearchTimings(retrieved - started, time.perf_counter() - retrieved)
         return hits[:k]
 
+    def search_many(
+        self,
+        questions: Sequence[str],
+        k: int | None = None,
+        filter: str | None = None,
+        mode: str | None = None,
+    ) -> list[list[Hit]]:
+        """:meth:`search` for several questions at once (same ``k``, filter and mode): their
+        embeddings in one forward pass and one Milvus search per side, so queries that
+        arrive together cost little more than one. Falls back to one :meth:`search` per
+        question for a store without ``search_many``.
+
+        >>> import numpy as np
+        >>> class OneDim:
+        ...     def encode(self, texts):
+        ...         return np.ones((len(texts), 1), "f4")
+        >>> class Fixed:
+        ...     def search(self, vector, k=5, filter=None):
+        ...         return [Hit("kafka#0", "kafka", 0, "Kafka keeps the log.", 0.9, "", "", {})]
+        >>> [[h.doc_id for h in hits] for hits in QueryAnswerer(OneDim(), Fixed()).search_many(
+        ...     ["What keeps the log?", "Where?"])]
+        [['kafka'], ['kafka']]
+        """
+        k = self.default_k if k is None else int(k)
+        if k < 1:
+            raise InvalidArgumentError(f"k must be >= 1, got {k}")
+        mode = mode or self.mode
+        store_many = getattr(self.store, "search_many", None)
+        if store_many is None or self.reranker is not None or not questions:
+            return [self.search(q, k, filter, mode) for q in questions]
+        actual = self.store.search_mode(mode)
+        if actual == "sparse":
+            return [h[:k] for h in store_many(None, questions, k, filter, "sparse")]
+        if actual == "dense":
+            return [h[:k] for h in store_many(self._vectors(questions), None, k, filter, "dense")]
+        from retrieval.store import fuse, hybrid_candidates
+
+        limit = hybrid_candidates(k)
+        sparse = self._pool().submit(store_many, None, questions, limit, filter, "sparse")
+        dense = store_many(self._vectors(questions), None, limit, filter, "dense")
+        return [
+            fuse(d, s, k, self.fusion, self.dense_weight)
+            for d, s in zip(dense, sparse.result(), strict=True)
+        ]
+
+    def _vectors(self, questions: Sequence[str]) -> list[np.ndarray]:
+        embedder = self.embedder
+        if self.query_cache is None:
+            return list(np.asarray(embedder.encode(list(questions))))
+        vectors: list[np.ndarray] = self.query_cache.get_many(
+            questions, embedder, lambda texts: np.asarray(embedder.encode(texts))
+        )
+        return vectors
+
     def _retrieve(self, question: str, k: int, filter: str | None, mode: str) -> list[Hit]:
         if mode == "dense":  # the plain call: any store with ``search(vector, k, filter)``
             hits: list[Hit] = self.store.search(self._vector(question), k=k, filter=filter)
@@ -633,7 +692,13 @@ class QueryAnswerer:
         return self._executor
 
     def _vector(self, question: str) -> np.ndarray:
-        return np.asarray(self.embedder.encode([question]))[0]
+        embedder = self.embedder
+        if self.query_cache is None:
+            return np.asarray(embedder.encode([question]))[0]
+        vector: np.ndarray = self.query_cache.get(
+            question, embedder, lambda text: np.asarray(embedder.encode([text]))[0]
+        )
+        return vector
 
     def answer(
         self,

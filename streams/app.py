@@ -34,6 +34,7 @@ import faust
 
 from streams import metrics
 from streams.batch_runner import MAX_BACKOFF_S
+from streams.batching import take_ready
 from streams.generator_worker import (
     observe_answers,
     observe_style_examples,
@@ -152,17 +153,18 @@ def _register_retrieval_agents(app: faust.App, services: WorkerServices) -> None
 
     async def handle_docs(records: Sequence[Any]) -> list[OutRecord | Rejection]:
         result: list[OutRecord | Rejection] = await retrieval.run(index_docs, retrieval, records)
-        retrieval.note_written()  # flushed once writes pause (flush_when_idle)
         return result
 
     async def handle_answers(records: Sequence[Any]) -> list[OutRecord]:
-        # Answers, then the generator's view of them (on the same thread: a generator swap
+        # Answers, then the generator's view of them (on the query thread: a generator swap
         # happens between two batches, never inside one).
-        answers: list[OutRecord] = await retrieval.run(
+        answers: list[OutRecord] = await retrieval.run_query(
             answer_queries, retrieval, records, topics.answers
         )
         questions = {str(r.value["id"]): str(r.value["question"]) for r in records}
-        extra: list[OutRecord] = await retrieval.run(observe_answers, runtime, answers, questions)
+        extra: list[OutRecord] = await retrieval.run_query(
+            observe_answers, runtime, answers, questions
+        )
         return answers + extra
 
     retry = (VectorStoreUnavailableError,)
@@ -171,7 +173,9 @@ def _register_retrieval_agents(app: faust.App, services: WorkerServices) -> None
 
     @app.agent(app.topic(topics.docs, key_type=bytes, value_type=bytes), name="docs-indexer")
     async def docs_agent(stream: Any) -> None:
-        async for events in stream.take_events(256, within=0.25):
+        # No waiting for a fuller batch: a lone record is indexed at once; under a backlog
+        # the records that came during the last batch make the next one (up to 256).
+        async for events in take_ready(stream, 256):
             await docs_runner(events)
 
     @app.agent(app.topic(topics.queries, key_type=bytes, value_type=bytes),
@@ -254,13 +258,13 @@ def _register_generator_agents(app: faust.App, services: WorkerServices) -> None
     @app.timer(interval=2.0)
     async def swap_generator() -> None:
         # Load on a thread of its own (the queries go on with the old model meanwhile), then
-        # swap on the retrieval thread: between two query batches, never inside one.
+        # swap on the query thread: between two queries, never inside one.
         if not runtime.uses_lm:
             return
         runtime.answerer = retrieval.answerer
         try:
             loaded = await asyncio.to_thread(runtime.load_pending)
-            await retrieval.run(runtime.swap, loaded)
+            await retrieval.run_query(runtime.swap, loaded)
         except Exception as exc:  # a bad version must not stop the worker: keep serving
             log.error("generator swap failed, still serving %s: %s", runtime.version, exc)
         jobs = runtime.job_records(runtime.policy.tick())
@@ -297,7 +301,7 @@ def _register_extras(app: faust.App, services: WorkerServices, guard: RequestGua
     settings, retrieval, runtime = services.settings, services.retrieval, services.generator
     register_console(app, settings, services.bootstrap, guard)
     register_webhook(app, settings, services.bootstrap)
-    chat_api.register(app, guard, lambda: retrieval.answerer, retrieval.run,
+    chat_api.register(app, guard, lambda: retrieval.answerer, retrieval.run_query,
                       lambda q: query_filter(retrieval, q),
                       lambda: (runtime.name, runtime.version))  # fmt: skip
 

@@ -376,7 +376,7 @@ def register(
             done = object()
 
             def produce() -> list[dict[str, Any]]:
-                # On the retrieval thread: each piece goes to the response as it is made.
+                # On the query thread: each piece goes to the response as it is made.
                 generator, contexts = retrieve(req.query)
                 try:
                     for piece in answer_pieces(generator, req.question, contexts):

@@ -27,6 +27,7 @@ def index_docs(services: RetrievalServices, records: Sequence[Any]) -> list[OutR
     A document the indexer refused (over the chunk limit) comes back as a :class:`Rejection`
     of its last record in the batch."""
     report = services.indexer.apply([r.value for r in records])
+    services.note_written(report.chunks_written + report.chunks_removed)  # flushes when due
     now = time.time()
     last = {str(r.value["id"]): r for r in records}
     refused: list[OutRecord | Rejection] = [
@@ -92,10 +93,4 @@ def answer_queries(
 
 
 def query_filter(services: RetrievalServices, query: dict[str, Any]) -> str | None:
-    filt = query.get("filter") or {}
-    if not filt:
-        return None
-    expr: str = services.answerer.store.build_filter(
-        title=filt.get("title"), source=filt.get("source"), meta=filt.get("meta")
-    )
-    return expr or None
+    return services.filter_expr(query)

@@ -12,6 +12,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 __all__ = [
     "DEAD_LETTERS",
     "FRESHNESS",
+    "SEARCH_SECONDS",
     "DELETE_INVISIBLE",
     "UPDATE_VISIBLE",
     "PREDICTION_LATENCY",
@@ -66,6 +67,12 @@ DELETE_INVISIBLE = Histogram(
     "livelearn_delete_invisible_seconds",
     "Time from a delete's produce timestamp to the moment no search returns the document",
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60),
+)
+SEARCH_SECONDS = Histogram(
+    "livelearn_search_seconds",
+    "Time from a /search or /ask request's arrival to its answer (waiting included)",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 PREDICTION_LATENCY = Histogram(
     "livelearn_prediction_latency_seconds",

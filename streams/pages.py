@@ -8,8 +8,10 @@ token: liveness probes), which also says how the worker's threads are doing.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from streams import metrics
 from streams.handlers import query_filter
 from streams.services import WorkerServices
 from streams.threads import ThreadSupervisor
@@ -112,16 +114,22 @@ def register_pages(app: Any, services: WorkerServices, threads: ThreadSupervisor
         except ContractError as exc:
             return web.json({"error": str(exc)}, status=400)
 
-        def call() -> Any:
+        def ask_call() -> Any:
             expr = query_filter(retrieval, q)
             a = retrieval.answerer
-            if ask:
-                return a.answer(q["question"], q.get("k"), expr, q.get("mode")).to_record()
-            hits = a.search(q["question"], q.get("k"), expr, q.get("mode"))
-            return {"q": q["question"], "hits": [h.__dict__ for h in hits]}
+            return a.answer(q["question"], q.get("k"), expr, q.get("mode")).to_record()
 
+        started = time.perf_counter()
         try:
-            return web.json(await retrieval.run(call))
+            if ask:
+                result = await retrieval.run_query(ask_call)
+            else:
+                hits = await retrieval.search(q)
+                result = {"q": q["question"], "hits": [h.__dict__ for h in hits]}
+            metrics.SEARCH_SECONDS.labels("ask" if ask else "search").observe(
+                time.perf_counter() - started
+            )
+            return web.json(result)
         except InvalidArgumentError as exc:
             return web.json({"error": str(exc)}, status=400)
         except VectorStoreUnavailableError as exc:

@@ -41,13 +41,26 @@ __all__ = [
 class RetrievalServices:
     """Embedder, vector store, indexer and answerer, built once on first use.
 
-    milvus-lite allows one process per file, and its writes are serialised; everything that
-    touches the store therefore runs on one dedicated thread (``executor``).
+    Two threads: every write to the store (indexing, flushes, the migration's store calls)
+    runs on ``executor``, one at a time, in order; every query (``/search``, ``/ask``,
+    ``/v1``, the ``queries`` agent) runs on ``query_executor`` (:meth:`run_query`), so a
+    query never waits in line behind an indexing batch. While a query is waiting or running,
+    indexing pauses between two forward passes or sub-batch writes (:attr:`gate`, a
+    :class:`~streams.priority.QueryGate`): the two never compete for the cores.
     """
 
     def __init__(self, settings: Settings) -> None:
+        from streams.priority import QueryGate
+        from streams.query_path import SearchBatcher
+
         self.settings = settings
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="retrieval")
+        self.query_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="query")
+        self.gate = QueryGate()
+        self._unflushed = 0  # rows written since the last flush
+        self.searches = SearchBatcher(
+            self.query_executor, self.gate, lambda: self.answerer, self.filter_expr
+        )
         self._indexer: Any = None
         self._answerer: Any = None
         self._lock = threading.Lock()
@@ -82,7 +95,7 @@ class RetrievalServices:
         catalog = CollectionCatalog(s.milvus_uri, token)
         try:
             self.serving = self._serving(catalog)
-            embedder = TextEmbedder(self.serving.model)
+            embedder = TextEmbedder(self.serving.model, dtype=s.models.embed_dtype)
             store = VectorStore(
                 s.milvus_uri,
                 collection=self.serving.collection,
@@ -95,23 +108,30 @@ class RetrievalServices:
         finally:
             catalog.close()
         chunker = TokenChunker(embedder.tokenizer, s.models.chunk_tokens, s.models.chunk_overlap)
+        r = s.retrieval
         self._indexer = ChunkIndexer(
-            chunker, embedder, store, s.limits.max_chunks_per_doc, s.models.embed_batch
-        )
+            chunker, embedder, store, s.limits.max_chunks_per_doc, s.models.embed_batch,
+            pause=self.gate.pause if r.query_priority else None,
+        )  # fmt: skip
         generator: Any = ExtractiveGenerator()
         if s.models.generator != "extractive":
             from retrieval.answering import CausalLMGenerator
 
             generator = CausalLMGenerator(s.models.generator)
-        r = s.retrieval
         reranker = None
         if r.reranker:
             from retrieval.rerank import CrossEncoderReranker
 
             reranker = CrossEncoderReranker(r.reranker)
+        cache = None
+        if r.query_cache_mb:
+            from retrieval.cache import VectorCache
+
+            cache = VectorCache(int(r.query_cache_mb * (1 << 20)))
         self._answerer = QueryAnswerer(
             embedder, store, generator, mode=r.mode, fusion=r.fusion,
             dense_weight=r.dense_weight, reranker=reranker, rerank_top_n=r.rerank_top_n,
+            query_cache=cache,
         )  # fmt: skip
 
     def _serving(self, catalog: Any) -> Any:
@@ -171,20 +191,34 @@ class RetrievalServices:
 
     def _switch(self, embedder: Any, store: Any, chunker: Any) -> None:
         """Swap embedder, chunker and store together (on the retrieval thread, between two
-        batches): no query pairs one model with the other's vectors."""
+        batches, and on the query thread, between two queries): no query pairs one model
+        with the other's vectors."""
         from streams.migration_worker import Serving
 
         old = self._answerer.store
         indexer = self._indexer
         indexer.embedder, indexer.chunker, indexer.store = embedder, chunker, store
-        self._answerer.embedder, self._answerer.store = embedder, store
+
+        def swap_answerer() -> None:
+            self._answerer.embedder, self._answerer.store = embedder, store
+
+        self.query_executor.submit(swap_answerer).result()
         self.serving = Serving(store.collection, self.settings.models.embedding)
         old.close()
-        self.note_written()  # the catch-up's rows
+        self.note_written(1)  # the catch-up's rows
 
-    def note_written(self) -> None:
-        """The index changed (called on the retrieval thread after a batch)."""
+    def note_written(self, rows: int = 1) -> None:
+        """``rows`` rows of the index changed (on the retrieval thread, after a batch); flush
+        at once when ``flush_rows`` rows are buffered (searches scan buffered rows)."""
         self._written_at = time.monotonic()
+        self._unflushed += rows
+        limit = self.settings.retrieval.flush_rows
+        if limit and self._unflushed >= limit and self._answerer is not None:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._written_at, self._unflushed = None, 0
+        self._answerer.store.flush()
 
     def flush_if_idle(self) -> bool:
         """Flush the store's write buffer once no batch has written for ``flush_idle_s``
@@ -195,8 +229,7 @@ class RetrievalServices:
             return False
         if time.monotonic() - written < idle:
             return False
-        self._written_at = None
-        self._answerer.store.flush()
+        self._flush()
         return True
 
     def load(self) -> None:
@@ -220,13 +253,40 @@ class RetrievalServices:
         self._stop.set()
         if self._migration is not None:
             self._migration.join(60)
+        self.query_executor.shutdown(wait=True)
         if self._answerer is not None:
             self._answerer.store.close()
         self.executor.shutdown(wait=True)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the retrieval (write) thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, fn, *args)
+
+    def filter_expr(self, query: dict[str, Any]) -> str | None:
+        """The Milvus expression of a ``queries`` record's ``filter`` (``None``: no filter)."""
+        filt = query.get("filter") or {}
+        if not filt:
+            return None
+        expr: str = self.answerer.store.build_filter(
+            title=filt.get("title"), source=filt.get("source"), meta=filt.get("meta")
+        )
+        return expr or None
+
+    async def search(self, query: dict[str, Any]) -> list[Any]:
+        """The hits for a validated ``queries`` record, from the query thread; searches that
+        arrive together are answered together (:class:`~streams.query_path.SearchBatcher`)."""
+        hits: list[Any] = await self.searches.search(query)
+        return hits
+
+    async def run_query(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the query thread; indexing pauses from now until it is done."""
+        loop = asyncio.get_running_loop()
+        token = self.gate.enter()
+        try:
+            return await loop.run_in_executor(self.query_executor, fn, *args)
+        finally:
+            self.gate.leave(token)
 
 
 # -- the online side ---------------------------------------------------------------------------

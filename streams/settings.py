@@ -198,6 +198,19 @@ class RetrievalSettings(_Frozen):
         2.0, ge=0, description="seconds without index writes after which the worker flushes "
         "Milvus's write buffer (searches scan buffered rows and rebuild BM25 over them); 0 = never",
     )  # fmt: skip
+    flush_rows: int = Field(
+        256, ge=0, le=1_000_000, description="rows written since the last flush after which the "
+        "worker flushes at once, even while writes go on (a search's cost grows with the "
+        "buffered rows: ~0.15 ms each on milvus-lite); 0 = only when idle",
+    )  # fmt: skip
+    query_priority: bool = Field(
+        True, description="indexing pauses between two forward passes or sub-batch writes "
+        "while a query waits (queries have a thread of their own either way)",
+    )  # fmt: skip
+    query_cache_mb: float = Field(
+        8.0, ge=0, le=4096, description="memory for the embeddings of recent query texts (a "
+        "repeated query is not embedded again); 0 = no cache",
+    )  # fmt: skip
     migration_margin: float = Field(
         0.02, ge=-1, le=1, description="embedder migration: most recall@5 the new model may lose "
         "on the probe set before the switch is refused",
@@ -270,7 +283,16 @@ class ModelSettings(_Frozen):
         64.0, gt=0, description="memory for events waiting for a late label; oldest go first"
     )
     embed_batch: int = Field(
-        64, ge=1, description="chunks per embedding call (queries can run between two calls)"
+        32,
+        ge=1,
+        le=4096,
+        description="chunks per indexing sub-batch: embedded, then written "
+        "at once (the first docs of a large batch are searchable before the rest is embedded)",
+    )
+    embed_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="encoder precision: auto = bfloat16 on CUDA and on CPUs with "
+        "native bfloat16 (AVX512-BF16/AMX), else float32",
     )
     generator_name: str = Field(
         "generator", description="registry name of the answering LM (its fine-tuned versions)"

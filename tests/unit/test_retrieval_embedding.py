@@ -29,7 +29,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def embedder() -> TextEmbedder:
-    return TextEmbedder(device="cpu", batch_size=4)
+    return TextEmbedder(device="cpu", batch_size=4, dtype="float32")
 
 
 def test_shape_dtype_and_unit_norm(embedder: TextEmbedder) -> None:
@@ -91,3 +91,27 @@ def test_length_batches_cover_every_index_once() -> None:
     batches = length_batches([4, 1, 9, 9, 2], batch_size=2)
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
     assert batches[0] == [2, 3]
+
+
+def test_bfloat16_vectors_stay_close_to_float32(embedder: TextEmbedder) -> None:
+    # What "auto" picks on a CPU with native bfloat16 (and on CUDA): the index and the queries
+    # run in it together, so only the vectors' agreement with float32's matters.
+    half = TextEmbedder(device="cpu", batch_size=4, dtype="bfloat16")
+    assert half.dtype == "bfloat16" and "bfloat16" in repr(half)
+    full, low = embedder.encode(SENTENCES), half.encode(SENTENCES)
+    assert low.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(low, axis=1), 1.0, atol=1e-4)
+    assert float(np.min(np.sum(full * low, axis=1))) > 0.999
+
+
+def test_between_runs_between_forward_passes(embedder: TextEmbedder) -> None:
+    calls: list[int] = []
+    embedder.encode(SENTENCES, between=lambda: calls.append(1))  # 6 texts, passes of 4
+    assert len(calls) == 1
+    embedder.encode(SENTENCES[:3], between=lambda: calls.append(1))  # one pass: none
+    assert len(calls) == 1
+
+
+def test_unknown_dtype_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="dtype must be one of"):
+        TextEmbedder(dtype="int4")

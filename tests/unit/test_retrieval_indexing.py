@@ -207,3 +207,30 @@ def test_search_finds_updated_text_with_real_store(
     hits = store.search(query, k=1)
     assert hits[0].chunk_id == "a#0" and hits[0].text == "delta epsilon zeta"
     assert hits[0].title == "A" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_sub_batches_are_searchable_before_the_batch_ends(
+    chunker: TokenChunker, store: VectorStore
+) -> None:
+    # A large batch is embedded and written 8 chunks at a time: the first documents are in
+    # the store while the rest is still being embedded, the gate's pause runs between two
+    # sub-batches (never before the first), and the result is the same as one big write.
+    docs = stdlib_docs(30)
+    seen_in_store: list[int] = []
+    pauses: list[int] = []
+
+    class Watching(HashingEmbedder):
+        def encode(self, texts: Sequence[str]) -> np.ndarray:
+            seen_in_store.append(store.count())
+            return super().encode(texts)
+
+    embedder = Watching()
+    indexer = ChunkIndexer(chunker, embedder, store, embed_batch=8,
+                           pause=lambda: pauses.append(store.count()))  # fmt: skip
+    report = indexer.apply(docs)
+    n = report.chunks_written
+    assert n > 16 and embedder.calls == [8] * (n // 8) + ([n % 8] if n % 8 else [])
+    assert seen_in_store == [8 * i for i in range(len(embedder.calls))]
+    assert pauses == seen_in_store[1:]
+    assert stored_state(store) == expected_state(chunker, {d["id"]: d for d in docs})
+    assert report.vectors.shape == (n, DIM)

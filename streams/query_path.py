@@ -1,0 +1,112 @@
+"""Searches that arrive together are answered together, on the worker's query thread.
+
+Each ``/search`` request joins a list of pending searches and asks the query thread to drain
+it; a drain answers every search pending at that moment, in groups of the same ``k``, filter
+and mode, with :meth:`~retrieval.answering.QueryAnswerer.search_many` (one forward pass for
+the questions not in the query-embedding cache, one Milvus search per side for all of them).
+An idle worker answers a lone search at once; a burst costs little more than one search.
+Indexing pauses while any of them waits (:class:`~streams.priority.QueryGate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from streams.priority import QueryGate
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_SEARCH_BATCH", "SearchBatcher"]
+
+#: Most searches answered by one Milvus call.
+MAX_SEARCH_BATCH = 32
+
+
+class SearchBatcher:
+    """Pending searches, drained on ``executor`` (the query thread).
+
+    Parameters
+    ----------
+    executor
+        The single query thread.
+    gate
+        Entered for every search from its arrival to its answer.
+    answerer
+        Gives the serving :class:`~retrieval.answering.QueryAnswerer` (it may be swapped).
+    filter_expr
+        A ``queries`` record's filter as a Milvus expression (raises for a bad filter).
+    """
+
+    def __init__(
+        self,
+        executor: concurrent.futures.Executor,
+        gate: QueryGate,
+        answerer: Callable[[], Any],
+        filter_expr: Callable[[dict[str, Any]], str | None],
+    ) -> None:
+        self.executor = executor
+        self.gate = gate
+        self.answerer = answerer
+        self.filter_expr = filter_expr
+        self.pending: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []
+        self.lock = threading.Lock()
+        self.drained: list[int] = []  # sizes of the latest drains (most recent last, ≤ 100)
+
+    async def search(self, query: dict[str, Any]) -> list[Any]:
+        """The hits for a validated ``queries`` record (question, k, filter, mode)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self.lock:
+            self.pending.append((query, future))
+        token = self.gate.enter()
+        try:
+            await loop.run_in_executor(self.executor, self.drain, loop)
+            hits: list[Any] = await future
+            return hits
+        finally:
+            self.gate.leave(token)
+
+    def drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Answer every search pending now (on the query thread)."""
+        with self.lock:
+            batch, self.pending = self.pending, []
+        if not batch:
+            return
+        started = time.perf_counter()
+        self.drained = [*self.drained[-99:], len(batch)]
+        groups: dict[tuple[Any, ...], list[tuple[str, asyncio.Future[Any]]]] = {}
+        for query, future in batch:
+            try:
+                key = (query.get("k"), self.filter_expr(query), query.get("mode"))
+            except Exception as exc:  # a filter the store refuses: that query's error
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+                continue
+            groups.setdefault(key, []).append((str(query["question"]), future))
+        for (k, expr, mode), items in groups.items():
+            for i in range(0, len(items), MAX_SEARCH_BATCH):
+                part = items[i : i + MAX_SEARCH_BATCH]
+                try:
+                    found = self.answerer().search_many([q for q, _f in part], k, expr, mode)
+                except Exception as exc:
+                    for _q, future in part:
+                        loop.call_soon_threadsafe(_settle, future, None, exc)
+                    continue
+                for (_q, future), hits in zip(part, found, strict=True):
+                    loop.call_soon_threadsafe(_settle, future, hits, None)
+        log.debug("answered %d searches together in %.1f ms", len(batch),
+                  (time.perf_counter() - started) * 1000)  # fmt: skip
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller went away (a closed connection)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
