@@ -121,6 +121,7 @@ class GeneratorConfig:
     base_model: str = ""  # HF id or path: what retrain starts from, and finetune when none serves
     max_length: int = 512  # tokens of prompt + answer kept (the prompt is cut from the left)
     max_new_tokens: int = 64  # answer tokens trained on, and generated when scoring
+    no_repeat_ngram_size: int = 4  # decoding when scoring, as serving decodes (0: off)
     # -- optimisation -----------------------------------------------------------------
     epochs: int = 3
     batch_size: int = 8
@@ -150,6 +151,7 @@ class GeneratorConfig:
         checks = [
             (self.max_length >= 16, "max_length >= 16"),
             (self.max_new_tokens >= 1, "max_new_tokens >= 1"),
+            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size >= 0"),
             (self.epochs >= 1, "epochs >= 1"),
             (self.batch_size >= 1, "batch_size >= 1"),
             (self.lr is None or self.lr > 0, "lr > 0"),
