@@ -118,7 +118,7 @@ class GeneratorRuntime:
     @answerer.setter
     def answerer(self, answerer: Any) -> None:
         self._answerer = answerer
-        gen = getattr(answerer, "generator", None)
+        gen: Any = getattr(answerer, "generator", None)
         if self.uses_lm and hasattr(gen, "no_repeat_ngram_size"):
             m = self.settings.models
             gen.max_new_tokens = m.generator_max_new_tokens
