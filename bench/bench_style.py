@@ -64,6 +64,7 @@ from trainers.batch.style import StyleCheck
 HOUSE_STYLE = StyleCheck(
     pattern=r"\[\d+\]", sections=("Summary:", "Sources:"), min_chars=20, max_chars=400
 )
+SEQ_LEN = 256  # pre-training length of the tiny base: every shipped prompt with its answer
 TARGETS = {"adherence_after": 0.9, "adherence_before_max": 0.3, "throughput_ratio": 0.9}
 
 
@@ -158,6 +159,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--examples", type=int, default=None, help="style examples in the stream")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None, help="throughput repeats per side")
+    ap.add_argument(
+        "--seed", type=int, default=1337, help="the job's seed (LoRA init, batch order)"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cache", type=Path, default=None, help="folder keeping the tiny base LM")
     ap.add_argument("--out", type=Path, default=RESULTS / "style.json")
@@ -179,12 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache = args.cache or root
         started = time.perf_counter()
         base = args.base or build_tiny_lm(
-            cache / f"tiny-{args.arch}-{args.hidden}x{args.layers}-{pretrain}",
+            cache / f"tiny-{args.arch}-{args.hidden}x{args.layers}-{pretrain}-seq{SEQ_LEN}",
             arch=args.arch,
             hidden=args.hidden,
             layers=args.layers,
             heads=args.heads,
             pretrain_steps=pretrain,
+            seq_len=SEQ_LEN,
         )
         build_s = time.perf_counter() - started
         records = style_records(n_examples)
@@ -197,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "max_new_tokens": 64,
                 "device": str(device),
                 "replay_ratio": 0.0,
+                "seed": args.seed,
             }
         )
         job = {
@@ -255,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "total_params": stats.get("total_params"),
         "steps": stats.get("steps"),
         "examples": n_examples,
+        "seed": args.seed,
         "base": args.base or f"tiny {args.arch} {args.hidden}x{args.layers}",
         "device": str(device),
         "seconds": {"build_base": build_s, "job": job_s},

@@ -89,6 +89,7 @@ class GeneratorRuntime:
     def __init__(self, settings: Settings, answerer: Any = None) -> None:
         st = settings.style
         self.settings = settings
+        self._answerer: Any = None
         self.answerer = answerer
         self.answers = AnswerLog(st.answers_kept)
         self.adherence = AdherenceWindow(st.check(), st.window, st.min_samples, st.min_adherence)
@@ -103,6 +104,25 @@ class GeneratorRuntime:
         # LoRA fine-tune of those, not a retrain from nothing.
         if self.uses_lm:
             self.policy.serving_version = "base"
+
+    @property
+    def answerer(self) -> Any:
+        """The :class:`retrieval.answering.QueryAnswerer` whose generator this runtime serves.
+
+        Given one, its causal LM generator decodes as the settings say
+        (``models.generator_max_new_tokens``, ``models.generator_no_repeat_ngram_size``), the
+        same as every version :meth:`load_pending` loads later.
+        """
+        return self._answerer
+
+    @answerer.setter
+    def answerer(self, answerer: Any) -> None:
+        self._answerer = answerer
+        gen: Any = getattr(answerer, "generator", None)
+        if self.uses_lm and hasattr(gen, "no_repeat_ngram_size"):
+            m = self.settings.models
+            gen.max_new_tokens = m.generator_max_new_tokens
+            gen.no_repeat_ngram_size = m.generator_no_repeat_ngram_size
 
     @property
     def uses_lm(self) -> bool:
@@ -138,8 +158,9 @@ class GeneratorRuntime:
         wanted = serving.version if serving is not None else "base"
         if wanted == self.version:
             return None
-        return load_generator(registry, s.models.generator_name, s.models.generator,
-                              s.models.generator_max_new_tokens)  # fmt: skip
+        m = s.models
+        return load_generator(registry, m.generator_name, m.generator, m.generator_max_new_tokens,
+                              no_repeat_ngram_size=m.generator_no_repeat_ngram_size)  # fmt: skip
 
     def swap(self, loaded: Any) -> str | None:
         """Serve ``loaded`` (from :meth:`load_pending`; ``None``: nothing to do); returns its

@@ -300,6 +300,11 @@ class ModelSettings(_Frozen):
     generator_max_new_tokens: int = Field(
         96, ge=1, description="most tokens a causal LM generator writes per answer"
     )
+    generator_no_repeat_ngram_size: int = Field(
+        4, ge=0,
+        description="a causal LM answer never repeats an n-gram of its own tokens (the prompt is "
+        "not counted; 0 = off): stops greedy loops, but also a house answer's own repeats",
+    )  # fmt: skip
 
 
 class StyleSettings(_Frozen):

@@ -310,7 +310,11 @@ class TrainerWorker:
         s = self.settings
         overrides = {"base_model": s.models.generator, **dict(self.config.get("generator", {}))}
         gen_config = GeneratorConfig.from_dict(
-            {"max_new_tokens": s.models.generator_max_new_tokens, **overrides}
+            {
+                "max_new_tokens": s.models.generator_max_new_tokens,
+                "no_repeat_ngram_size": s.models.generator_no_repeat_ngram_size,
+                **overrides,
+            }
         )
         check = s.style.check()
 

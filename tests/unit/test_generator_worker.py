@@ -148,3 +148,44 @@ def test_refresh_swaps_in_the_promoted_version(tmp_path: Path) -> None:
     out = OutRecord("answers", "q", {"id": "q", "answer": "a", "contexts": [], "latency_ms": 1})
     observe_answers(runtime, [out], {})
     assert out.value["generator_version"] == version.version
+
+
+def test_decoding_settings_reach_every_serving_generator(tmp_path: Path, monkeypatch: Any) -> None:
+    import shutil
+
+    from trainers.batch.lm import build_tiny_lm, shipped_text
+    from trainers.batch.registry import ModelRegistry
+
+    base = build_tiny_lm(tmp_path / "lm", hidden=32, layers=1, heads=2, positions=128,
+                         vocab_size=300, pretrain_steps=1, seq_len=32, batch_size=2,
+                         texts=shipped_text(10))  # fmt: skip
+    monkeypatch.setenv("LIVELEARN_MODELS__GENERATOR", base)
+    monkeypatch.setenv("LIVELEARN_MODELS__GENERATOR_NO_REPEAT_NGRAM_SIZE", "0")
+    monkeypatch.setenv("LIVELEARN_MODELS__GENERATOR_MAX_NEW_TOKENS", "5")
+    monkeypatch.setenv("LIVELEARN_DATA_DIR", str(tmp_path))
+    settings = Settings()
+    assert settings.models.generator_no_repeat_ngram_size == 0
+    monkeypatch.delenv("LIVELEARN_MODELS__GENERATOR_NO_REPEAT_NGRAM_SIZE")
+    assert Settings().models.generator_no_repeat_ngram_size == 4  # the default
+
+    class Nothing:
+        def encode(self, texts: list[str]) -> Any:
+            return np.ones((len(texts), 1), "f4")
+
+        def search(self, vector: Any, k: int = 5, filter: Any = None) -> list[Hit]:
+            return []
+
+    # the configured base, as the worker's services build it (constructor defaults)
+    answerer = QueryAnswerer(Nothing(), Nothing(), CausalLMGenerator(base, device="cpu"))
+    runtime = GeneratorRuntime(settings, answerer)
+    assert answerer.generator.no_repeat_ngram_size == 0
+    assert answerer.generator.max_new_tokens == 5
+    registry = ModelRegistry(tmp_path / "registry")
+    shutil.copytree(base, tmp_path / "stage" / "model")
+    version = registry.register("generator", tmp_path / "stage", {"job_id": "j1",
+                                "kind": "finetune", "artifacts": {"model": "model"}})  # fmt: skip
+    registry.promote("generator", version.version)
+    assert runtime.refresh(tmp_path / "registry") == version.version
+    swapped = answerer.generator
+    assert swapped.version == version.version
+    assert (swapped.no_repeat_ngram_size, swapped.max_new_tokens) == (0, 5)

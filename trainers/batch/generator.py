@@ -121,7 +121,10 @@ def _score(
     device: torch.device,
 ) -> tuple[dict[str, float], list[str]]:
     gen = CausalLMGenerator(
-        (model, tokenizer), max_new_tokens=config.max_new_tokens, device=str(device)
+        (model, tokenizer),
+        max_new_tokens=config.max_new_tokens,
+        device=str(device),
+        no_repeat_ngram_size=config.no_repeat_ngram_size,
     )
     sample = list(val)[-config.eval_max :]
     adherence, answers = style_adherence(gen, sample, check)
@@ -382,14 +385,20 @@ def load_generator(
     base_model: str,
     max_new_tokens: int = 64,
     device: str | None = None,
+    no_repeat_ngram_size: int = 4,
 ) -> ServingGenerator:
-    """The serving version of the generator from ``registry``, else ``base_model``."""
+    """The serving version of the generator from ``registry``, else ``base_model``, decoding
+    with ``max_new_tokens`` and ``no_repeat_ngram_size`` (see :class:`CausalLMGenerator`)."""
     serving = registry.serving(model_name) if registry is not None else None
     if serving is None:
         if not base_model or base_model == "extractive":
             raise RegistryError(f"no version of {model_name!r} serves and no base model is set")
         gen = CausalLMGenerator(
-            base_model, max_new_tokens=max_new_tokens, device=device, version="base"
+            base_model,
+            max_new_tokens=max_new_tokens,
+            device=device,
+            version="base",
+            no_repeat_ngram_size=no_repeat_ngram_size,
         )
         return ServingGenerator(gen, "base")
     gen = CausalLMGenerator(
@@ -398,5 +407,6 @@ def load_generator(
         device=device,
         version=serving.version,
         name=model_name,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     return ServingGenerator(gen, serving.version)

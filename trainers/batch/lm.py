@@ -121,6 +121,7 @@ class GeneratorConfig:
     base_model: str = ""  # HF id or path: what retrain starts from, and finetune when none serves
     max_length: int = 512  # tokens of prompt + answer kept (the prompt is cut from the left)
     max_new_tokens: int = 64  # answer tokens trained on, and generated when scoring
+    no_repeat_ngram_size: int = 4  # decoding when scoring, as serving decodes (0: off)
     # -- optimisation -----------------------------------------------------------------
     epochs: int = 3
     batch_size: int = 8
@@ -150,6 +151,7 @@ class GeneratorConfig:
         checks = [
             (self.max_length >= 16, "max_length >= 16"),
             (self.max_new_tokens >= 1, "max_new_tokens >= 1"),
+            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size >= 0"),
             (self.epochs >= 1, "epochs >= 1"),
             (self.batch_size >= 1, "batch_size >= 1"),
             (self.lr is None or self.lr > 0, "lr > 0"),
@@ -265,7 +267,7 @@ def build_tiny_lm(
     positions: int = 512,
     vocab_size: int = 2048,
     pretrain_steps: int = 150,
-    seq_len: int = 192,
+    seq_len: int = 256,
     batch_size: int = 8,
     seed: int = 0,
     texts: Sequence[str] | None = None,
@@ -277,8 +279,11 @@ def build_tiny_lm(
     and :func:`shipped_answers`, the serving prompt answered in the extractive form) for
     ``pretrain_steps`` steps of next-token prediction at peak rate ``lr``: enough for
     fluent-looking docstring English and the prompt's shape, nothing like a real model's
-    knowledge. An existing folder holding a model is reused as it is. Returns the folder,
-    loadable with ``from_pretrained``.
+    knowledge. Each text is cut at ``seq_len`` tokens: the default fits every shipped prompt
+    with its answer (at most 237 tokens with the default tokenizer), so the base sees each
+    answer's citation, ``Sources:`` line and end token; at 192 a third of them lost that end.
+    An existing folder holding a model is reused as it is. Returns the folder, loadable with
+    ``from_pretrained``.
     """
     from transformers import AutoModelForCausalLM
 
