@@ -117,7 +117,10 @@ class RetrievalServices:
         if s.models.generator != "extractive":
             from retrieval.answering import CausalLMGenerator
 
-            generator = CausalLMGenerator(s.models.generator)
+            generator = CausalLMGenerator(
+                s.models.generator, max_new_tokens=s.models.generator_max_new_tokens,
+                no_repeat_ngram_size=s.models.generator_no_repeat_ngram_size,
+            )  # fmt: skip
         reranker = None
         if r.reranker:
             from retrieval.rerank import CrossEncoderReranker
