@@ -686,6 +686,11 @@ class QueryAnswerer:
         dense = self.store.search(self._vector(question), k=limit, filter=filter)
         return fuse(dense, sparse.result(), k, self.fusion, self.dense_weight)
 
+    def warm(self) -> None:
+        """Start the thread the BM25 side of a hybrid search runs on (before the first
+        query, rather than at it)."""
+        self._pool().submit(lambda: None).result()
+
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, "bm25-search")

@@ -248,6 +248,36 @@ def _client_options(uri: str) -> dict[str, Any]:
     return {"dedicated": True} if uri.endswith(".db") else {}
 
 
+#: Serve a milvus-lite file from a child process (:mod:`retrieval.lite_server`) instead of
+#: threads of this one; set by the worker from ``LIVELEARN_MILVUS__LITE_PROCESS``.
+lite_process = False
+
+
+def _connect(uri: str, token: str | None) -> tuple[Any, str | None]:
+    """A ``MilvusClient`` for ``uri``, and the milvus-lite path to release when it closes
+    (``None``: nothing to release)."""
+    from pymilvus import MilvusClient
+
+    if lite_process and uri.endswith(".db"):
+        from retrieval.lite_server import lite_uri, release
+
+        served = lite_uri(uri)
+        try:
+            return MilvusClient(uri=served, token=token or "", **_client_options(uri)), uri
+        except BaseException:
+            release(uri)
+            raise
+    return MilvusClient(uri=uri, token=token or "", **_client_options(uri)), None
+
+
+def _disconnect(client: Any, lite: str | None) -> None:
+    client.close()
+    if lite is not None:
+        from retrieval.lite_server import release
+
+        release(lite)
+
+
 def default_index_type(uri: str) -> str:
     """The vector index a new collection gets: ``FLAT`` (exact) on a milvus-lite file,
     ``AUTOINDEX`` on a server.
@@ -391,10 +421,8 @@ class VectorStore:
         #: Whether the collection has the BM25 sparse field (set once it is opened).
         self.bm25 = False
         self._warned: set[str] = set()
-        from pymilvus import MilvusClient
-
         try:
-            self._client: Any = MilvusClient(uri=uri, token=token or "", **_client_options(uri))
+            self._client, self._lite = _connect(uri, token)
         except Exception as exc:
             raise VectorStoreUnavailableError(
                 f"cannot open Milvus at {uri!r}: {exc}; check that the server is up (or, for "
@@ -403,7 +431,7 @@ class VectorStore:
         try:
             self._ensure_collection()
         except BaseException:
-            self._client.close()  # milvus-lite holds its file until the client is closed
+            _disconnect(self._client, self._lite)  # milvus-lite holds its file till then
             raise
 
     def __repr__(self) -> str:
@@ -882,7 +910,7 @@ class VectorStore:
 
     def close(self) -> None:
         """Release the client (milvus-lite flushes and unlocks its file)."""
-        self._client.close()
+        _disconnect(self._client, self._lite)
 
 
 #: Collection property naming the embedding model a collection's vectors come from.
@@ -917,10 +945,8 @@ class CollectionCatalog:
     """
 
     def __init__(self, uri: str, token: str | None = None) -> None:
-        from pymilvus import MilvusClient
-
         try:
-            self._client: Any = MilvusClient(uri=uri, token=token or "", **_client_options(uri))
+            self._client, self._lite = _connect(uri, token)
         except Exception as exc:
             raise VectorStoreUnavailableError(f"cannot open Milvus at {uri!r}: {exc}") from exc
 
@@ -983,4 +1009,4 @@ class CollectionCatalog:
         self._client.create_alias(collection, alias)
 
     def close(self) -> None:
-        self._client.close()
+        _disconnect(self._client, self._lite)

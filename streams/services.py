@@ -54,6 +54,10 @@ class RetrievalServices:
         from streams.query_path import SearchBatcher
 
         self.settings = settings
+        if settings.milvus.lite_process:
+            import retrieval.store
+
+            retrieval.store.lite_process = True
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="retrieval")
         self.query_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="query")
         self.gate = QueryGate()
@@ -236,8 +240,11 @@ class RetrievalServices:
         return True
 
     def load(self) -> None:
-        """Load the embedder and open the store now (raises what the store raises)."""
+        """Load the embedder and open the store now (raises what the store raises), and start
+        the query thread and the answerer's BM25 thread: the worker's threads are all there
+        before the first query (a thread count that moves later means something leaks)."""
         self._build()
+        self.query_executor.submit(self._answerer.warm).result()
 
     @property
     def indexer(self) -> Any:

@@ -171,6 +171,10 @@ class MilvusSettings(_Frozen):
     token: SecretStr = Field(SecretStr(""), description="Milvus token (secret)")
     collection: str = Field("livelearn_chunks", description="collection holding doc chunks")
     metric: Literal["COSINE", "IP", "L2"] = Field("COSINE", description="vector metric")
+    lite_process: bool = Field(
+        False, description="serve the milvus-lite file from a child process of the worker "
+        "(milvus-lite 3 is pure Python: in-process, its engine shares the worker's GIL)",
+    )  # fmt: skip
 
 
 class RetrievalSettings(_Frozen):

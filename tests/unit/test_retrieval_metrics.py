@@ -35,6 +35,7 @@ def test_updates_and_deletes_are_timed_from_their_produce_time(tmp_path: Path) -
         services = SimpleNamespace(
             indexer=ChunkIndexer(TokenChunker(None, 50, 0), Letters(), store),
             embedding_monitor=None,
+            note_written=lambda rows: None,
         )
 
         def record(value: dict[str, object], age_s: float) -> SimpleNamespace:
