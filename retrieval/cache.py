@@ -90,27 +90,30 @@ class VectorCache:
         [['a', 'b'], ['c']]
         """
         with self._lock:
-            if owner is not self._owner:
-                self._entries.clear()
-                self.bytes, self._owner = 0, owner
-            known = {t: self._entries[t][0] for t in texts if t in self._entries}
+            self._own(owner)
+            known = {}
+            for t in texts:
+                if t in self._entries:
+                    self._entries.move_to_end(t)
+                    known[t] = self._entries[t][0]
         missing = list(dict.fromkeys(t for t in texts if t not in known))
         self.hits += len(texts) - len(missing)
         if missing:
             for text, vector in zip(missing, np.asarray(embed_many(missing)), strict=True):
                 known[text] = self.get(text, owner, _constant(vector))
-        for t in known:
-            with self._lock:
-                if t in self._entries:
-                    self._entries.move_to_end(t)
         return [known[t] for t in texts]
+
+    def _own(self, owner: object) -> None:
+        """Empty the cache when ``owner`` (the embedder) is not the one its vectors came
+        from (call with the lock held)."""
+        if owner is not self._owner:
+            self._entries.clear()
+            self.bytes, self._owner = 0, owner
 
     def get(self, text: str, owner: object, embed: Callable[[str], np.ndarray]) -> np.ndarray:
         """The vector of ``text`` made by ``owner`` (``embed(text)`` on a miss)."""
         with self._lock:
-            if owner is not self._owner:
-                self._entries.clear()
-                self.bytes, self._owner = 0, owner
+            self._own(owner)
             found = self._entries.get(text)
             if found is not None:
                 self._entries.move_to_end(text)
