@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -220,6 +221,29 @@ def process_counts(pid: int) -> tuple[int, int]:
         return -1, -1
 
 
+def native_thread_kinds(pid: int) -> dict[str, int]:
+    """Threads of ``pid`` counted by their kernel name (``/proc/<pid>/task/*/comm``), digits
+    dropped: librdkafka's are ``rdk:broker``, ``rdk:main``...; Python's and OpenMP's carry
+    the process's own name. Empty where unknown.
+
+    >>> sum(native_thread_kinds(os.getpid()).values()) >= 1, native_thread_kinds(-1)
+    (True, {})
+    """
+    kinds: dict[str, int] = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kinds
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as f:
+                name = re.sub(r"\d+$", "", f.read().strip())
+        except OSError:  # ended meanwhile
+            continue
+        kinds[name] = kinds.get(name, 0) + 1
+    return dict(sorted(kinds.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench soak", description=__doc__.splitlines()[0]
@@ -358,6 +382,7 @@ def soak(args: argparse.Namespace) -> int:
                     "worker_events_lag": metric_sum(text, "livelearn_consumer_lag"),
                     "threads": threads,
                     "fds": fds,
+                    "thread_kinds": native_thread_kinds(worker.proc.pid),
                 }
                 for name, (group, topic) in groups.items():
                     lag = group_lag(settings, bootstrap, group, topic).lag

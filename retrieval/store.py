@@ -18,7 +18,9 @@ one place; filters are in :mod:`retrieval.filters`.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -267,7 +269,44 @@ def _connect(uri: str, token: str | None) -> tuple[Any, str | None]:
         except BaseException:
             release(uri)
             raise
+    if uri.endswith(".db"):
+        start_arrow_pools()
     return MilvusClient(uri=uri, token=token or "", **_client_options(uri)), None
+
+
+@functools.cache
+def start_arrow_pools() -> int:
+    """Start the threads of Arrow's pools now: read a tiny Parquet file. Returns how many threads
+    that started.
+
+    milvus-lite writes and reads its segments with pyarrow, whose pools start their threads
+    (3 on a 2-core machine) at the first segment flush, minutes into a stream at a small
+    memtable budget; started with the store instead, a worker's thread count is flat from its
+    start, and a count that rises later means a thread made again and again. Once a process.
+
+    >>> start_arrow_pools() >= 0
+    True
+    """
+    import tempfile
+
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # milvus-lite without pyarrow: nothing of Arrow's to start
+        return 0
+
+    def threads() -> int:
+        try:
+            return len(os.listdir("/proc/self/task"))
+        except OSError:  # no /proc: the count is unknown, the pools start all the same
+            return 0
+
+    before = threads()
+    with tempfile.TemporaryDirectory(prefix="livelearn-arrow-") as folder:
+        path = os.path.join(folder, "warm.parquet")
+        pq.write_table(pa.table({"id": [1, 2]}), path)
+        pq.read_table(path)
+    return max(0, threads() - before)
 
 
 def _disconnect(client: Any, lite: str | None) -> None:

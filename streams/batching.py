@@ -49,7 +49,7 @@ async def _settle(events: list[Any], max_: int, settle_s: float) -> None:
         quiet = quiet + 1 if len(events) == n else 0
 
 
-async def take_ready(stream: Any, max_: int, settle_s: float = 0.01) -> AsyncIterator[list[Any]]:
+def take_ready(stream: Any, max_: int, settle_s: float = 0.01) -> AsyncIterator[list[Any]]:
     """Batches of the events of a faust ``stream``: at least one, at most ``max_``, each as
     soon as the body is free and an event is there.
 
@@ -60,9 +60,27 @@ async def take_ready(stream: Any, max_: int, settle_s: float = 0.01) -> AsyncIte
     the loop run (``sleep(0)``) while each turn brings more, for at most ``settle_s`` (events
     already fetched arrive within microseconds of each other; a lone record is alone after
     two empty turns).
+
+    The generator is registered with the stream as faust's own ``take()`` and friends are
+    (``Stream._active_agens``), so that a stream that stops closes it: its ``finally``
+    acknowledges the last batch, restores ``enable_acks`` and detaches its processor then,
+    not whenever the generator is collected.
+
+    >>> take_ready(object(), 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_ must be >= 1, got 0
     """
     if max_ < 1:
         raise ValueError(f"max_ must be >= 1, got {max_}")
+    agen = _take_ready(stream, max_, settle_s)
+    active = getattr(stream, "_active_agens", None)
+    if active is not None:
+        active.add(agen)
+    return agen
+
+
+async def _take_ready(stream: Any, max_: int, settle_s: float) -> AsyncIterator[list[Any]]:
     events: list[Any] = []
     ready = asyncio.Event()  # the buffer holds an event
     full = asyncio.Event()

@@ -24,6 +24,7 @@ import gc
 import linecache
 import logging
 import os
+import re
 import threading
 import time
 import tracemalloc
@@ -35,7 +36,7 @@ import orjson
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HeapProfiler", "mallinfo", "package_of", "start_heap_profile"]
+__all__ = ["HeapProfiler", "mallinfo", "package_of", "start_heap_profile", "thread_kinds"]
 
 #: Longest wait for the worker's start-up to end before tracing starts anyway.
 WARM_TIMEOUT_S = 600.0
@@ -197,6 +198,7 @@ class HeapProfiler(threading.Thread):
         self._history.append({
             "t": t, "rss_mb": _rss_mb(), "traced_mb": round(traced / 2**20, 1),
             "peak_mb": round(peak / 2**20, 1), "malloc": mallinfo(),
+            "python_threads": thread_kinds(),
             "by_package_mb": {k: round(v / 2**20, 2) for k, v in sorted(
                 by_package.items(), key=lambda kv: -kv[1])[:15]},
         })  # fmt: skip
@@ -238,6 +240,20 @@ class HeapProfiler(threading.Thread):
         tmp = self.path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         os.replace(tmp, self.path)
+
+
+def thread_kinds() -> dict[str, int]:
+    """The process's Python threads counted by name, numbering dropped (``ThreadPoolExecutor-0_3``
+    counts as ``ThreadPoolExecutor-0``, ``Thread-7 (run)`` as ``Thread (run)``): what a rise in
+    a soak's thread count is made of.
+
+    >>> thread_kinds()["MainThread"]
+    1
+    """
+    kinds: dict[str, int] = defaultdict(int)
+    for thread in threading.enumerate():
+        kinds[re.sub(r"_\d+$|(?<=^Thread)-\d+", "", thread.name)] += 1
+    return dict(sorted(kinds.items()))
 
 
 def start_heap_profile(data_dir: Path, interval_s: float, frames: int = 1) -> HeapProfiler | None:

@@ -587,23 +587,30 @@ def test_bad_input_under_load_is_dead_lettered_and_costs_the_good_records_little
             garbage / clean for clean, garbage in zip(took[::2], took[1::2], strict=True)
         )
 
-        # Docs: the same texts twice, under other ids, once clean and once with garbage.
+        # Docs: the same texts again and again under other ids, clean rounds alternating
+        # with rounds with every bad doc mixed in (the 10 MB one in the first only).
         corpus = stdlib_corpus(100, min_chars=150)
         docs: dict[str, dict[str, Any]] = {}
-        timing: dict[str, float] = {}
-        for kind in ("warm", "clean", "garbage"):
-            batch = [dict(d, id=f"{kind}:{d['id']}") for d in (corpus[:10] if kind == "warm"
-                                                               else corpus)]  # fmt: skip
+        docs_took: list[tuple[float, float]] = []  # (clean, garbage) per pair
+        clean_s = 0.0
+        for r in range(-1, 2 * PAIRS):
+            kind = "warm" if r < 0 else "garbage" if r % 2 else "clean"
+            batch = [dict(d, id=f"{kind}{r}:{d['id']}") for d in (corpus[:10] if r < 0
+                                                                 else corpus)]  # fmt: skip
             docs.update((d["id"], d) for d in batch)
             records = [(d["id"].encode(), orjson.dumps(d)) for d in batch]
             if kind == "garbage":
-                records = _mixed(records, bad_docs, seed=1)  # type: ignore[arg-type]
+                junk = [(k, v) for k, v in bad_docs if k != b"huge" or r == 1]
+                records = _mixed(records, junk, seed=r)  # type: ignore[arg-type]
             started = time.time()
             for key, value in records:
                 raw.send(s.topics.docs, key, value)
             raw.flush()
             wait_caught_up(s, group, s.topics.docs)
-            timing[kind] = time.time() - started
+            if kind == "clean":
+                clean_s = time.time() - started
+            elif kind == "garbage":
+                docs_took.append((clean_s, time.time() - started))
         _wait_checkpoint(s, len(warm) + 2 * PAIRS * n + expected_bad)
     finally:
         worker.stop()
@@ -611,9 +618,10 @@ def test_bad_input_under_load_is_dead_lettered_and_costs_the_good_records_little
     print(
         f"\nbad input: events {PAIRS}x{n} good in {sum(took[::2]):.2f} s clean vs "
         f"{sum(took[1::2]):.2f} s with {expected_bad} bad mixed in (per pair x"
-        f"{', x'.join(f'{r:.2f}' for r in ratios)}); docs {len(corpus)} in "
-        f"{timing['clean']:.1f} s clean vs {timing['garbage']:.1f} s with {len(bad_docs)} bad "
-        f"(x{timing['garbage'] / timing['clean']:.2f})"
+        f"{', x'.join(f'{r:.2f}' for r in ratios)}); docs {PAIRS}x{len(corpus)} in "
+        f"{sum(c for c, _ in docs_took):.1f} s clean vs {sum(g for _, g in docs_took):.1f} s "
+        f"with {len(bad_docs)} bad (per pair "
+        f"{', '.join(f'{c:.1f}/{g:.1f} s' for c, g in docs_took)})"
     )
     # Every bad record is dead-lettered with its reason, and only the bad ones.
     for topic, bad in ((s.topics.docs, bad_docs), (s.topics.events, bad_events)):
@@ -641,5 +649,8 @@ def test_bad_input_under_load_is_dead_lettered_and_costs_the_good_records_little
 
     # The median pair: a slow moment of the machine during one round does not decide.
     assert ratios[len(ratios) // 2] <= 1.5, took
-    # Commits come once a second: each docs figure is known to within about a second.
-    assert timing["garbage"] <= 1.5 * timing["clean"] + 2.0, timing
+    # Commits come once a second: each docs figure is known to within about a second. The
+    # median pair again: one round that a busy moment of the machine doubled (12 s against
+    # 5.6 s once, under the whole suite; 2.9 against 2.9 s alone) does not decide.
+    clean_s, garbage_s = sorted(docs_took, key=lambda cg: cg[1] - 1.5 * cg[0])[len(docs_took) // 2]
+    assert garbage_s <= 1.5 * clean_s + 2.0, docs_took
