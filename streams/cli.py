@@ -281,6 +281,11 @@ def worker(
 
     settings = _settings()
     configure_worker_memory(settings)  # first: before any thread makes its malloc arena
+    # torch before any thread starts: its first import takes seconds, and a thread that
+    # imports scipy meanwhile (the learner's river) finds a half-made torch module in
+    # sys.modules (scipy checks ``torch.Tensor``) and dies of an AttributeError.
+    import torch  # noqa: F401
+
     bootstrap = resolve_bootstrap(settings)
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
     serve_metrics(settings.metrics_port, settings.web.host, settings.web.token.get_secret_value())
