@@ -50,7 +50,7 @@ from streams.threads import ThreadSupervisor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_app", "faust_credentials"]
+__all__ = ["Worker", "create_app", "faust_credentials"]
 
 
 def _freeze_startup_heap() -> None:
@@ -80,6 +80,24 @@ def _exit_if_stuck(timeout_s: float) -> None:
     timer = threading.Timer(timeout_s, bail)
     timer.daemon = True
     timer.start()
+
+
+class Worker(faust.Worker):
+    """faust's worker, except that a task torn down as the loop closes is not a crash.
+
+    With the broker gone, a SIGTERM stops the worker while aiokafka's consumer thread still
+    waits on it; closing the loop destroys that task, mode records its ``GeneratorExit`` as
+    the crash reason and raises it after the loop has closed, so a worker that shut down as
+    asked exited with status 1. Such a reason (``GeneratorExit`` or ``CancelledError``, and
+    only once the loop is closed) ends the process with status 0; any other crash still
+    ends it with 1.
+    """
+
+    def _shutdown_loop(self) -> None:
+        try:
+            super()._shutdown_loop()
+        except (GeneratorExit, asyncio.CancelledError) as exc:
+            log.warning("a task ended by the closing loop (%r): shut down all the same", exc)
 
 
 def faust_credentials(settings: Settings) -> Any:
@@ -308,6 +326,11 @@ def _register_extras(app: faust.App, services: WorkerServices, guard: RequestGua
 
 def create_app(settings: Settings, bootstrap: str, web_port: int = 6066) -> faust.App:
     """The worker app for ``settings``, talking to ``bootstrap``."""
+    # torch before any thread starts: its first import takes seconds, and a thread that
+    # imports scipy meanwhile (the learner's river) finds a half-made torch module in
+    # sys.modules (scipy checks ``torch.Tensor``) and dies of an AttributeError.
+    import torch  # noqa: F401
+
     app = _faust_app(settings, bootstrap, web_port)
     services = WorkerServices(settings, bootstrap)
     _register_retrieval_agents(app, services)

@@ -273,24 +273,17 @@ def worker(
     web_port: Annotated[int, typer.Option(help="HTTP port (default: LIVELEARN_WEB_PORT)")] = 0,
 ) -> None:
     """Run the stream processors (faust worker) until Ctrl-C."""
-    import faust
-
-    from streams.app import create_app
+    from streams.app import Worker, create_app
     from streams.memory import configure_worker_memory
     from streams.metrics import serve_metrics
 
     settings = _settings()
     configure_worker_memory(settings)  # first: before any thread makes its malloc arena
-    # torch before any thread starts: its first import takes seconds, and a thread that
-    # imports scipy meanwhile (the learner's river) finds a half-made torch module in
-    # sys.modules (scipy checks ``torch.Tensor``) and dies of an AttributeError.
-    import torch  # noqa: F401
-
     bootstrap = resolve_bootstrap(settings)
     ensure_topics(admin_client(settings, bootstrap), topic_specs(settings.topics))
     serve_metrics(settings.metrics_port, settings.web.host, settings.web.token.get_secret_value())
     faust_app = create_app(settings, bootstrap, web_port=web_port or settings.web_port)
-    faust.Worker(faust_app, loglevel=settings.log_level.lower()).execute_from_commandline()
+    Worker(faust_app, loglevel=settings.log_level.lower()).execute_from_commandline()
 
 
 @app.command()
