@@ -275,17 +275,15 @@ def _connect(uri: str, token: str | None) -> tuple[Any, str | None]:
 
 
 @functools.cache
-def start_arrow_pools() -> int:
-    """Start the threads of Arrow's pools now: read a tiny Parquet file. Returns how many threads
-    that started.
+def start_arrow_pools() -> None:
+    """Start the threads of Arrow's pools now: write and read a tiny Parquet file, once a process.
 
     milvus-lite writes and reads its segments with pyarrow, whose pools start their threads
     (3 on a 2-core machine) at the first segment flush, minutes into a stream at a small
     memtable budget; started with the store instead, a worker's thread count is flat from its
-    start, and a count that rises later means a thread made again and again. Once a process.
+    start, and a count that rises later means a thread made again and again.
 
-    >>> start_arrow_pools() >= 0
-    True
+    >>> start_arrow_pools()
     """
     import tempfile
 
@@ -293,20 +291,11 @@ def start_arrow_pools() -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:  # milvus-lite without pyarrow: nothing of Arrow's to start
-        return 0
-
-    def threads() -> int:
-        try:
-            return len(os.listdir("/proc/self/task"))
-        except OSError:  # no /proc: the count is unknown, the pools start all the same
-            return 0
-
-    before = threads()
+        return
     with tempfile.TemporaryDirectory(prefix="livelearn-arrow-") as folder:
         path = os.path.join(folder, "warm.parquet")
         pq.write_table(pa.table({"id": [1, 2]}), path)
         pq.read_table(path)
-    return max(0, threads() - before)
 
 
 def _disconnect(client: Any, lite: str | None) -> None:
