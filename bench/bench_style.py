@@ -1,6 +1,6 @@
 """Style benchmark: a LoRA style fine-tune of the answering LM through ``run_generator_job``.
 
-    python -m bench style --quick     # tiny GPT-2, ~3-5 min on 2 CPU cores
+    python -m bench style --quick     # tiny GPT-2, ~3-4 min on 2 CPU cores
     python -m bench style             # more examples and steps; CUDA (bf16) when present
     python -m bench style --arch llama --hidden 896 --layers 24 --heads 14 --device cuda
 
@@ -8,15 +8,18 @@
 its tokenizer and weights trained briefly on the standard library's docstrings (no model hub;
 ``--base PATH`` takes a real one instead). It serves as the generator version ``base``.
 
-**Data**: questions about standard-library functions ("What does json.dumps do?") with the
-function's docstring as the one context, answered in a house format no one taught the model::
+**Data**: questions about standard-library functions ("What does json.dumps do?", "Explain
+json.dumps briefly.": ``--phrasings`` per function, 2 with ``--quick``) with the function's
+docstring as the one context (its ``doc_id`` named, as serving numbers it), answered in a
+house format no one taught the model::
 
     Summary: <the docstring's first words> [1]
     Sources: [1] <doc id>
 
 The :class:`trainers.batch.style.StyleCheck` asks for the two sections in order, a ``[n]``
 citation and 20-400 characters. The examples arrive as ``style-examples`` records; the
-newest 20% are held out by the job.
+newest 20% are held out by the job: functions (the last modules of the corpus) whose
+docstrings the tuned model never saw. Every held-out question is answered and scored.
 
 **Job**: a real ``finetune`` through :func:`trainers.batch.generator.run_generator_job` on a
 temporary :class:`~trainers.batch.registry.ModelRegistry`: LoRA adapters, loss on the answer
@@ -75,20 +78,28 @@ def house_answer(doc: dict[str, Any], words: int = 10) -> str:
     return f"Summary: {summary}. [1]\nSources: [1] {doc['id']}"
 
 
-def style_records(n: int, context_chars: int = 300) -> list[tuple[int, int, dict[str, Any]]]:
-    """``n`` ``style-examples`` records in the house format, as ``(partition, offset, value)``."""
+QUESTIONS = ("What does {} do?", "Explain {} briefly.", "What is {} for?")
+
+
+def style_records(
+    n: int, context_chars: int = 300, phrasings: int = 1
+) -> list[tuple[int, int, dict[str, Any]]]:
+    """``style-examples`` records in the house format for ``n`` documents, ``phrasings``
+    questions each (:data:`QUESTIONS`), as ``(partition, offset, value)``."""
     docs = stdlib_corpus(n)
     out = []
-    for off, doc in enumerate(docs):
-        value = {
-            "id": f"style-{doc['id']}",
-            "question": f"What does {doc['id']} do?",
-            "answer": house_answer(doc),
-            "contexts": [doc["text"][:context_chars]],
-            "ts": 1.7e9 + off,
-            "source": "bench",
-        }
-        out.append((0, off, value))
+    for doc in docs:
+        for q in QUESTIONS[: max(1, phrasings)]:
+            off = len(out)
+            value = {
+                "id": f"style-{doc['id']}-{off}",
+                "question": q.format(doc["id"]),
+                "answer": house_answer(doc),
+                "contexts": [{"doc_id": doc["id"], "text": doc["text"][:context_chars]}],
+                "ts": 1.7e9 + off,
+                "source": "bench",
+            }
+            out.append((0, off, value))
     return out
 
 
@@ -156,7 +167,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--pretrain-steps", type=int, default=None)
-    ap.add_argument("--examples", type=int, default=None, help="style examples in the stream")
+    ap.add_argument("--examples", type=int, default=None, help="functions with style examples")
+    ap.add_argument("--phrasings", type=int, default=None, help="questions per function (1-3)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None, help="throughput repeats per side")
     ap.add_argument(
@@ -170,8 +182,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    n_examples = args.examples or (120 if args.quick else 300)
-    epochs = args.epochs or (20 if args.quick else 30)
+    n_docs = args.examples or (240 if args.quick else 300)
+    phrasings = args.phrasings or (2 if args.quick else 3)
+    epochs = args.epochs or (10 if args.quick else 15)
     repeats = args.repeats or (2 if args.quick else 3)
     pretrain = (
         args.pretrain_steps if args.pretrain_steps is not None else (300 if args.quick else 600)
@@ -192,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seq_len=SEQ_LEN,
         )
         build_s = time.perf_counter() - started
-        records = style_records(n_examples)
+        records = style_records(n_docs, phrasings=phrasings)
+        n_examples = len(records)
         cfg = GeneratorConfig.from_dict(
             {
                 "base_model": base,
@@ -202,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "max_new_tokens": 64,
                 "device": str(device),
                 "replay_ratio": 0.0,
+                "eval_max": n_examples,  # every held-out question is answered and scored
                 "seed": args.seed,
             }
         )
@@ -261,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "total_params": stats.get("total_params"),
         "steps": stats.get("steps"),
         "examples": n_examples,
+        "functions": n_docs,
+        "phrasings": phrasings,
         "seed": args.seed,
         "base": args.base or f"tiny {args.arch} {args.hidden}x{args.layers}",
         "device": str(device),

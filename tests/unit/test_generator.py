@@ -67,6 +67,25 @@ def test_loss_sees_the_answer_tokens_only(tiny_lm: str) -> None:
     assert "Question: What is item 0?" in tok.decode(item.input_ids[:n_prompt])
 
 
+def test_the_training_prompt_is_the_serving_prompt_with_its_doc_ids(tiny_lm: str) -> None:
+    from retrieval.answering import CausalLMGenerator, build_prompt
+
+    _model, tok = load_lm(tiny_lm, pick_device("cpu"))
+    record = {
+        "id": "s1",
+        "question": "What does json.dumps do?",
+        "answer": "Summary: x. [1]",
+        "contexts": [{"doc_id": "json.dumps", "text": "Serialize obj."}, "Plain text."],
+    }
+    (example,) = examples_from_style_records([(0, 0, record)])
+    assert [c.doc_id for c in example.context_list()] == ["json.dumps", "example-2"]
+    (item,) = encode_examples(tok, [example], 256, 64)
+    served = [Context("json.dumps", 0, 0.9, "Serialize obj."),
+              Context("example-2", 0, 0.5, "Plain text.")]  # fmt: skip
+    prompt = CausalLMGenerator.prompt_ids_for(tok, build_prompt(record["question"], served))
+    assert item.input_ids[: len(prompt)] == prompt
+
+
 def test_finetune_registers_an_adapter_with_lineage_and_is_idempotent(
     tiny_lm: str, tmp_path: Path
 ) -> None:

@@ -53,6 +53,19 @@ def test_routes_carry_valid_records_and_reasons() -> None:
             contracts.validate(routed.topic, dict(routed.record or {}))
 
 
+def test_a_style_route_keeps_the_contexts_doc_ids() -> None:
+    answer = {"id": "q1", "question": "What keeps the log?", "answer": "Kafka. [1]",
+              "contexts": [{"doc_id": "kafka", "chunk": 0, "score": 0.9,
+                            "text": "Kafka keeps an ordered log of records."}]}  # fmt: skip
+    routed = route_feedback({"id": "f1", "answer_id": "q1",
+                             "preferred_answer": "Summary: Kafka keeps an ordered log. [1]"},
+                            answer)  # fmt: skip
+    assert routed.route == "style"
+    assert (routed.record or {})["contexts"] == [
+        {"doc_id": "kafka", "text": "Kafka keeps an ordered log of records."}]  # fmt: skip
+    contracts.validate("style-examples", dict(routed.record or {}))
+
+
 def test_a_replayed_knowledge_feedback_is_the_same_upsert() -> None:
     answers, feedback = _labelled()
     f = next(x for x in feedback if x["label"] == "knowledge")

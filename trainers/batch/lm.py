@@ -56,12 +56,20 @@ class StyleExample(Example):
 
     Examples
     --------
+    ``contexts`` are the source texts and ``doc_ids`` their documents, where the record named
+    them: the training prompt then numbers them exactly as the serving prompt does, so the
+    model learns to cite what it is shown (``example-N`` stands in for a missing id).
+
     >>> e = StyleExample((0, 4), 1.0, "Why?", None, "Summary: because. [1]", ("ctx",))
     >>> e.question, e.answer, e.contexts
     ('Why?', 'Summary: because. [1]', ('ctx',))
+    >>> e = StyleExample((0, 5), 1.0, "Why?", None, "A [1]", ("c1", "c2"), ("kafka", ""))
+    >>> [c.doc_id for c in e.context_list()]
+    ['kafka', 'example-2']
     """
 
     contexts: tuple[str, ...] = ()
+    doc_ids: tuple[str, ...] = ()
 
     @property
     def question(self) -> str:
@@ -75,7 +83,11 @@ class StyleExample(Example):
 
     def context_list(self) -> list[Context]:
         """The contexts as the serving prompt numbers them."""
-        return [Context(f"example-{i + 1}", 0, 1.0, t) for i, t in enumerate(self.contexts)]
+        ids = self.doc_ids
+        return [
+            Context((ids[i] if i < len(ids) else "") or f"example-{i + 1}", 0, 1.0, t)
+            for i, t in enumerate(self.contexts)
+        ]
 
 
 def examples_from_style_records(records: Iterable[Record]) -> list[StyleExample]:
@@ -89,9 +101,9 @@ def examples_from_style_records(records: Iterable[Record]) -> list[StyleExample]
     """
     by_id: dict[str, StyleExample] = {}
     for p, off, v in records:
-        contexts = tuple(
-            c if isinstance(c, str) else str(c.get("text", "")) for c in v.get("contexts") or ()
-        )
+        raw = list(v.get("contexts") or ())
+        contexts = tuple(c if isinstance(c, str) else str(c.get("text", "")) for c in raw)
+        doc_ids = tuple("" if isinstance(c, str) else str(c.get("doc_id") or "") for c in raw)
         by_id[str(v["id"])] = StyleExample(
             (int(p), int(off)),
             float(v.get("ts") or 0.0),
@@ -99,6 +111,7 @@ def examples_from_style_records(records: Iterable[Record]) -> list[StyleExample]
             None,
             str(v["answer"]),
             contexts,
+            doc_ids if any(doc_ids) else (),
         )
     return sorted(by_id.values(), key=lambda e: e.offset_key)
 

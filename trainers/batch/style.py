@@ -363,6 +363,18 @@ def _context_texts(contexts: Sequence[Any]) -> list[str]:
     return [c if isinstance(c, str) else str(c.get("text", "")) for c in contexts or ()]
 
 
+def _context_objects(contexts: Sequence[Any]) -> list[Any]:
+    """The contexts for a style example: ``{doc_id, text}`` where the document is known (so
+    the fine-tune's prompt numbers them as serving does), else the text alone."""
+    out: list[Any] = []
+    for c in contexts or ():
+        if isinstance(c, str) or not c.get("doc_id"):
+            out.append(c if isinstance(c, str) else str(c.get("text", "")))
+        else:
+            out.append({"doc_id": str(c["doc_id"]), "text": str(c.get("text", ""))})
+    return out
+
+
 def route_feedback(
     feedback: Mapping[str, Any],
     answer: Mapping[str, Any] | None,
@@ -424,7 +436,7 @@ def route_feedback(
         "id": f"feedback-{fid}"[:256],
         "question": question or preferred[:200],
         "answer": preferred,
-        "contexts": contexts,
+        "contexts": _context_objects((answer or {}).get("contexts") or []),
         "source": "feedback",
     }
     return FeedbackRoute("style", reason, tuple(novel), "style-examples", example)
