@@ -126,6 +126,22 @@ def token_spans(tokenizer: Any, text: str) -> list[tuple[int, int]]:
     return [(int(s), int(e)) for s, e in enc["offset_mapping"] if e > s]
 
 
+def _own_copy(tokenizer: Any) -> Any:
+    """A private copy of a Hugging Face fast tokenizer (others are returned as they are).
+
+    A fast tokenizer keeps its truncation setting on the shared Rust object: each call sets
+    it, then encodes. The embedder calls with ``truncation=True``; a chunker sharing the
+    object on another thread (a worker's query path encodes while its indexer chunks) could
+    encode between the two steps and get a long document's offsets cut at ``max_length``
+    tokens, losing its tail chunks without an error.
+    """
+    if getattr(tokenizer, "is_fast", False) and hasattr(tokenizer, "backend_tokenizer"):
+        import copy
+
+        return copy.deepcopy(tokenizer)
+    return tokenizer
+
+
 def _words(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
     """Group token spans into words: ``(start_char, end_char, n_tokens)``."""
     words: list[tuple[int, int, int]] = []
@@ -229,7 +245,7 @@ class TokenChunker:
                 f"overlap_tokens must be >= 0 and smaller than chunk_tokens ({chunk_tokens}), "
                 f"got {overlap_tokens}; lower the overlap or raise the chunk size"
             )
-        self.tokenizer = tokenizer if tokenizer is not None else WordTokenizer()
+        self.tokenizer = _own_copy(tokenizer) if tokenizer is not None else WordTokenizer()
         self.chunk_tokens = chunk_tokens
         self.overlap_tokens = overlap_tokens
 

@@ -164,3 +164,31 @@ def test_plan_windows_properties(tokens: list[int], size: int, data: st.DataObje
         assert sum(tokens[c:b]) <= overlap
     for a, b in windows:
         assert sum(tokens[a:b]) <= size
+
+
+def test_chunking_is_not_cut_by_an_embedder_encoding_on_another_thread(
+    hf_tokenizer: Any,
+) -> None:
+    """The embedder tokenizes with ``truncation=True`` (it sets the fast tokenizer's shared
+    truncation state); a chunker sharing that tokenizer on another thread then saw a long
+    document cut at ``max_length`` tokens: its tail chunks were lost (a worker's query path
+    encodes while the indexer chunks). The chunker keeps a tokenizer of its own."""
+    import threading
+
+    chunker = TokenChunker(hf_tokenizer, chunk_tokens=64, overlap_tokens=16)
+    text = " ".join(f"word{i} is a token-rich line of text." for i in range(120))
+    want = [c.text for c in chunker.chunk("d", text)]
+    stop = threading.Event()
+
+    def encode_queries() -> None:
+        while not stop.is_set():
+            hf_tokenizer(["a query"] * 4, truncation=True, max_length=16)
+
+    thread = threading.Thread(target=encode_queries, daemon=True)
+    thread.start()
+    try:
+        got = [[c.text for c in chunker.chunk("d", text)] for _ in range(200)]
+    finally:
+        stop.set()
+        thread.join(10)
+    assert all(g == want for g in got), sorted({len(g) for g in got})
