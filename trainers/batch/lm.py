@@ -54,12 +54,12 @@ IGNORE = -100  # label of tokens the loss skips (the prompt, the padding)
 class StyleExample(Example):
     """A ``style-examples`` record: ``text`` is the question, ``label`` the house answer.
 
-    Examples
-    --------
     ``contexts`` are the source texts and ``doc_ids`` their documents, where the record named
     them: the training prompt then numbers them exactly as the serving prompt does, so the
     model learns to cite what it is shown (``example-N`` stands in for a missing id).
 
+    Examples
+    --------
     >>> e = StyleExample((0, 4), 1.0, "Why?", None, "Summary: because. [1]", ("ctx",))
     >>> e.question, e.answer, e.contexts
     ('Why?', 'Summary: because. [1]', ('ctx',))
