@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streams.broker import LocalBroker
@@ -23,6 +24,7 @@ from streams.settings import (
     KafkaSettings,
     ModelSettings,
     Settings,
+    StyleSettings,
     TopicSettings,
     TriggerSettings,
 )
@@ -88,6 +90,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env[f"LIVELEARN_MODELS__{field.upper()}"] = str(getattr(settings.models, field))
     for field in TriggerSettings.model_fields:
         env[f"LIVELEARN_TRIGGER__{field.upper()}"] = str(getattr(settings.trigger, field))
+    for field in StyleSettings.model_fields:
+        value = getattr(settings.style, field)
+        env[f"LIVELEARN_STYLE__{field.upper()}"] = (
+            orjson.dumps(list(value)).decode() if isinstance(value, tuple) else str(value)
+        )
     return env
 
 

@@ -49,17 +49,6 @@ def style_settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
     return s
 
 
-def _style_env(style: StyleSettings) -> dict[str, str]:
-    import json
-
-    return {"LIVELEARN_STYLE__SECTIONS": json.dumps(list(style.sections)),
-            "LIVELEARN_STYLE__PATTERN": style.pattern,
-            "LIVELEARN_STYLE__MIN_CHARS": str(style.min_chars),
-            "LIVELEARN_STYLE__MAX_CHARS": str(style.max_chars),
-            "LIVELEARN_STYLE__VOLUME_THRESHOLD": str(style.volume_threshold),
-            "LIVELEARN_STYLE__COOLDOWN_S": str(style.cooldown_s)}  # fmt: skip
-
-
 def _search(worker: WorkerProcess, text: str) -> list[str]:
     return [h["doc_id"] for h in worker.get(f"/search?q={quote(text)}&k=5")["hits"]]
 
@@ -89,7 +78,7 @@ def test_feedback_and_style_examples_keep_the_generator_current(
     client.produce("docs", {"id": "kafka", "op": "upsert",
                             "text": "Kafka keeps an ordered log of records per partition."},
                    wait=True)  # fmt: skip
-    worker = WorkerProcess(s, tmp_path / "worker.log", env=_style_env(s.style)).start()
+    worker = WorkerProcess(s, tmp_path / "worker.log").start()  # settings_env: the style too
     trainer = TrainerWorker(s, s.kafka.bootstrap_servers, {"generator": GENERATOR_JOB})
     thread = threading.Thread(target=trainer.run, daemon=True)
     thread.start()
