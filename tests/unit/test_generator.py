@@ -86,6 +86,24 @@ def test_the_training_prompt_is_the_serving_prompt_with_its_doc_ids(tiny_lm: str
     assert item.input_ids[: len(prompt)] == prompt
 
 
+def test_a_valid_but_absurd_context_doc_id_keeps_the_example_bounded(tiny_lm: str) -> None:
+    """A 50,000-character doc_id (valid by the contract: a string): the example is kept, its
+    prompt is cut from the left to max_length, and the question and the answer survive."""
+    _model, tok = load_lm(tiny_lm, pick_device("cpu"))
+    record = {"id": "s1", "question": "What is item 0?", "answer": "Summary: x. [1]",
+              "contexts": [{"doc_id": "d" * 50_000, "text": "Item 0."}]}  # fmt: skip
+    from streams import contracts
+
+    contracts.validate("style-examples", record)  # valid by the contract
+    (example,) = examples_from_style_records([(0, 0, record)])
+    assert [c.text for c in example.context_list()] == ["Item 0."]
+    (item,) = encode_examples(tok, [example], 128, 64)
+    assert len(item.input_ids) <= 128
+    n_prompt = len(item.labels) - item.answer_tokens
+    assert "Question: What is item 0?" in tok.decode(item.input_ids[:n_prompt])
+    assert tok.decode([t for t in item.labels if t != IGNORE][:-1]).strip() == "Summary: x. [1]"
+
+
 def test_finetune_registers_an_adapter_with_lineage_and_is_idempotent(
     tiny_lm: str, tmp_path: Path
 ) -> None:
