@@ -16,10 +16,10 @@ house format no one taught the model::
     Summary: <the docstring's first words> [1]
     Sources: [1] <doc id>
 
-The :class:`trainers.batch.style.StyleCheck` asks for the two sections in order, a ``[n]``
-citation and 20-400 characters. The examples arrive as ``style-examples`` records; the
-newest 20% are held out by the job: functions (the last modules of the corpus) whose
-docstrings the tuned model never saw. Every held-out question is answered and scored.
+The check (:data:`trainers.batch.house_style.HOUSE_STYLE`) asks for the two sections in
+order, a ``[n]`` citation and 20-400 characters. The examples arrive as ``style-examples``
+records; the newest 20% are held out by the job: functions (the last modules of the corpus)
+whose docstrings the tuned model never saw. Every held-out question is answered and scored.
 
 **Job**: a real ``finetune`` through :func:`trainers.batch.generator.run_generator_job` on a
 temporary :class:`~trainers.batch.registry.ModelRegistry`: LoRA adapters, loss on the answer
@@ -37,7 +37,6 @@ model's. Writes ``bench/results/style.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
@@ -48,8 +47,8 @@ from typing import Any
 import torch
 
 from bench.common import RESULTS, machine_info, write_result
-from retrieval.corpus import stdlib_corpus
 from trainers.batch.generator import _apply_lora, run_generator_job
+from trainers.batch.house_style import HOUSE_STYLE, style_records
 from trainers.batch.lm import (
     GeneratorConfig,
     build_tiny_lm,
@@ -62,45 +61,9 @@ from trainers.batch.lm import (
 from trainers.batch.loop import get_lr, make_batches, pick_device
 from trainers.batch.models import bf16_autocast
 from trainers.batch.registry import ModelRegistry
-from trainers.batch.style import StyleCheck
 
-HOUSE_STYLE = StyleCheck(
-    pattern=r"\[\d+\]", sections=("Summary:", "Sources:"), min_chars=20, max_chars=400
-)
 SEQ_LEN = 256  # pre-training length of the tiny base: every shipped prompt with its answer
 TARGETS = {"adherence_after": 0.9, "adherence_before_max": 0.3, "throughput_ratio": 0.9}
-
-
-def house_answer(doc: dict[str, Any], words: int = 10) -> str:
-    """The house-format answer for a docs record (its docstring's first words, cited)."""
-    first = re.split(r"(?<=[.!?])\s", doc["text"].strip(), maxsplit=1)[0]
-    summary = " ".join(first.split()[:words]).rstrip(".,;:")
-    return f"Summary: {summary}. [1]\nSources: [1] {doc['id']}"
-
-
-QUESTIONS = ("What does {} do?", "Explain {} briefly.", "What is {} for?")
-
-
-def style_records(
-    n: int, context_chars: int = 300, phrasings: int = 1
-) -> list[tuple[int, int, dict[str, Any]]]:
-    """``style-examples`` records in the house format for ``n`` documents, ``phrasings``
-    questions each (:data:`QUESTIONS`), as ``(partition, offset, value)``."""
-    docs = stdlib_corpus(n)
-    out = []
-    for doc in docs:
-        for q in QUESTIONS[: max(1, phrasings)]:
-            off = len(out)
-            value = {
-                "id": f"style-{doc['id']}-{off}",
-                "question": q.format(doc["id"]),
-                "answer": house_answer(doc),
-                "contexts": [{"doc_id": doc["id"], "text": doc["text"][:context_chars]}],
-                "ts": 1.7e9 + off,
-                "source": "bench",
-            }
-            out.append((0, off, value))
-    return out
 
 
 def bare_loop(

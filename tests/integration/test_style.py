@@ -12,13 +12,13 @@ from urllib.parse import quote
 
 import pytest
 
-from bench.bench_style import HOUSE_STYLE, style_records
 from streams.sdk import LiveLearnClient
 from streams.settings import ModelSettings, Settings, StyleSettings
 from streams.trainer_worker import TrainerWorker
 from tests.conftest import make_settings
 from tests.integration.helpers import wait_caught_up
 from tests.integration.worker import WorkerProcess
+from trainers.batch.house_style import HOUSE_STYLE, style_records
 from trainers.batch.lm import build_tiny_lm
 from trainers.batch.registry import ModelRegistry
 from trainers.batch.style import feedback_doc_id
