@@ -20,6 +20,7 @@ partitions, so run the generator's agents on one worker (or one partition) per d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -104,6 +105,7 @@ class GeneratorRuntime:
         # LoRA fine-tune of those, not a retrain from nothing.
         if self.uses_lm:
             self.policy.serving_version = "base"
+            self._publish(None, "base")
 
     @property
     def answerer(self) -> Any:
@@ -168,11 +170,22 @@ class GeneratorRuntime:
         ends on the old model and the next starts on the new one, never a half-loaded one."""
         if loaded is None or self.answerer is None or loaded.version == self.version:
             return None
+        old = self.version
         self.answerer.generator = loaded.generator
         self.adherence.reset()
+        self._publish(old, str(loaded.version))
         log.info("generator %s now serves %s", self.settings.models.generator_name,
                  loaded.version)  # fmt: skip
         return str(loaded.version)
+
+    def _publish(self, old: str | None, new: str) -> None:
+        # livelearn_serving_model_info{model=<generator>, source="generator"}: 1 for the
+        # version that answers now (what a dashboard or the demo waits on after a promotion).
+        name = self.settings.models.generator_name
+        if old is not None:
+            with contextlib.suppress(KeyError):
+                metrics.SERVING_VERSION.remove(name, "generator", old)
+        metrics.SERVING_VERSION.labels(name, "generator", new).set(1)
 
     def refresh(self, registry_root: Any = None) -> str | None:
         """:meth:`load_pending` then :meth:`swap` in one call; returns the version swapped in.

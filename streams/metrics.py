@@ -109,7 +109,8 @@ MODEL_METRIC = Gauge(
 )
 SERVING_VERSION = Gauge(
     "livelearn_serving_model_info",
-    "1 for the model version whose predictions are served now, by source",
+    "1 for the model version that serves now, by source (online, batch; generator: the "
+    "answering LM)",
     ["model", "source", "version"],
 )
 JOB_SECONDS = Histogram(

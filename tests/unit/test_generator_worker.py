@@ -142,8 +142,18 @@ def test_refresh_swaps_in_the_promoted_version(tmp_path: Path) -> None:
                                 "kind": "finetune", "artifacts": {"model": "model"}})  # fmt: skip
     registry.promote("generator", version.version)
     old = answerer.generator
+
+    def served() -> dict[str, float]:  # livelearn_serving_model_info of the generator
+        from prometheus_client import REGISTRY
+
+        return {s.labels["version"]: s.value for m in REGISTRY.collect()
+                if m.name == "livelearn_serving_model_info" for s in m.samples
+                if s.labels.get("source") == "generator"}  # fmt: skip
+
+    assert served().get("base") == 1.0
     assert runtime.refresh() == version.version
     assert answerer.generator is not old and runtime.version == version.version
+    assert served().get(version.version) == 1.0 and "base" not in served()  # old one gone
     assert runtime.refresh() is None  # already serving
     out = OutRecord("answers", "q", {"id": "q", "answer": "a", "contexts": [], "latency_ms": 1})
     observe_answers(runtime, [out], {})
