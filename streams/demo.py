@@ -13,6 +13,10 @@ stream worker and a trainer as child processes, then plays a scenario:
    changes (the labels flip): the drift monitor raises an alert, the policy asks for a
    fine-tune on the new data, the trainer runs it, the evaluation gate promotes it, and the
    worker hot-swaps it in: the predictions name the version that made them.
+3. **The answering model learns the house style** (:mod:`streams.demo_style`): the worker
+   and the trainer restart with a tiny causal LM as the answering model; style examples in a
+   house format stream in, the volume trigger starts a LoRA fine-tune, the gate promotes it,
+   the worker swaps it in, and the same questions are answered before and after.
 
 Live progress shows in the terminal; at the end a summary is printed and a self-contained
 HTML report (plots inline) is written to ``.livelearn/demo/report.html``.
@@ -24,7 +28,6 @@ import gc
 import os
 import shutil
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +36,9 @@ from urllib.parse import quote
 import orjson
 from rich.console import Console
 
-from streams import report
+from streams import demo_style, report
 from streams.broker import LocalBroker, free_port
+from streams.demo_waits import first_record, get, wait_http, wait_served
 from streams.kafka import admin_client
 from streams.sdk import LiveLearnClient
 from streams.settings import KafkaSettings, Settings
@@ -76,27 +80,9 @@ class DemoResult:
     predictions: int = 0
     docs_indexed: int = 0
     events_sent: int = 0
+    style: demo_style.StyleAct = field(default_factory=demo_style.StyleAct)
     report_path: Path | None = None
     seconds: float = 0.0
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=60) as resp:
-        body = resp.read()
-    return orjson.loads(body) if body[:1] in b"{[" else body.decode()
-
-
-def _wait_http(url: str, timeout_s: float, child: Child) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.proc.args!r} exited; see its log")
-        try:
-            _get(url)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} not up after {timeout_s:.0f} s")
 
 
 def _env(settings: Settings, bootstrap: str, web_port: int, metrics_port: int) -> dict[str, str]:
@@ -126,8 +112,10 @@ def _freshness(metrics_text: str) -> list[tuple[str, float]]:
 
 
 def run_demo(data_dir: Path = Path(".livelearn/demo"), n_docs: int = 300,
-             console: Console | None = None) -> DemoResult:  # fmt: skip
-    """Play the scenario on a fresh embedded stack under ``data_dir``."""
+             console: Console | None = None,
+             cache_dir: Path = Path(".livelearn/cache")) -> DemoResult:  # fmt: skip
+    """Play the scenario on a fresh embedded stack under ``data_dir`` (the tiny answering LM
+    is pre-trained once into ``cache_dir``)."""
     console = console or Console()
     started = time.monotonic()
     result = DemoResult()
@@ -167,16 +155,31 @@ def run_demo(data_dir: Path = Path(".livelearn/demo"), n_docs: int = 300,
             trainer_args = ["trainer", "--set", "epochs=6", "--set", "replay_ratio=0.2"]
             children.append(Child(trainer_args, trainer_env,
                                    data_dir / "trainer.log"))  # fmt: skip
-            _wait_http(f"http://127.0.0.1:{web}/healthz", 180, worker)
+            wait_http(f"http://127.0.0.1:{web}/healthz", 180, worker)
         console.print(f"[green]✓[/] worker up (HTTP :{web}, metrics :{prom})")
         client = LiveLearnClient(settings)
         _rag(client, console, result, web, n_docs)
-        bulk = _freshness(_get(f"http://127.0.0.1:{prom}/metrics"))
+        bulk = _freshness(get(f"http://127.0.0.1:{prom}/metrics"))
         result.freshness_buckets = bulk
         _steady_docs(client, console, web)
-        total = _freshness(_get(f"http://127.0.0.1:{prom}/metrics"))
+        total = _freshness(get(f"http://127.0.0.1:{prom}/metrics"))
         result.steady_freshness = [(le, c - b) for (le, c), (_, b) in zip(total, bulk, strict=True)]
-        _training(client, console, result, f"http://127.0.0.1:{prom}/metrics")
+        metrics_url = f"http://127.0.0.1:{prom}/metrics"
+        _training(client, console, result, metrics_url)
+        with console.status("pre-training a tiny causal LM as the answering model (no hub) ..."):
+            result.style.base = demo_style.base_lm(cache_dir)
+        with console.status("switching the answering model to it: restarting the services ..."):
+            for child in children:
+                child.stop()
+            lm_env = dict(env, **demo_style.lm_env(result.style.base))
+            worker = Child(["worker"], lm_env, data_dir / "worker-lm.log")
+            children.append(worker)
+            children.append(Child([*trainer_args, *demo_style.trainer_args()],
+                                  dict(lm_env, LIVELEARN_METRICS_PORT="0"),
+                                  data_dir / "trainer-lm.log"))  # fmt: skip
+            wait_http(f"http://127.0.0.1:{web}/healthz", 180, worker)
+        console.print(f"[green]✓[/] worker and trainer restarted with {result.style.base}")
+        demo_style.play(client, console, result.style, web, metrics_url)
         client.flush()
         del client  # its librdkafka threads would complain once the broker is gone
         gc.collect()
@@ -203,7 +206,7 @@ def _steady_docs(client: LiveLearnClient, console: Console, web: int, n: int = 4
         query = quote(docs[-1]["text"][:200])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            hits = _get(f"http://127.0.0.1:{web}/search?q={query}&k=3")["hits"]
+            hits = get(f"http://127.0.0.1:{web}/search?q={query}&k=3")["hits"]
             if any(h["doc_id"] == f"live-{docs[-1]['id']}" for h in hits):
                 break
             time.sleep(0.2)
@@ -236,7 +239,7 @@ def _rag(client: LiveLearnClient, console: Console, result: DemoResult, web: int
         last = docs[-1]
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            hits = _get(f"http://127.0.0.1:{web}/search?q={quote(last['text'][:200])}&k=1")
+            hits = get(f"http://127.0.0.1:{web}/search?q={quote(last['text'][:200])}&k=1")
             if hits["hits"] and hits["hits"][0]["doc_id"] == last["id"]:
                 break
             shown.update(_indexing_progress(client, len(docs), time.monotonic() - started))
@@ -256,7 +259,7 @@ def _rag(client: LiveLearnClient, console: Console, result: DemoResult, web: int
     with console.status("waiting for the update and the delete to be applied ..."):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            hits = _get(f"http://127.0.0.1:{web}/search?q={quote(text)}&k=1")["hits"]
+            hits = get(f"http://127.0.0.1:{web}/search?q={quote(text)}&k=1")["hits"]
             if hits and "REVISED" in hits[0]["text"]:
                 break
             time.sleep(0.3)
@@ -274,30 +277,6 @@ def _rag(client: LiveLearnClient, console: Console, result: DemoResult, web: int
 FINAL = ("promoted", "rejected", "failed")
 # Labelled records after a drift alert before its job starts (the job needs the new concept).
 DRIFT_MIN_RECORDS = 200
-
-
-def _first(client: LiveLearnClient, stream: str, match: Any, timeout_s: float) -> Any:
-    """The first record of ``stream`` (from the beginning) that ``match`` accepts, or None."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for record in client.subscribe(stream, from_beginning=True, timeout_s=2):
-            if match(record):
-                return record
-    return None
-
-
-def _wait_served(metrics_url: str, version: str, timeout_s: float) -> bool:
-    """Wait until the worker's metrics say ``version`` answers events (the hot swap is done:
-    the promoted model is loaded in the background and swapped in between two batches)."""
-    wanted = ('source="batch"', f'version="{version}"')
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for line in str(_get(metrics_url)).splitlines():
-            if line.startswith("livelearn_serving_model_info{") and all(w in line for w in wanted):
-                if float(line.rsplit(" ", 1)[1]) == 1.0:
-                    return True
-        time.sleep(0.5)
-    return False
 
 
 def _training(
@@ -323,7 +302,7 @@ def _training(
         result.events_sent = hi
 
     def final_update(exclude: set[str], timeout_s: float) -> dict[str, Any] | None:
-        update = _first(
+        update = first_record(
             client,
             "model-updates",
             lambda u: u["status"] in FINAL and u["job_id"] not in exclude,
@@ -331,7 +310,9 @@ def _training(
         )
         if update is not None:
             update["events_sent"] = result.events_sent
-            job = _first(client, "training-jobs", lambda j: j["job_id"] == update["job_id"], 10)
+            job = first_record(
+                client, "training-jobs", lambda j: j["job_id"] == update["job_id"], 10
+            )
             update["submitted"] = job["ts"] if job else update["ts"]  # when it was decided
             update["reason"] = job["reason"] if job else "?"
             result.updates.append(update)
@@ -341,11 +322,11 @@ def _training(
         send(0, change)
         first = final_update(set(), 300)
         if first is not None and first["status"] == "promoted":  # swapped in before the change
-            _wait_served(metrics_url, first["model_version"], 120)
+            wait_served(metrics_url, first["model_version"], 120)
     _print_update(console, first)
     with console.status("the concept changes: the labels flip; watching for drift ..."):
         send(change, change + 400)
-        alert = _first(client, "drift-alerts", lambda a: a["severity"] == "drift", 120)
+        alert = first_record(client, "drift-alerts", lambda a: a["severity"] == "drift", 120)
         if alert is not None:
             console.print(
                 f"[yellow]drift alert[/] by {alert['detector']}: error {alert['value']:.2f} vs "
@@ -430,7 +411,8 @@ def _write_report(result: DemoResult, path: Path) -> Path:
     )
     sections = [
         ("Summary", f"<p>{result.docs_indexed} documents indexed, {result.events_sent} events "
-                    f"streamed, {len(result.updates)} training jobs, in "
+                    f"streamed, {len(result.updates)} training jobs for the events' model and "
+                    f"{int(result.style.update is not None)} for the answering model, in "
                     f"{result.seconds:.0f} s.</p>"),
         ("Freshness: produce → searchable",
          report.histogram(result.steady_freshness, "steady load: 4 documents per second",
@@ -448,6 +430,7 @@ def _write_report(result: DemoResult, path: Path) -> Path:
         ("Training jobs", report.timeline(spans, "job timeline (seconds)")
          + "<table><tr><th>kind</th><th>version</th><th>status</th><th>candidate</th>"
          f"<th>serving before</th></tr>{metrics_rows}</table>"),
+        demo_style.section(result.style),
     ]  # fmt: skip
     path.write_text(report.html_page("livelearn demo", sections), encoding="utf-8")
     return path
@@ -491,4 +474,11 @@ def _summary(result: DemoResult, console: Console) -> None:
     console.print(
         f"drift alerts: {[(a['severity'], a['window'].get('event_id')) for a in result.alerts]}"
     )
+    st = result.style
+    console.print(f"answering model: {st.styled(st.before)} → {st.styled(st.after)} of "
+                  f"{len(st.questions)} answers in the house style")  # fmt: skip
+    for q, b, a in zip(st.questions, st.before, st.after, strict=False):
+        console.print(f"[bold]{q}[/]")
+        console.print(f"  {b['generator_version']}: {b['answer'][:110]!r}")
+        console.print(f"  {a['generator_version']}: {a['answer'][:110]!r}")
     console.print(f"report: {result.report_path}  ({result.seconds:.0f} s)")

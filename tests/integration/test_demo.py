@@ -13,7 +13,8 @@ from streams.demo import run_demo
 
 
 def test_demo_tells_the_story(tmp_path: Path) -> None:
-    result = run_demo(tmp_path / "demo", n_docs=120, console=Console(quiet=True))
+    result = run_demo(tmp_path / "demo", n_docs=120, console=Console(quiet=True),
+                      cache_dir=tmp_path / "cache")  # fmt: skip
     # Live RAG: the rewritten document is answered with its new text; the deleted one is gone.
     assert "REVISED" in result.answers_after[0]["answer"]
     assert result.answers_after[0]["contexts"][0]["doc_id"] == result.updated_doc
@@ -38,7 +39,18 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
     # The served accuracy recovers after the change.
     after = [acc for i, acc in result.rolling_accuracy if i > 800]
     assert after[-1] > min(after) + 0.25 and after[-1] > 0.6
+    # The answering model: a LoRA fine-tune on the house-style examples is promoted and swapped
+    # in; questions about functions no example covers are answered in the house style after
+    # it (none before), by the new version.
+    style = result.style
+    assert style.update is not None and style.update["status"] == "promoted", style.update
+    assert style.update["kind"] == "finetune" and style.served
+    assert {a["generator_version"] for a in style.before} == {"base"}
+    assert {a["generator_version"] for a in style.after} == {style.update["model_version"]}
+    assert style.styled(style.before) == 0, [a["answer"] for a in style.before]
+    assert style.styled(style.after) >= len(style.after) - 1, [a["answer"] for a in style.after]
     html = result.report_path.read_text() if result.report_path else ""
+    assert "The answering model learns the house style" in html
     assert html.count('<div class="plot"') == 4 and "REVISED" in html
     assert sum(count for _, count in result.steady_freshness) == 40
     _render_in_chromium(result.report_path, result.report_path.parent)
