@@ -484,12 +484,15 @@ def demo(
         ".livelearn/demo"
     ),
     docs: Annotated[int, typer.Option(help="documents to index")] = 300,
+    cache_dir: Annotated[
+        Path, typer.Option(help="where the tiny answering LM is kept between runs")
+    ] = Path(".livelearn/cache"),
 ) -> None:
     """Run the scenario on a fresh embedded stack and write an HTML report."""
     from streams.demo import run_demo
 
     logging.basicConfig(level="WARNING")
-    run_demo(data_dir, n_docs=docs)
+    run_demo(data_dir, n_docs=docs, cache_dir=cache_dir)
 
 
 @app.command()
