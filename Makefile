@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: install lint typecheck unit test demo bench clean browser promtool compose-config
+.PHONY: install lint typecheck unit test test-kafka4 demo bench clean browser promtool compose-config
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,7 +54,11 @@ compose-config: install
 # Two pytest workers, each with its own session broker; a module's tests stay on one worker
 # (its module-scoped broker, cluster, registry or worker is shared by them).
 test: lint typecheck browser promtool compose-config
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=15
+
+# The same suite with every broker it starts on Kafka 4.4.0 (jars fetched by Maven once).
+test-kafka4:
+	LIVELEARN_TEST_KAFKA_VERSION=4.4.0 $(MAKE) test
 
 demo: install
 	$(VENV)/bin/livelearn demo

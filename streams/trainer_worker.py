@@ -282,9 +282,10 @@ class TrainerWorker:
         self._pending = deque(m for m in self._pending if (m.topic(), m.partition()) not in gone)
         if self._current in gone:
             log.warning(
-                "the running job's partition %s moved to another trainer: abandoning the job "
+                "the running job's partition %s moved to another trainer: abandoning job %s "
                 "(its new owner runs it; the registry keeps one version per job)",
                 self._current[1],
+                self.running,
             )
             self._lost.set()
 

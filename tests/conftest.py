@@ -30,6 +30,21 @@ from streams.settings import (
 )
 from streams.topics import ensure_topics, topic_specs
 
+#: The Kafka release every broker of the suite runs: the default (3.9.1), or
+#: ``LIVELEARN_TEST_KAFKA_VERSION`` (e.g. 4.4.0), which also reaches the brokers the tests
+#: start themselves (:func:`broker_settings`) and those their child processes start
+#: (``livelearn up``, the demo: ``LIVELEARN_BROKER__KAFKA_VERSION``).
+TEST_KAFKA_VERSION = (
+    os.environ.get("LIVELEARN_TEST_KAFKA_VERSION") or BrokerSettings().kafka_version
+)
+if os.environ.get("LIVELEARN_TEST_KAFKA_VERSION"):
+    os.environ.setdefault("LIVELEARN_BROKER__KAFKA_VERSION", TEST_KAFKA_VERSION)
+
+
+def broker_settings(**overrides: object) -> BrokerSettings:
+    """The broker settings of a test's own broker or cluster: the suite's Kafka release."""
+    return BrokerSettings.model_validate({"kafka_version": TEST_KAFKA_VERSION, **overrides})
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -38,14 +53,31 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    # LIVELEARN_TEST_KAFKA_VERSION runs the suite on another Kafka release (e.g. 4.4.0).
-    version = os.environ.get("LIVELEARN_TEST_KAFKA_VERSION") or BrokerSettings().kafka_version
-    broker = LocalBroker(tmp_path_factory.mktemp("broker"), BrokerSettings(kafka_version=version))
+    broker = LocalBroker(tmp_path_factory.mktemp("broker"), broker_settings())
     bootstrap = broker.start()
     try:
         yield bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def answering_lm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding the demo's tiny answering LM (:func:`streams.demo_style.base_lm`:
+    GPT-2 96x2, 300 pre-training steps, ~30 s on 2 cores), built once for the whole run: the
+    pytest-xdist workers share it under their common base folder, one building it under a
+    file lock while the others wait."""
+    from filelock import FileLock
+
+    from streams.demo_style import base_lm
+
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    cache = shared / "answering-lm"
+    cache.mkdir(exist_ok=True)
+    with FileLock(str(cache / ".lock")):
+        base_lm(cache)
+    return cache
 
 
 def make_settings(

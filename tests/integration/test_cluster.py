@@ -36,10 +36,10 @@ from streams import contracts
 from streams.cluster import LocalCluster
 from streams.kafka import admin_client, deliver_or_retry, producer
 from streams.sdk import LiveLearnClient
-from streams.settings import BrokerSettings, ModelSettings, Settings, TriggerSettings
+from streams.settings import ModelSettings, Settings, TriggerSettings
 from streams.topics import ensure_topics, topic_specs
 from streams.trainer_worker import manual_job
-from tests.conftest import make_settings, settings_env
+from tests.conftest import broker_settings, make_settings, settings_env
 from tests.integration.helpers import (
     collection_state,
     expected_chunks,
@@ -58,7 +58,7 @@ ROWS = list(datasets.Phishing())
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    nodes = LocalCluster(tmp_path_factory.mktemp("cluster"), BrokerSettings(), brokers=3)
+    nodes = LocalCluster(tmp_path_factory.mktemp("cluster"), broker_settings(), brokers=3)
     nodes.start()
     try:
         yield nodes

@@ -12,9 +12,9 @@ from rich.console import Console
 from streams.demo import run_demo
 
 
-def test_demo_tells_the_story(tmp_path: Path) -> None:
+def test_demo_tells_the_story(tmp_path: Path, answering_lm_cache: Path) -> None:
     result = run_demo(tmp_path / "demo", n_docs=120, console=Console(quiet=True),
-                      cache_dir=tmp_path / "cache")  # fmt: skip
+                      cache_dir=answering_lm_cache)  # fmt: skip
     # Live RAG: the rewritten document is answered with its new text; the deleted one is gone.
     assert "REVISED" in result.answers_after[0]["answer"]
     assert result.answers_after[0]["contexts"][0]["doc_id"] == result.updated_doc

@@ -36,9 +36,9 @@ from streams import status
 from streams.broker import LocalBroker, free_port
 from streams.kafka import admin_client, producer
 from streams.sdk import LiveLearnClient
-from streams.settings import BrokerSettings, ModelSettings, Settings
+from streams.settings import ModelSettings, Settings
 from streams.topics import ensure_topics, topic_specs
-from tests.conftest import make_settings
+from tests.conftest import broker_settings, make_settings
 from tests.integration.helpers import (
     collection_state,
     expected_chunks,
@@ -161,7 +161,7 @@ def test_broker_restart_under_load(tmp_path: Path) -> None:
     docs and labelled events stream in; the worker reconnects by itself and, in the end,
     Milvus holds exactly the expected chunks, every event has a prediction and every label
     was learned once."""
-    broker = LocalBroker(tmp_path, BrokerSettings())
+    broker = LocalBroker(tmp_path, broker_settings())
     bootstrap = broker.start()
     worker: WorkerProcess | None = None
     try:

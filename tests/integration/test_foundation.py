@@ -16,7 +16,7 @@ from streams.broker import LocalBroker
 from streams.kafka import admin_client, producer
 from streams.sdk import LiveLearnClient
 from streams.settings import BrokerSettings, Settings
-from tests.conftest import settings_env
+from tests.conftest import broker_settings, settings_env
 from tests.contract_examples import EXAMPLES
 
 
@@ -118,7 +118,7 @@ def test_cli_produce_reports_rate_and_tail_reads_back(settings: Settings, tmp_pa
 
 
 def test_embedded_kafka_keeps_data_and_port_across_restart(tmp_path: Path) -> None:
-    broker = LocalBroker(tmp_path, BrokerSettings())
+    broker = LocalBroker(tmp_path, broker_settings())
     if broker.resolve_kind() != "kafka":
         pytest.skip("needs Java 17+ (Tansu keeps nothing on disk)")
     bootstrap = broker.start()

@@ -8,14 +8,13 @@ from pathlib import Path
 
 from streams.broker import LocalBroker
 from streams.kafka import admin_client
-from streams.settings import BrokerSettings
 from streams.topics import ensure_topics, topic_specs
-from tests.conftest import make_settings
+from tests.conftest import broker_settings, make_settings
 from tests.integration.worker import WorkerProcess
 
 
 def test_sigterm_ends_a_worker_whose_broker_is_gone(tmp_path: Path) -> None:
-    broker = LocalBroker(tmp_path / "broker", BrokerSettings())
+    broker = LocalBroker(tmp_path / "broker", broker_settings())
     bootstrap = broker.start()
     s = make_settings(tmp_path, bootstrap, partitions=1)
     ensure_topics(admin_client(s, bootstrap), topic_specs(s.topics))

@@ -19,7 +19,6 @@ from tests.conftest import make_settings
 from tests.integration.helpers import wait_caught_up
 from tests.integration.worker import WorkerProcess
 from trainers.batch.house_style import HOUSE_STYLE, style_records
-from trainers.batch.lm import build_tiny_lm
 from trainers.batch.registry import ModelRegistry
 from trainers.batch.style import feedback_doc_id
 
@@ -38,11 +37,12 @@ STYLE = StyleSettings(sections=HOUSE_STYLE.sections, pattern=HOUSE_STYLE.pattern
 
 
 @pytest.fixture
-def style_settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
+def style_settings(tmp_path: Path, kafka_bootstrap: str, answering_lm_cache: Path) -> Settings:
+    from streams.demo_style import base_lm
     from streams.kafka import admin_client
     from streams.topics import ensure_topics, topic_specs
 
-    lm = build_tiny_lm(tmp_path / "lm", hidden=96, layers=2, heads=2, pretrain_steps=300)
+    lm = base_lm(answering_lm_cache)  # 96x2, 300 pre-training steps: the demo's base
     s = make_settings(tmp_path, kafka_bootstrap, style=STYLE, models=ModelSettings(
         generator=lm, generator_max_new_tokens=64, chunk_tokens=160, chunk_overlap=16))  # fmt: skip
     ensure_topics(admin_client(s, kafka_bootstrap), topic_specs(s.topics))

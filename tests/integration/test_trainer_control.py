@@ -252,12 +252,13 @@ def test_two_trainers_and_rebalances_mid_job_finish_every_job_once(
         if thread_b is not None:
             thread_b.join(60)
 
-    # The first job's partition (0) moved to B when B joined, before A left (A's leaving
-    # moves its partitions too, and logs the same line for the job it abandons then).
-    moved = [r for r in caplog.records if "moved to another trainer" in r.getMessage()
-             and r.args == (0,) and r.created < a_stopped_at]  # fmt: skip
-    if moved:  # then A abandoned it mid-job and did not finish it
-        assert job_ids[0] not in results["a"], results
+    # A job whose partition moved to B when B joined, before A left, was abandoned by A mid-job
+    # and not finished by A. Usually the first job (the sticky assignor moves partition 0
+    # first); on a slower rebalance A has finished it and runs the next job of partition 0
+    # by then (seen on Kafka 4.4). A's leaving logs the same line for the job it abandons then.
+    moved = [r.args[1] for r in caplog.records if "moved to another trainer" in r.getMessage()
+             and isinstance(r.args, tuple) and r.created < a_stopped_at]  # fmt: skip
+    assert not set(moved) & set(results["a"]), (moved, results)
     registry = ModelRegistry(settings.data_dir / "registry")
     versions = registry.list(settings.models.name)
     # One version per job: no job trained and registered twice, none lost.

@@ -17,11 +17,11 @@ from river import datasets
 from streams.broker import LocalBroker, free_port
 from streams.kafka import admin_client
 from streams.sdk import LiveLearnClient
-from streams.settings import BrokerSettings, Settings
+from streams.settings import Settings
 from streams.supervisor import ChildStatus
 from streams.topics import ensure_topics, topic_specs
 from streams.up import SupervisorState, read_state, state_path
-from tests.conftest import make_settings, settings_env
+from tests.conftest import broker_settings, make_settings, settings_env
 from tests.integration.helpers import (
     collection_state,
     expected_chunks,
@@ -273,7 +273,7 @@ def test_sigterm_while_the_worker_waits_for_its_restart(settings: Settings, tmp_
 def test_kafka_lost_exits_3_when_so_set(tmp_path: Path) -> None:
     """`LIVELEARN_SUPERVISOR__ON_BROKER_LOSS=exit`: the cluster `up` uses stops answering for
     longer than `..._BROKER_LOSS_S`; `up` says so, stops its children and exits 3."""
-    broker = LocalBroker(tmp_path / "cluster", BrokerSettings())
+    broker = LocalBroker(tmp_path / "cluster", broker_settings())
     bootstrap = broker.start()
     try:
         s = make_settings(tmp_path / "data", bootstrap)
