@@ -38,7 +38,7 @@ from rich.console import Console
 
 from streams import demo_style, report
 from streams.broker import LocalBroker, free_port
-from streams.demo_waits import first_record, get, wait_http, wait_served
+from streams.demo_waits import FINAL, first_record, get, wait_http, wait_searchable, wait_served
 from streams.kafka import admin_client
 from streams.sdk import LiveLearnClient
 from streams.settings import KafkaSettings, Settings
@@ -236,14 +236,16 @@ def _rag(client: LiveLearnClient, console: Console, result: DemoResult, web: int
             client.upsert_doc(doc["id"], doc["text"], title=doc["title"], source=doc["source"],
                               meta=doc["meta"])  # fmt: skip
         client.flush()
-        last = docs[-1]
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            hits = get(f"http://127.0.0.1:{web}/search?q={quote(last['text'][:200])}&k=1")
-            if hits["hits"] and hits["hits"][0]["doc_id"] == last["id"]:
-                break
-            shown.update(_indexing_progress(client, len(docs), time.monotonic() - started))
-            time.sleep(0.5)
+        wait_searchable(
+            web,
+            docs[-1]["text"],
+            docs[-1]["id"],
+            300,
+            poll_s=0.5,
+            on_wait=lambda: shown.update(
+                _indexing_progress(client, len(docs), time.monotonic() - started)
+            ),
+        )
     result.docs_indexed = len(docs)
     console.print(f"[green]✓[/] {len(docs)} documents searchable")
     for q in QUESTIONS:
@@ -274,7 +276,6 @@ def _rag(client: LiveLearnClient, console: Console, result: DemoResult, web: int
     )
 
 
-FINAL = ("promoted", "rejected", "failed")
 # Labelled records after a drift alert before its job starts (the job needs the new concept).
 DRIFT_MIN_RECORDS = 200
 

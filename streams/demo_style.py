@@ -28,16 +28,14 @@ so its summary is a garble and the id it cites is seldom its source's.
 from __future__ import annotations
 
 import html
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from rich.console import Console
 
-from streams.demo_waits import first_record, get, wait_served
+from streams.demo_waits import FINAL, first_record, wait_searchable, wait_served
 from streams.sdk import LiveLearnClient
 from trainers.batch.house_style import HOUSE_STYLE, style_records
 
@@ -52,7 +50,6 @@ N_PROBES = 4  # questions about functions no example covers, asked before and af
 #: ``python -m bench style --quick``; the device is the default (CUDA in bf16 when present).
 GENERATOR_JOB = {"epochs": 10, "batch_size": 8, "max_length": 256, "eval_max": 16,
                  "min_eval_samples": 1, "val_fraction": 0.2, "replay_ratio": 0.0}  # fmt: skip
-FINAL = ("promoted", "rejected", "failed")
 
 
 @dataclass
@@ -106,13 +103,7 @@ def _index(client: LiveLearnClient, web: int, docs: list[dict[str, Any]]) -> Non
     for doc in docs:
         client.upsert_doc(doc["doc_id"], doc["text"], title=doc["doc_id"], source="demo-style")
     client.flush()
-    last = docs[-1]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        hits = get(f"http://127.0.0.1:{web}/search?q={quote(last['text'][:200])}&k=1")["hits"]
-        if hits and hits[0]["doc_id"] == last["doc_id"]:
-            return
-        time.sleep(0.3)
+    wait_searchable(web, docs[-1]["text"], docs[-1]["doc_id"], 120)
 
 
 def play(

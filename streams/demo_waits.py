@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
 from streams.sdk import LiveLearnClient
 from streams.supervisor import Child
 
-__all__ = ["first_record", "get", "wait_http", "wait_served"]
+__all__ = ["FINAL", "first_record", "get", "wait_http", "wait_searchable", "wait_served"]
+
+#: The statuses that end a training job in ``model-updates``.
+FINAL = ("promoted", "rejected", "failed")
 
 
 def get(url: str) -> Any:
@@ -37,6 +42,23 @@ def wait_http(url: str, timeout_s: float, child: Child) -> None:
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"{url} not up after {timeout_s:.0f} s")
+
+
+def wait_searchable(
+    web: int, text: str, doc_id: str, timeout_s: float, poll_s: float = 0.3,
+    on_wait: Callable[[], None] | None = None,
+) -> bool:  # fmt: skip
+    """Wait until a search for ``text`` (its first 200 characters) on the worker's ``/search``
+    at port ``web`` returns ``doc_id`` first; ``on_wait`` is called between two tries."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        hits = get(f"http://127.0.0.1:{web}/search?q={quote(text[:200])}&k=1")["hits"]
+        if hits and hits[0]["doc_id"] == doc_id:
+            return True
+        if on_wait is not None:
+            on_wait()
+        time.sleep(poll_s)
+    return False
 
 
 def first_record(client: LiveLearnClient, stream: str, match: Any, timeout_s: float) -> Any:
