@@ -37,6 +37,7 @@ from rich.console import Console
 
 from streams.demo_waits import FINAL, first_record, wait_searchable, wait_served
 from streams.sdk import LiveLearnClient
+from streams.settings import StyleSettings, section_env
 from trainers.batch.house_style import HOUSE_STYLE, style_records
 
 __all__ = ["StyleAct", "base_lm", "lm_env", "play", "section", "trainer_args"]
@@ -82,15 +83,15 @@ def base_lm(cache: Path) -> str:
 def lm_env(lm: str) -> dict[str, str]:
     """The environment that makes ``lm`` the answering model, with the house style as the
     style check and a volume trigger at the act's number of examples (no cooldown: a demo)."""
+    style = StyleSettings(
+        sections=HOUSE_STYLE.sections, pattern=HOUSE_STYLE.pattern,
+        min_chars=HOUSE_STYLE.min_chars, max_chars=HOUSE_STYLE.max_chars,
+        volume_threshold=N_FUNCTIONS * PHRASINGS, cooldown_s=0,
+    )  # fmt: skip
     return {
         "LIVELEARN_MODELS__GENERATOR": lm,
         "LIVELEARN_MODELS__GENERATOR_MAX_NEW_TOKENS": "64",
-        "LIVELEARN_STYLE__SECTIONS": orjson.dumps(list(HOUSE_STYLE.sections)).decode(),
-        "LIVELEARN_STYLE__PATTERN": HOUSE_STYLE.pattern,
-        "LIVELEARN_STYLE__MIN_CHARS": str(HOUSE_STYLE.min_chars),
-        "LIVELEARN_STYLE__MAX_CHARS": str(HOUSE_STYLE.max_chars),
-        "LIVELEARN_STYLE__VOLUME_THRESHOLD": str(N_FUNCTIONS * PHRASINGS),
-        "LIVELEARN_STYLE__COOLDOWN_S": "0",
+        **section_env("style", style),
     }
 
 

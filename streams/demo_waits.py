@@ -14,13 +14,13 @@ from urllib.parse import quote
 
 import orjson
 
+from streams.contracts import FINAL_JOB_STATUSES
 from streams.sdk import LiveLearnClient
 from streams.supervisor import Child
 
 __all__ = ["FINAL", "first_record", "get", "wait_http", "wait_searchable", "wait_served"]
 
-#: The statuses that end a training job in ``model-updates``.
-FINAL = ("promoted", "rejected", "failed")
+FINAL = FINAL_JOB_STATUSES  # the statuses that end a training job in ``model-updates``
 
 
 def get(url: str) -> Any:

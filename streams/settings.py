@@ -50,6 +50,7 @@ __all__ = [
     "WebSettings",
     "WebhookSettings",
     "load_settings",
+    "section_env",
 ]
 
 
@@ -624,6 +625,24 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Read the environment (``LIVELEARN_*``) once; keyword overrides win."""
     return Settings(**overrides)
+
+
+def section_env(name: str, section: BaseModel) -> dict[str, str]:
+    """The ``LIVELEARN_<NAME>__<FIELD>`` environment that gives a child process ``section``'s
+    values (tuples as JSON lists, as the settings read them).
+
+    >>> env = section_env("style", StyleSettings(sections=("Summary",), min_chars=40))
+    >>> env["LIVELEARN_STYLE__SECTIONS"], env["LIVELEARN_STYLE__MIN_CHARS"]
+    ('["Summary"]', '40')
+    """
+    import json
+
+    out: dict[str, str] = {}
+    for field in type(section).model_fields:
+        value = getattr(section, field)
+        text = json.dumps(list(value)) if isinstance(value, tuple) else str(value)
+        out[f"LIVELEARN_{name.upper()}__{field.upper()}"] = text
+    return out
 
 
 def settings_table() -> list[tuple[str, str, str, str]]:

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
 from streams.broker import LocalBroker
@@ -22,11 +21,9 @@ from streams.kafka import admin_client
 from streams.settings import (
     BrokerSettings,
     KafkaSettings,
-    ModelSettings,
     Settings,
-    StyleSettings,
     TopicSettings,
-    TriggerSettings,
+    section_env,
 )
 from streams.topics import ensure_topics, topic_specs
 
@@ -115,18 +112,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["LIVELEARN_KAFKA__BOOTSTRAP_SERVERS"] = settings.kafka.bootstrap_servers
     env["LIVELEARN_KAFKA__GROUP_PREFIX"] = settings.kafka.group_prefix
     env["LIVELEARN_KAFKA__SESSION_TIMEOUT_MS"] = str(settings.kafka.session_timeout_ms)
-    for field in TopicSettings.model_fields:
-        env[f"LIVELEARN_TOPICS__{field.upper()}"] = str(getattr(settings.topics, field))
     env["LIVELEARN_MILVUS__COLLECTION"] = settings.milvus.collection
-    for field in ModelSettings.model_fields:
-        env[f"LIVELEARN_MODELS__{field.upper()}"] = str(getattr(settings.models, field))
-    for field in TriggerSettings.model_fields:
-        env[f"LIVELEARN_TRIGGER__{field.upper()}"] = str(getattr(settings.trigger, field))
-    for field in StyleSettings.model_fields:
-        value = getattr(settings.style, field)
-        env[f"LIVELEARN_STYLE__{field.upper()}"] = (
-            orjson.dumps(list(value)).decode() if isinstance(value, tuple) else str(value)
-        )
+    for name in ("topics", "models", "trigger", "style"):
+        env.update(section_env(name, getattr(settings, name)))
     return env
 
 

@@ -41,6 +41,7 @@ from streams.exceptions import ContractError
 __all__ = [
     "CONTRACTS",
     "DOC_ID_MAX_BYTES",
+    "FINAL_JOB_STATUSES",
     "INPUT_CONTRACTS",
     "SCHEMA_VERSION",
     "ContractError",
@@ -72,6 +73,8 @@ INPUT_CONTRACTS = ("docs", "events", "queries", "style-examples", "feedback")
 #: A docs id becomes a Milvus primary key (``<id>#<n>``, at most 512 bytes), but the schema's
 #: ``maxLength`` counts characters, and a character takes up to 4 bytes of UTF-8.
 DOC_ID_MAX_BYTES = 256
+#: The ``model-updates`` statuses that end a training job (``started`` and ``progress`` do not).
+FINAL_JOB_STATUSES = ("promoted", "rejected", "failed")
 
 
 class Limits:

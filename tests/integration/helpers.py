@@ -15,11 +15,13 @@ import orjson
 
 from retrieval.corpus import stdlib_corpus
 from streams import status
+from streams.contracts import FINAL_JOB_STATUSES
 from streams.sdk import LiveLearnClient
 from streams.settings import Settings
 from trainers.online.state import load_checkpoint
 
 __all__ = [
+    "wait_job_final",
     "collection_state",
     "expected_chunks",
     "group_lag",
@@ -114,3 +116,11 @@ def wait_checkpoint(settings: Settings, n_records: int, timeout_s: float = 60) -
     raise AssertionError(
         f"checkpoint never covered {n_records} records: {state and state['offsets']}"
     )
+
+
+def wait_job_final(client: LiveLearnClient, job_id: str, timeout_s: float = 240) -> dict[str, Any]:
+    """The ``model-updates`` record that ends ``job_id`` (promoted, rejected or failed)."""
+    for update in client.subscribe("model-updates", from_beginning=True, timeout_s=timeout_s):
+        if update["job_id"] == job_id and update["status"] in FINAL_JOB_STATUSES:
+            return update
+    raise AssertionError(f"no final update for {job_id} within {timeout_s:.0f} s")

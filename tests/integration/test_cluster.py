@@ -46,6 +46,7 @@ from tests.integration.helpers import (
     stdlib_corpus,
     wait_caught_up,
     wait_checkpoint,
+    wait_job_final,
     wait_predicted,
 )
 from tests.integration.worker import WorkerProcess
@@ -139,13 +140,6 @@ def _mark(what: str, t0: float) -> float:
     return took
 
 
-def _wait_update(client: LiveLearnClient, job_id: str, timeout_s: float = 180) -> dict[str, Any]:
-    for update in client.subscribe("model-updates", from_beginning=True, timeout_s=timeout_s):
-        if update["job_id"] == job_id and update["status"] in ("promoted", "rejected", "failed"):
-            return update
-    raise AssertionError(f"no final update for {job_id}")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_kills_rolling_restart_and_a_wiped_node_under_load(
@@ -218,7 +212,7 @@ def test_kills_rolling_restart_and_a_wiped_node_under_load(
         predicted = wait_predicted(s, set(load.acked["events"]), timeout_s=120)
         wait_checkpoint(s, n_events, timeout_s=120)
         _mark("events predicted and learned", t0)
-        updates = [_wait_update(client, job["job_id"]), _wait_update(client, late["job_id"])]
+        updates = [wait_job_final(client, j["job_id"], 180) for j in (job, late)]
         _mark("jobs finished", t0)
         assert worker.proc is not None and worker.proc.poll() is None  # never gave up
         assert trainer.poll() is None

@@ -71,7 +71,7 @@ def test_poison_records_cost_only_themselves(tmp_path: Path, kafka_bootstrap: st
         while not final and time.monotonic() < deadline:  # "started" comes first
             updates = _collect(client, "model-updates", {job["job_id"]}, 30, key="job_id")
             final = [u for u in updates if u["job_id"] == job["job_id"]
-                     and u["status"] in ("promoted", "rejected", "failed")]  # fmt: skip
+                     and u["status"] in contracts.FINAL_JOB_STATUSES]  # fmt: skip
         assert final and final[-1]["status"] == "promoted", final
         # Wait until the promoted tabular model answers events.
         deadline = time.monotonic() + 90

@@ -19,6 +19,7 @@ from streams.settings import ModelSettings, Settings, TriggerSettings
 from streams.topics import ensure_topics, topic_specs
 from streams.trainer_worker import TrainerWorker, manual_job
 from tests.conftest import make_settings, settings_env
+from tests.integration.helpers import wait_job_final
 from tests.integration.worker import WorkerProcess
 from trainers.batch.registry import ModelRegistry
 from trainers.online.learner import OnlineLearner
@@ -40,13 +41,6 @@ def _predictions(client: LiveLearnClient, prefix: str = "", timeout_s: float = 5
         p for p in client.subscribe("predictions", from_beginning=True, timeout_s=timeout_s)
         if p["id"].startswith(prefix)
     ]  # fmt: skip
-
-
-def _wait_final(client: LiveLearnClient, job_id: str) -> dict[str, Any]:
-    for update in client.subscribe("model-updates", from_beginning=True, timeout_s=240):
-        if update["job_id"] == job_id and update["status"] in ("promoted", "rejected", "failed"):
-            return update
-    raise AssertionError(f"no final update for {job_id}")
 
 
 def _served_by(client: LiveLearnClient, version: str, tag: str, timeout_s: float = 90) -> int:
@@ -91,7 +85,7 @@ def test_promotion_and_rollback_hot_swap_what_serves(tmp_path: Path, kafka_boots
         client.flush()
         retrain = manual_job(s, kafka_bootstrap, "retrain")
         client.produce("training-jobs", retrain, wait=True)
-        v1 = _wait_final(client, retrain["job_id"])
+        v1 = wait_job_final(client, retrain["job_id"])
         assert v1["status"] == "promoted", v1
         _served_by(client, v1["model_version"], "a")
 
@@ -100,7 +94,7 @@ def test_promotion_and_rollback_hot_swap_what_serves(tmp_path: Path, kafka_boots
         client.flush()
         finetune = manual_job(s, kafka_bootstrap, "finetune")
         client.produce("training-jobs", finetune, wait=True)
-        v2 = _wait_final(client, finetune["job_id"])
+        v2 = wait_job_final(client, finetune["job_id"])
         assert v2["status"] == "promoted", v2
         _served_by(client, v2["model_version"], "b")
 

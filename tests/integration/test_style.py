@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
+from streams.contracts import FINAL_JOB_STATUSES
 from streams.sdk import LiveLearnClient
 from streams.settings import ModelSettings, Settings, StyleSettings
 from streams.trainer_worker import TrainerWorker
@@ -55,8 +56,7 @@ def _search(worker: WorkerProcess, text: str) -> list[str]:
 
 def _wait_update(client: LiveLearnClient, timeout_s: float = 300) -> dict[str, Any]:
     for update in client.subscribe("model-updates", from_beginning=True, timeout_s=timeout_s):
-        if update.get("model") == "generator" and update["status"] in (
-            "promoted", "rejected", "failed"):  # fmt: skip
+        if update.get("model") == "generator" and update["status"] in FINAL_JOB_STATUSES:
             return update
     raise AssertionError("no final model-updates record for the generator job")
 

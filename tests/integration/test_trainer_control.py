@@ -31,7 +31,7 @@ from trainers.batch.datasets import LabelEncoder, examples_from_records
 from trainers.batch.models import FeatureVectorizer, TabularMLP
 from trainers.batch.registry import ModelRegistry
 
-FINAL = ("promoted", "rejected", "failed")
+FINAL = contracts.FINAL_JOB_STATUSES
 
 
 def _send_phishing(client: LiveLearnClient, start: int, stop: int) -> None:

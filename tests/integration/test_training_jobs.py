@@ -18,6 +18,7 @@ from streams.sdk import LiveLearnClient
 from streams.settings import Settings
 from streams.trainer_worker import TrainerWorker, manual_job
 from tests.conftest import settings_env
+from tests.integration.helpers import wait_job_final
 from trainers.batch.registry import ModelRegistry
 
 
@@ -29,13 +30,6 @@ def _send(client: LiveLearnClient, rows: list[tuple[dict[str, float], bool]], ba
     for i, (x, y) in enumerate(rows):
         client.send_event(f"p{base + i}", features=x, label=y, ts=1_700_000_000 + base + i)
     client.flush()
-
-
-def _wait_update(client: LiveLearnClient, job_id: str, timeout_s: float = 240) -> dict[str, Any]:
-    for update in client.subscribe("model-updates", from_beginning=True, timeout_s=timeout_s):
-        if update["job_id"] == job_id and update["status"] in ("promoted", "rejected", "failed"):
-            return update
-    raise AssertionError(f"no final update for {job_id}")
 
 
 @pytest.fixture
@@ -55,7 +49,7 @@ def test_retrain_then_finetune_promoted_with_lineage(settings: Settings, trainer
     _send(client, _phishing(0, 800), 0)
     job = manual_job(settings, client.bootstrap, "retrain")
     client.produce("training-jobs", job, wait=True)
-    update = _wait_update(client, job["job_id"])
+    update = wait_job_final(client, job["job_id"])
     assert update["status"] == "promoted", update
     assert update["metrics"]["accuracy"] > 0.75
     registry = ModelRegistry(settings.data_dir / "registry")
@@ -72,7 +66,7 @@ def test_retrain_then_finetune_promoted_with_lineage(settings: Settings, trainer
     for p, (lo, _hi) in ft["data"]["offsets"].items():
         assert lo == job["data"]["offsets"][p][1]
     client.produce("training-jobs", ft, wait=True)
-    update = _wait_update(client, ft["job_id"])
+    update = wait_job_final(client, ft["job_id"])
     assert update["status"] == "promoted", update
     v2 = registry.serving(settings.models.name)
     assert v2 is not None and v2.manifest["kind"] == "finetune"
@@ -97,7 +91,7 @@ def test_a_worse_candidate_is_rejected(settings: Settings) -> None:
         job = manual_job(settings, client.bootstrap, kind)
         job["job_id"] += f"-{id(worker)}"  # a second, distinct retrain of the same data
         client.produce("training-jobs", job, wait=True)
-        update = _wait_update(client, job["job_id"])
+        update = wait_job_final(client, job["job_id"])
         worker.stop()
         thread.join(30)
     assert update["status"] == "rejected", update
@@ -133,7 +127,7 @@ def test_trainer_killed_mid_job_finishes_it_once(settings: Settings, tmp_path: P
         start_new_session=True,
     )
     try:
-        update = _wait_update(client, job["job_id"])
+        update = wait_job_final(client, job["job_id"])
         assert update["status"] == "promoted"
         time.sleep(3)  # a second run of the job would show up as a second version
         assert [v.job_id for v in registry.list(settings.models.name)] == [job["job_id"]]
@@ -158,7 +152,7 @@ def test_a_retrain_over_a_long_history_reads_a_bounded_newest_part(
     try:
         job = manual_job(s, client.bootstrap, "retrain")
         client.produce("training-jobs", job, wait=True)
-        update = _wait_update(client, job["job_id"])
+        update = wait_job_final(client, job["job_id"])
     finally:
         worker.stop()
         thread.join(30)

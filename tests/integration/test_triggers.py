@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from river.datasets import synth
 
+from streams.contracts import FINAL_JOB_STATUSES
 from streams.kafka import admin_client
 from streams.sdk import LiveLearnClient
 from streams.settings import Settings, TriggerSettings
@@ -66,7 +67,7 @@ def test_a_burst_of_drift_signals_in_the_cooldown_gives_one_job(
         _send(client, 0, 5000, flipped)
         promoted = None
         for u in client.subscribe("model-updates", from_beginning=True, timeout_s=180):
-            if u["status"] in ("promoted", "rejected", "failed"):
+            if u["status"] in FINAL_JOB_STATUSES:
                 promoted = u
                 break
         assert promoted is not None and promoted["status"] == "promoted", promoted

@@ -156,3 +156,9 @@ def test_random_bytes_never_escape_the_dlq_path(contract: str, raws: list[bytes]
 )
 def test_random_json_never_escapes_the_dlq_path(contract: str, values: list[object]) -> None:
     _check_batch(contract, [json.dumps(v).encode() for v in values])
+
+
+def test_final_job_statuses_are_model_updates_statuses() -> None:
+    enum = contracts.schema("model-updates")["properties"]["status"]["enum"]
+    assert set(contracts.FINAL_JOB_STATUSES) < set(enum)
+    assert not {"started", "progress"} & set(contracts.FINAL_JOB_STATUSES)
