@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from retrieval.embedding import TextEmbedder
     from retrieval.indexing import ChunkIndexer
     from retrieval.store import VectorStore
-    from streams.settings import RetrievalSettings
+    from streams.settings import ModelSettings, RetrievalSettings
 
     defaults = RetrievalSettings()
     if args.smoke:
@@ -271,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
     store = VectorStore(str(folder / "retrieval.db"), dim=embedder.dim, bm25=True)
     try:
-        indexer = ChunkIndexer(TokenChunker(embedder.tokenizer), embedder, store)
+        models = ModelSettings()  # the workers' chunking
+        chunker = TokenChunker(embedder.tokenizer, models.chunk_tokens, models.chunk_overlap)
+        indexer = ChunkIndexer(chunker, embedder, store)
         started = time.perf_counter()
         chunks = 0
         for i in range(0, len(docs), 256):

