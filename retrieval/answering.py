@@ -29,6 +29,8 @@ __all__ = [
     "Context",
     "ExtractiveGenerator",
     "Generator",
+    "NO_CONTEXT_ANSWER",
+    "NO_PROSE_ANSWER",
     "QueryAnswerer",
     "SearchTimings",
     "build_prompt",
@@ -38,6 +40,9 @@ __all__ = [
 ]
 
 NO_CONTEXT_ANSWER = "No indexed document matches the question."
+#: The answer when documents were found but their best-ranked passages are all lists, code,
+#: headings or tables (the sources line follows it).
+NO_PROSE_ANSWER = "The best-ranked sources hold no running text to quote."
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 _WORD = re.compile(r"\w+")
@@ -168,8 +173,10 @@ def _cut_at_word(text: str, max_chars: int) -> str:
 class ExtractiveGenerator:
     """Quote the sentences of the best-ranked contexts that share most words with the question.
 
-    Only the first ``max_contexts`` contexts (the best-ranked ones) are read, and only their
-    running text (:func:`prose_passages`: no list lines, code or headings). Sentences are
+    Only the best-ranked contexts are read, and only their running text
+    (:func:`prose_passages`: no list lines, code or headings): the first ``max_contexts`` of
+    the first ``max_scanned`` that have any (a chunk that is all parameter list or code is
+    passed over, so a high ``k`` reads exactly what a low one does). Sentences are
     scored by the share of the question's content words they contain, ties going to the
     better-ranked context; the chosen ones are quoted in rank order (context, then position),
     each followed by ``[i]``, then the cited sources with their doc ids. The quoted text is at
@@ -183,6 +190,8 @@ class ExtractiveGenerator:
         Sentences longer than this are cut at a word boundary (with ``...``).
     max_contexts
         Contexts the quotes may come from: the best-ranked ones, however many were retrieved.
+    max_scanned
+        Contexts looked at for running text (>= ``max_contexts``).
     max_answer_chars
         Bound on the quoted text (citations and the sources line come on top).
 
@@ -202,11 +211,16 @@ class ExtractiveGenerator:
         max_chars: int = 400,
         max_contexts: int = 3,
         max_answer_chars: int = 600,
+        max_scanned: int = 5,
     ) -> None:
         if max_sentences < 1:
             raise InvalidArgumentError(f"max_sentences must be >= 1, got {max_sentences}")
         if max_contexts < 1:
             raise InvalidArgumentError(f"max_contexts must be >= 1, got {max_contexts}")
+        if max_scanned < max_contexts:
+            raise InvalidArgumentError(
+                f"max_scanned must be >= max_contexts ({max_contexts}), got {max_scanned}"
+            )
         if max_chars < 20 or max_answer_chars < max_chars:
             raise InvalidArgumentError(
                 f"need 20 <= max_chars <= max_answer_chars, got {max_chars}, {max_answer_chars}"
@@ -215,6 +229,7 @@ class ExtractiveGenerator:
         self.max_chars = max_chars
         self.max_contexts = max_contexts
         self.max_answer_chars = max_answer_chars
+        self.max_scanned = max_scanned
 
     def generate(self, question: str, contexts: Sequence[Context]) -> str:
         """The quoted sentences with citations, or a fixed line when there is no context."""
@@ -222,13 +237,19 @@ class ExtractiveGenerator:
             return NO_CONTEXT_ANSWER
         wanted = _content_words(question)
         scored: list[tuple[float, int, int, str]] = []
-        for i, ctx in enumerate(contexts[: self.max_contexts]):
+        read = 0
+        for i, ctx in enumerate(contexts[: self.max_scanned]):
             sentences = [s for p in prose_passages(ctx.text) for s in split_sentences(p)]
             for j, sentence in enumerate(sentences):
                 overlap = len(wanted & _content_words(sentence)) / max(len(wanted), 1)
                 scored.append((-overlap, i, j, sentence))
+            read += bool(sentences)
+            if read == self.max_contexts:
+                break
         if not scored:
-            return NO_CONTEXT_ANSWER
+            shown = contexts[: self.max_contexts]
+            names = ", ".join(f"[{i + 1}] {c.doc_id}" for i, c in enumerate(shown))
+            return f"{NO_PROSE_ANSWER}\nSources: {names}"
         scored.sort()
         best = [s for s in scored if s[0] < 0][: self.max_sentences] or scored[:1]
         parts: list[str] = []

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.answering import Context as Ctx
 from retrieval.answering import ExtractiveGenerator, prose_passages
+from retrieval.exceptions import InvalidArgumentError
 
 QUESTION = "How do I sort an array of numbers in place?"
 
@@ -66,11 +68,29 @@ def test_no_list_lines_code_or_headings_are_quoted() -> None:
         assert bad not in answer, bad
 
 
-def test_only_lists_and_code_fall_back_to_no_answer() -> None:
+def test_only_lists_and_code_say_so_and_name_the_sources() -> None:
     only_code = [Ctx("x", 0, 0.9, ">>> sort(a)\n>>> a\n[1, 2]"), Ctx("y", 0, 0.8, "- a\n- b")]
     assert ExtractiveGenerator().generate(QUESTION, only_code) == (
+        "The best-ranked sources hold no running text to quote.\nSources: [1] x, [2] y"
+    )
+    assert ExtractiveGenerator().generate(QUESTION, []) == (
         "No indexed document matches the question."
     )
+
+
+def test_a_chunk_without_running_text_is_passed_over() -> None:
+    """A parameter list ranked first does not hide the prose ranked after it (within the
+    first ``max_scanned``), and the answer is the same at any k beyond that."""
+    params = Ctx("svd", 4, 0.95, "Returns\n-------\nU : { (..., M, M) } array\n    Unitary.")
+    prose = Ctx("svd", 0, 0.9, "Singular Value Decomposition of a matrix into unitary factors.")
+    gen = ExtractiveGenerator()
+    at5 = gen.generate("unitary factors of a matrix", [params, prose, *_contexts(3)])
+    at50 = gen.generate("unitary factors of a matrix", [params, prose, *_contexts(48)])
+    assert at5 == at50
+    assert at5.startswith("Singular Value Decomposition of a matrix into unitary factors. [2]")
+    assert "-------" not in at5 and "(..., M, M)" not in at5
+    with pytest.raises(InvalidArgumentError):
+        ExtractiveGenerator(max_contexts=3, max_scanned=2)
 
 
 def test_prose_passages_joins_wrapped_lines() -> None:
