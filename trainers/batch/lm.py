@@ -200,10 +200,8 @@ def shipped_answers(limit: int = 400, context_chars: int = 300) -> list[str]:
     """Serving prompts about the standard library, each followed by the extractive
     generator's answer: what a base model is pre-trained on to know the prompt format and to
     answer with citations (the way any instruction-tuned model already does), in the
-    extractive form, not the house style. A context with no running text keeps the answer it
-    had when the shipped base was first measured (``NO_CONTEXT_ANSWER``, not the later
-    ``NO_PROSE_ANSWER`` with its sources line: 14 of the 265), so the tiny base and the figures
-    of ``bench style`` stay the ones measured.
+    extractive form, not the house style. No running text keeps ``NO_CONTEXT_ANSWER`` (14 of
+    265), so the tiny base and ``bench style``'s figures stay the measured ones.
     """
     from retrieval.answering import NO_CONTEXT_ANSWER, NO_PROSE_ANSWER, ExtractiveGenerator
     from retrieval.corpus import stdlib_corpus
@@ -214,8 +212,7 @@ def shipped_answers(limit: int = 400, context_chars: int = 300) -> list[str]:
         ctx = [Context(d["id"], 0, 1.0, d["text"][:context_chars])]
         question = f"Explain {d['id']}."
         answer = extractive.generate(question, ctx)
-        if answer.startswith(NO_PROSE_ANSWER):
-            answer = NO_CONTEXT_ANSWER
+        answer = NO_CONTEXT_ANSWER if answer.startswith(NO_PROSE_ANSWER) else answer
         out.append(f"{build_prompt(question, ctx)} {answer}")
     return out
 
