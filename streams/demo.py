@@ -38,7 +38,8 @@ from rich.console import Console
 
 from streams import demo_style, report
 from streams.broker import LocalBroker, free_port
-from streams.demo_waits import FINAL, first_record, get, wait_http, wait_searchable, wait_served
+from streams.contracts import FINAL_JOB_STATUSES
+from streams.demo_waits import first_record, get, wait_http, wait_searchable, wait_served
 from streams.kafka import admin_client
 from streams.sdk import LiveLearnClient
 from streams.settings import KafkaSettings, Settings
@@ -306,7 +307,7 @@ def _training(
         update = first_record(
             client,
             "model-updates",
-            lambda u: u["status"] in FINAL and u["job_id"] not in exclude,
+            lambda u: u["status"] in FINAL_JOB_STATUSES and u["job_id"] not in exclude,
             timeout_s,
         )
         if update is not None:

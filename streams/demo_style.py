@@ -35,7 +35,8 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from streams.demo_waits import FINAL, first_record, wait_searchable, wait_served
+from streams.contracts import FINAL_JOB_STATUSES
+from streams.demo_waits import first_record, wait_searchable, wait_served
 from streams.sdk import LiveLearnClient
 from streams.settings import StyleSettings, section_env
 from trainers.batch.house_style import HOUSE_STYLE, style_records
@@ -131,7 +132,7 @@ def play(
         act.examples = len(examples)
         act.update = first_record(
             client, "model-updates",
-            lambda u: u.get("model") == "generator" and u["status"] in FINAL, 600,
+            lambda u: u.get("model") == "generator" and u["status"] in FINAL_JOB_STATUSES, 600,
         )  # fmt: skip
     update = act.update
     if update is None or update["status"] != "promoted":

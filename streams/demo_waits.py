@@ -14,13 +14,10 @@ from urllib.parse import quote
 
 import orjson
 
-from streams.contracts import FINAL_JOB_STATUSES
 from streams.sdk import LiveLearnClient
 from streams.supervisor import Child
 
-__all__ = ["FINAL", "first_record", "get", "wait_http", "wait_searchable", "wait_served"]
-
-FINAL = FINAL_JOB_STATUSES  # the statuses that end a training job in ``model-updates``
+__all__ = ["first_record", "get", "wait_http", "wait_searchable", "wait_served"]
 
 
 def get(url: str) -> Any:
