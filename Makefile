@@ -52,9 +52,11 @@ compose-config: install
 	  echo "no docker compose and no Go build: the compose config test will skip"
 
 # Two pytest workers, each with its own session broker; a module's tests stay on one worker
-# (its module-scoped broker, cluster, registry or worker is shared by them).
+# (its module-scoped broker, cluster, registry or worker is shared by them). The files start
+# slowest first (tests/durations.py; --no-loadscope-reorder keeps that order), so the workers
+# end together; tests/conftest.py gives every process one torch thread.
 test: lint typecheck browser promtool compose-config
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=15
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # The same suite with every broker it starts on Kafka 4.4.0 (jars fetched by Maven once).
 test-kafka4:

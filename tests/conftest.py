@@ -10,6 +10,14 @@ consumer-group prefix, so tests never see each other's records.
 from __future__ import annotations
 
 import os
+
+# One OpenMP/MKL thread per process, set before torch is imported here or in any child (the
+# workers, trainers and `livelearn up` the tests start inherit it): the suite runs two pytest
+# workers and their child processes, several of them encoding or training with torch, on a
+# two-core machine, and oversubscribed OpenMP threads spin. Measured: two concurrent copies of
+# test_retrieval_eval's encoding take 167 s with torch's default threads, 100 s with one each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +34,7 @@ from streams.settings import (
     section_env,
 )
 from streams.topics import ensure_topics, topic_specs
+from tests.durations import load, order_longest_first
 
 #: The Kafka release every broker of the suite runs: the default (3.9.1), or
 #: ``LIVELEARN_TEST_KAFKA_VERSION`` (e.g. 4.4.0), which also reaches the brokers the tests
@@ -36,6 +45,11 @@ TEST_KAFKA_VERSION = (
 )
 if os.environ.get("LIVELEARN_TEST_KAFKA_VERSION"):
     os.environ.setdefault("LIVELEARN_BROKER__KAFKA_VERSION", TEST_KAFKA_VERSION)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest files first (:mod:`tests.durations`), so that xdist's workers end together."""
+    order_longest_first(items, load())
 
 
 def broker_settings(**overrides: object) -> BrokerSettings:
