@@ -6,9 +6,12 @@ hands the files out in collection order, and by default it reorders them by thei
 of tests, which puts the unit files (many short tests) first and the few long end-to-end files
 (the demo, the fault tests) last: one worker then runs a five-minute file alone at the end.
 :func:`order_longest_first` sorts the collected items so that files start longest first
-(LPT scheduling: the tail is at most the shortest long file), from the seconds each file took
-in a measured run (``tests/file_durations.json``); files it does not know keep their order,
-after the known ones. ``make test`` passes ``--no-loadscope-reorder`` so xdist keeps it.
+(LPT scheduling: the files that start last are the short ones, so the workers end close
+together), from the seconds each file took in a measured run (``tests/file_durations.json``);
+files it does not know keep their order, after the known ones. The order is only a hint: an
+entry that is not a number of seconds is left out with a warning, a missing or broken
+file gives collection order, and no test depends on either. ``make test`` passes
+``--no-loadscope-reorder`` so xdist keeps the order.
 
 Refresh the figures from a run's JUnit report::
 
@@ -30,6 +33,7 @@ tests/unit/test_a.py::t
 from __future__ import annotations
 
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
@@ -44,12 +48,35 @@ __all__ = ["file_seconds", "load", "order_longest_first"]
 
 
 def load(path: Path = DURATIONS) -> dict[str, float]:
-    """The measured seconds per file (``{}`` when the file is missing or unreadable)."""
+    """The measured seconds per file: ``{}`` when the file is missing or is not a JSON object;
+    an entry whose value is not a number of seconds is left out, with a warning.
+
+    >>> import tempfile, warnings
+    >>> bad = Path(tempfile.mkdtemp()) / "durations.json"
+    >>> _ = bad.write_text('{"a.py": 3, "b.py": "slow", "c.py": null, "d.py": [], "e.py": true}')
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     load(bad), str(caught[0].message)
+    ({'a.py': 3.0}, "tests/file_durations: not seconds, left out: ['b.py', 'c.py', 'd.py', 'e.py']")
+    >>> _ = bad.write_text("[1, 2]")
+    >>> load(bad), load(bad.with_name("missing.json"))
+    ({}, {})
+    """
     try:
         data = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return {}
-    return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    seconds = {
+        str(k): float(v)
+        for k, v in data.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)  # orjson has no inf or NaN
+    }
+    if len(seconds) < len(data):
+        left_out = sorted(str(k) for k in data if str(k) not in seconds)
+        warnings.warn(f"tests/file_durations: not seconds, left out: {left_out}", stacklevel=2)
+    return seconds
 
 
 def order_longest_first(items: list[Any], seconds: dict[str, float]) -> None:
