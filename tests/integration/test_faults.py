@@ -281,17 +281,34 @@ def test_milvus_outage_commits_nothing_unwritten(
             a for a in client.subscribe("answers", from_beginning=True, timeout_s=60, max_records=1)
         ]
         assert [a["id"] for a in answers] == ["q-outage"] and answers[0]["contexts"]
-        state = collection_state(milvus_server.uri, s.milvus.collection)  # a server: read live
+        # A server, read live. Once, in a CI run, the first read right after the catch-up
+        # missed 196 of 363 chunks (some written before the outage, some after) that the
+        # collection's files held at the end: read again for up to 30 s, and report it.
+        expected, first_missing = _expected(final), None
+        deadline = time.monotonic() + 30
+        while (state := collection_state(milvus_server.uri, s.milvus.collection)) != expected:
+            if first_missing is None:
+                first_missing = len(set(expected) - set(state))
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1)
     finally:
         worker.stop()
-    assert state == _expected(final)
+    missing = sorted(set(expected) - set(state))
+    assert state == expected, (
+        f"{len(missing)} chunks missing (e.g. {missing[:3]}), "
+        f"{len(set(state) - set(expected))} extra, "
+        f"{sum(state[k] != expected[k] for k in set(state) & set(expected))} stale; "
+        f"dead letters: {len(_dead_letters(s, s.topics.docs))}"
+    )
     assert _dead_letters(s, s.topics.docs) == [] and _dead_letters(s, s.topics.queries) == []
     retries = worker.log_path.read_text(errors="replace").count("retrying in")
     assert retries > 0
     print(
         f"\nmilvus outage: 10 s down, committed held at {max(committed)}/{written} records, "
         f"lag {min(lags)}..{max(lags)}; caught up {recovered_s:.1f} s after the restart; "
-        f"{retries} retries logged"
+        f"{retries} retries logged; first read after the catch-up: "
+        f"{'exact' if first_missing is None else f'{first_missing} chunks missing'}"
     )
 
 
