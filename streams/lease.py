@@ -69,6 +69,9 @@ def _close_quietly(c: Any) -> None:
 class Lease:
     """Exclusive ownership of ``name`` through a consumer group on a one-partition topic."""
 
+    #: Seconds between two looks at the group by a member that does not hold the lease.
+    ORPHAN_CHECK_S = 5.0
+
     def __init__(self, settings: Settings, bootstrap: str, name: str) -> None:
         self.topic = f"{settings.kafka.group_prefix}.lease.{name}"
         self.name = name
@@ -82,7 +85,7 @@ class Lease:
         self._outside_since: float | None = None
         # A member of a group that holds the partition nowhere (see the module's docstring):
         # the group is described this often, and seen orphaned twice in a row, rejoined.
-        self.orphan_check_s = 5.0
+        self.orphan_check_s = self.ORPHAN_CHECK_S
         self._next_check = time.monotonic() + self.orphan_check_s
         self._orphan_seen = False
         self._admin = admin_client(settings, bootstrap)
