@@ -74,9 +74,10 @@ class Lease:
 
     def __init__(self, settings: Settings, bootstrap: str, name: str) -> None:
         self.topic = f"{settings.kafka.group_prefix}.lease.{name}"
+        self.group = f"{settings.kafka.group_prefix}-lease-{name}"
         self.name = name
-        ensure_topics(admin_client(settings, bootstrap),
-                      [TopicSpec(self.topic, 1, settings.topics.replication)])  # fmt: skip
+        self._admin = admin_client(settings, bootstrap)  # also describes the group (orphans)
+        ensure_topics(self._admin, [TopicSpec(self.topic, 1, settings.topics.replication)])
         self.held = False
         self._settings, self._bootstrap = settings, bootstrap
         # Out of the group this long (no member id: a join that never completes, as librdkafka
@@ -84,11 +85,9 @@ class Lease:
         self.rejoin_after_s = max(30.0, 3 * settings.kafka.session_timeout_ms / 1000)
         self._outside_since: float | None = None
         # A member of a group that holds the partition nowhere (see the module's docstring):
-        # the group is described this often, and seen orphaned twice in a row, rejoined.
-        self.orphan_check_s = self.ORPHAN_CHECK_S
-        self._next_check = time.monotonic() + self.orphan_check_s
+        # the group is described every ORPHAN_CHECK_S, and seen orphaned twice in a row, rejoined.
+        self._next_check = time.monotonic() + self.ORPHAN_CHECK_S
         self._orphan_seen = False
-        self._admin = admin_client(settings, bootstrap)
         self.rejoins = 0
         self._consumer = self._join()
 
@@ -96,7 +95,7 @@ class Lease:
         c = consumer(
             self._settings,
             self._bootstrap,
-            f"{self._settings.kafka.group_prefix}-lease-{self.name}",
+            self.group,
             **{
                 "max.poll.interval.ms": 300_000,
                 "partition.assignment.strategy": "range",
@@ -140,7 +139,7 @@ class Lease:
         if self._consumer.memberid():
             self._outside_since = None
             if now >= self._next_check:
-                self._next_check = now + self.orphan_check_s
+                self._next_check = now + self.ORPHAN_CHECK_S
                 if self._check_orphaned():
                     log.warning("lease %s: its group holds the partition nowhere; joining "
                                 "again", self.topic)  # fmt: skip
@@ -158,7 +157,7 @@ class Lease:
         could be the moment between an assignment and its callback)."""
         from confluent_kafka import KafkaException
 
-        group = f"{self._settings.kafka.group_prefix}-lease-{self.name}"
+        group = self.group
         try:
             described = self._admin.describe_consumer_groups([group])[group].result(timeout=10)
         except KafkaException as exc:  # a coordinator moving or loading: asked next time

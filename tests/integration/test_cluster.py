@@ -141,16 +141,21 @@ def _mark(what: str, t0: float) -> float:
     return took
 
 
+def _wait_held(lease: Lease, timeout_s: float = 20) -> float:
+    """Seconds until ``lease`` is held (``timeout_s`` at most; the caller checks it is)."""
+    t0 = time.monotonic()
+    while not lease.poll() and time.monotonic() - t0 < timeout_s:
+        time.sleep(0.1)
+    return round(time.monotonic() - t0, 1)
+
+
 def _hold_ten_leases(s: Settings, bootstrap: str, prefix: str) -> list[float]:
     """Ten leases, each on a lease topic created just then; seconds until each was held."""
     took: list[float] = []
     for trial in range(10):
         lease = Lease(s, bootstrap, f"{prefix}{trial}")
-        t0 = time.monotonic()
         try:
-            while not lease.poll() and time.monotonic() - t0 < 20:
-                time.sleep(0.1)
-            took.append(round(time.monotonic() - t0, 1))
+            took.append(_wait_held(lease))
             assert lease.held, f"lease {trial} not held after 20 s (rejoins: {lease.rejoins})"
         finally:
             lease.close()
@@ -176,9 +181,7 @@ def test_a_lease_nobody_was_given_is_taken_and_two_workers_share_it(
     holder = Lease(s, cluster.bootstrap, "shared")
     standby: Lease | None = None
     try:
-        t0 = time.monotonic()
-        while not holder.poll() and time.monotonic() - t0 < 20:
-            time.sleep(0.1)
+        _wait_held(holder)
         assert holder.held
         before = holder.rejoins  # its own topic was just created unsettled: it may have had to
         standby = Lease(s, cluster.bootstrap, "shared")
@@ -186,7 +189,7 @@ def test_a_lease_nobody_was_given_is_taken_and_two_workers_share_it(
         held: list[tuple[bool, bool]] = []
         # Three orphan checks, then until the join's rebalance has settled: the range
         # assignor may hand the partition to the newcomer (a handover, not a rejoin).
-        while time.monotonic() - t0 < 3 * standby.orphan_check_s + 2 or (
+        while time.monotonic() - t0 < 3 * Lease.ORPHAN_CHECK_S + 2 or (
             held[-1].count(True) != 1 and time.monotonic() - t0 < 60
         ):
             held.append((holder.poll(), standby.poll()))
