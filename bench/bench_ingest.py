@@ -24,7 +24,9 @@ in this order:
    a ``/search`` for its own text (top 5), again every ``--probe-ms`` until it is returned,
    by a pool of probers that starts a doc's probing when it is sent, so the probing never
    falls behind the stream. The latency is produce → the response that returned it.
-   p50/p99 per rate, and the docs never seen (``*_missing``).
+   p50/p99 per rate, and the docs never seen (``*_missing``). Each stream starts once the
+   worker has indexed everything produced before it (``caught_up_s``: how long after the
+   stream's end that took; ``cpu_s_per_doc_caught_up`` counts that catch-up's CPU too).
 4. **CPU**: the worker's process tree (the worker and its milvus-lite server), user + system
    seconds over each stream ÷ its duration (``cores``) and ÷ its docs (``cpu_s_per_doc``);
    at the first rate it is measured twice: with every doc probed (``*_probed``), and with the
@@ -188,6 +190,16 @@ def indexed(metrics_url: str, topic: str) -> float:
         if line.startswith(want):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def wait_indexed(metrics_url: str, topic: str, count: float, timeout_s: float = 180.0) -> float:
+    """Wait until the worker has indexed ``count`` docs in all (at most ``timeout_s``); returns
+    the wait. Each measurement starts from a worker that has caught up, not with the backlog
+    the one before left (a stream the worker could not keep up with ends with one)."""
+    started = time.perf_counter()
+    while indexed(metrics_url, topic) < count and time.perf_counter() - started < timeout_s:
+        time.sleep(0.1)
+    return time.perf_counter() - started
 
 
 def histogram(metrics_url: str, name: str) -> tuple[float, float]:
@@ -426,15 +438,21 @@ def run(args: argparse.Namespace, tmp: Path, bootstrap: str, wall: float) -> int
         # 3-4. steady streams
         probe_s = args.probe_ms / 1000
         streams_out = {}
+        produced = indexed(metrics_url, topics.docs)
         for name, part, rate, probe in (("probed", probed, args.rate, probe_s),
                                         ("unprobed", unprobed, args.rate, None),
                                         ("probed2", probed2, args.rate2, probe_s)):  # fmt: skip
+            cpu0 = tree.cpu_s()
             streams_out[name] = out = stream(client, web, part, rate, probe, tree, metrics_url)
+            produced += len(part)
+            out["caught_up_s"] = wait_indexed(metrics_url, topics.docs, produced)
+            out["cpu_s_per_doc_caught_up"] = (tree.cpu_s() - cpu0) / len(part)
             fresh_ms, search_ms = (out[k] * 1000 for k in ("worker_freshness_mean_s",
                                                             "worker_search_mean_s"))  # fmt: skip
             figures = (f"cores {out['cores']:.2f}, {out['cpu_s_per_doc'] * 1000:.1f} ms CPU/doc; "
                        f"worker: freshness mean {fresh_ms:.0f} ms, {out['searches']:.0f} "
-                       f"searches, mean {search_ms:.0f} ms")  # fmt: skip
+                       f"searches, mean {search_ms:.0f} ms; caught up "
+                       f"{out['caught_up_s']:.1f} s after the stream")  # fmt: skip
             if probe is not None:
                 p50, p99 = out["p50_s"] * 1000, out["p99_s"] * 1000
                 figures = f"freshness p50 {p50:.0f} ms, p99 {p99:.0f} ms, " + (

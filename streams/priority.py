@@ -6,7 +6,7 @@ indexed would wait for the whole batch (seconds) if the two shared one thread, a
 at half speed beside it if they merely had threads of their own. So queries have a thread of
 their own (:class:`~streams.services.RetrievalServices`), *and* the indexer stops at
 :meth:`QueryGate.pause` between two forward passes and between two sub-batch writes for as
-long as a query is waiting or running: a query waits at most for one forward pass (8 texts)
+long as a query is waiting or running: a query waits at most for one forward pass (4 texts)
 or one sub-batch upsert, whatever the backlog. A flood of queries cannot starve indexing: a
 pause waits only for the queries that were there when it began (those that come during it
 wait for the next one), and for at most ``max_pause_s``, so under any query load indexing
