@@ -13,7 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -548,6 +548,10 @@ class QueryAnswerer:
     query_cache
         An optional :class:`~retrieval.cache.VectorCache`: a repeated question is not
         embedded again (the cache empties itself when the embedder is swapped).
+    result_cache
+        An optional :class:`~retrieval.cache.ResultCache`: a question asked again before
+        the index changed gets the hits it got (not searched again); it empties itself when
+        the store or the embedder is swapped.
 
     Attributes
     ----------
@@ -582,6 +586,7 @@ class QueryAnswerer:
         reranker: Any = None,
         rerank_top_n: int = 20,
         query_cache: Any = None,
+        result_cache: Any = None,
     ) -> None:
         from retrieval.store import FUSIONS, SEARCH_MODES
 
@@ -603,6 +608,7 @@ class QueryAnswerer:
         self.reranker = reranker
         self.rerank_top_n = rerank_top_n
         self.query_cache = query_cache
+        self.result_cache = result_cache
         self.timings = SearchTimings()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -624,6 +630,15 @@ class QueryAnswerer:
             raise InvalidArgumentError(f"k must be >= 1, got {k}")
         mode = mode or self.mode
         use_reranker = self.reranker is not None and rerank
+        cache = self.result_cache
+        key = (question, k, filter or None, mode, use_reranker)
+        if cache is not None:
+            found = cache.lookup(key, self.store, self.embedder)
+            if found is not None:
+                self.timings = SearchTimings()
+                return found[:k]
+            cache.misses += 1
+        generation = getattr(self.store, "generation", None)
         wanted = max(k, self.rerank_top_n) if use_reranker else k
         started = time.perf_counter()
         hits = self._retrieve(question, wanted, filter or None, mode)
@@ -631,7 +646,47 @@ class QueryAnswerer:
         if use_reranker and hits:
             hits = self.reranker.rerank(question, hits, k)
         self.timings = SearchTimings(retrieved - started, time.perf_counter() - retrieved)
+        if cache is not None:
+            cache.store(key, self.store, self.embedder, generation, hits[:k])
         return hits[:k]
+
+    def cached(
+        self,
+        question: str,
+        k: int | None = None,
+        filter: str | None = None,
+        mode: str | None = None,
+        rerank: bool = True,
+    ) -> list[Hit] | None:
+        """What :meth:`search` with these arguments would return, if the result cache holds
+        it for the index as it is now; ``None`` otherwise (nothing is searched). Cheap and
+        safe from any thread: the worker answers repeated queries with it on the event loop,
+        without queueing them behind the query thread or pausing indexing.
+
+        >>> import numpy as np
+        >>> from retrieval.cache import ResultCache
+        >>> class OneDim:
+        ...     def encode(self, texts):
+        ...         return np.ones((len(texts), 1), "f4")
+        >>> class Fixed:
+        ...     generation = 0
+        ...     def search(self, vector, k=5, filter=None):
+        ...         return [Hit("kafka#0", "kafka", 0, "Kafka keeps the log.", 0.9, "", "", {})]
+        >>> answerer = QueryAnswerer(OneDim(), Fixed(), result_cache=ResultCache())
+        >>> answerer.cached("What keeps the log?") is None
+        True
+        >>> _ = answerer.search("What keeps the log?")
+        >>> [h.doc_id for h in answerer.cached("What keeps the log?")]
+        ['kafka']
+        """
+        cache = self.result_cache
+        if cache is None:
+            return None
+        k = self.default_k if k is None else int(k)
+        use_reranker = self.reranker is not None and rerank
+        key = (question, k, filter or None, mode or self.mode, use_reranker)
+        found: list[Hit] | None = cache.lookup(key, self.store, self.embedder)
+        return None if found is None else found[:k]
 
     def search_many(
         self,
@@ -663,6 +718,34 @@ class QueryAnswerer:
         store_many = getattr(self.store, "search_many", None)
         if store_many is None or self.reranker is not None or not questions:
             return [self.search(q, k, filter, mode) for q in questions]
+        cache = self.result_cache
+        if cache is None:
+            return self._search_many(store_many, questions, k, filter, mode)
+        store, embedder = self.store, self.embedder
+        found: dict[str, list[Hit]] = {}
+        for q in questions:
+            hits = cache.lookup((q, k, filter or None, mode, False), store, embedder)
+            if hits is not None:
+                found[q] = hits
+        missing = list(dict.fromkeys(q for q in questions if q not in found))
+        if missing:
+            cache.misses += len(missing)
+            generation = getattr(store, "generation", None)
+            for q, hits in zip(
+                missing, self._search_many(store_many, missing, k, filter, mode), strict=True
+            ):
+                found[q] = hits
+                cache.store((q, k, filter or None, mode, False), store, embedder, generation, hits)
+        return [list(found[q]) for q in questions]
+
+    def _search_many(
+        self,
+        store_many: Callable[..., list[list[Hit]]],
+        questions: Sequence[str],
+        k: int,
+        filter: str | None,
+        mode: str,
+    ) -> list[list[Hit]]:
         actual = self.store.search_mode(mode)
         if actual == "sparse":
             return [h[:k] for h in store_many(None, questions, k, filter, "sparse")]

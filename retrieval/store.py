@@ -18,11 +18,13 @@ one place; filters are in :mod:`retrieval.filters`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -479,6 +481,12 @@ class VectorStore:
         #: Whether the collection has the BM25 sparse field (set once it is opened).
         self.bm25 = False
         self._warned: set[str] = set()
+        #: Whether this process is the collection's one writer (a milvus-lite file: its lock
+        #: admits one process), so that :attr:`generation` sees every change.
+        self.single_writer = uri.endswith(".db")
+        self._generation = 0
+        self._writing = 0
+        self._generation_lock = threading.Lock()
         try:
             self._client, self._lite = _connect(uri, token)
         except Exception as exc:
@@ -505,6 +513,37 @@ class VectorStore:
         self.close()
 
     # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int | None:
+        """A number that changes with every write to the collection through this store
+        (upsert, delete, flush), or ``None`` while one is under way or when other processes
+        may write too (a Milvus server): a search result tagged with it is still the answer
+        while it is unchanged (:class:`~retrieval.cache.ResultCache`).
+
+        >>> import tempfile, os
+        >>> with VectorStore(os.path.join(tempfile.mkdtemp(), "g.db"), dim=2) as store:
+        ...     before = store.generation
+        ...     _ = store.upsert([ChunkRow("a#0", "a", 0, "alpha", [1.0, 0.0])])
+        ...     before is not None and store.generation not in (None, before)
+        True
+        """
+        if not self.single_writer or self._writing:
+            return None
+        return self._generation
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around a write: :attr:`generation` is ``None`` during it and new after it."""
+        with self._generation_lock:
+            self._writing += 1
+            self._generation += 1
+        try:
+            yield
+        finally:
+            with self._generation_lock:
+                self._writing -= 1
+                self._generation += 1
 
     def _call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run a client call, turning its errors into retrieval errors.
@@ -692,26 +731,31 @@ class VectorStore:
         is truncated at a character boundary.
         """
         entities = list({row.chunk_id: self._entity(row) for row in rows}.values())
-        for i in range(0, len(entities), batch_size):
-            self._call("upsert", self._client.upsert, self.collection, entities[i : i + batch_size])
+        with self._changing():
+            for i in range(0, len(entities), batch_size):
+                self._call(
+                    "upsert", self._client.upsert, self.collection, entities[i : i + batch_size]
+                )
         return len(entities)
 
     def delete_chunks(self, chunk_ids: Iterable[str]) -> None:
         """Remove chunks by id; unknown ids are ignored."""
         ids = list(dict.fromkeys(chunk_ids))
-        for i in range(0, len(ids), UPSERT_BATCH):
-            self._call(
-                "delete", self._client.delete, self.collection, ids=ids[i : i + UPSERT_BATCH]
-            )
+        with self._changing():
+            for i in range(0, len(ids), UPSERT_BATCH):
+                self._call(
+                    "delete", self._client.delete, self.collection, ids=ids[i : i + UPSERT_BATCH]
+                )
 
     def delete_doc(self, doc_id: str) -> None:
         """Remove every chunk of ``doc_id``."""
-        self._call(
-            "delete",
-            self._client.delete,
-            self.collection,
-            filter=f"doc_id == {quote_string(doc_id)}",
-        )
+        with self._changing():
+            self._call(
+                "delete",
+                self._client.delete,
+                self.collection,
+                filter=f"doc_id == {quote_string(doc_id)}",
+            )
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -964,7 +1008,8 @@ class VectorStore:
         rows one by one and build BM25 over them per search; a flushed segment has its
         indexes (on milvus-lite, 1,500 buffered chunks: hybrid p50 ~1.8 s before, ~14 ms
         after, under load)."""
-        self._call("flush", self._client.flush, self.collection)
+        with self._changing():
+            self._call("flush", self._client.flush, self.collection)
 
     def close(self) -> None:
         """Release the client (milvus-lite flushes and unlocks its file)."""

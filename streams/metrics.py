@@ -164,6 +164,42 @@ WEBHOOK_SECONDS = Histogram(
 )  # fmt: skip
 
 
+SEARCH_CACHE_LOOKUPS = Gauge(
+    "livelearn_search_cache_lookups",
+    "Lookups in the worker's search caches since it started (a counter; 'embedding': query "
+    "vectors, 'result': hits valid until the index changes), by outcome",
+    ["cache", "outcome"],
+)
+SEARCH_CACHE_BYTES = Gauge(
+    "livelearn_search_cache_bytes", "Memory held by a search cache's entries", ["cache"]
+)
+
+
+def export_cache_metrics(caches: dict[str, Any]) -> None:
+    """Read the caches' hit and miss counts and sizes at every scrape (``None``: no cache).
+
+    >>> from prometheus_client import REGISTRY
+    >>> from retrieval.cache import ResultCache
+    >>> cache = ResultCache()
+    >>> export_cache_metrics({"result": cache, "embedding": None})
+    >>> cache.hits, cache.bytes = 3, 1234  # as if it had answered and held entries
+    >>> REGISTRY.get_sample_value("livelearn_search_cache_lookups", {"cache": "result",
+    ...                                                              "outcome": "hit"})
+    3.0
+    >>> REGISTRY.get_sample_value("livelearn_search_cache_bytes", {"cache": "result"})
+    1234.0
+    """
+    for name, cache in caches.items():
+        if cache is not None:
+            _export_cache(name, cache)
+
+
+def _export_cache(name: str, cache: Any) -> None:
+    SEARCH_CACHE_LOOKUPS.labels(name, "hit").set_function(lambda: float(cache.hits))
+    SEARCH_CACHE_LOOKUPS.labels(name, "miss").set_function(lambda: float(cache.misses))
+    SEARCH_CACHE_BYTES.labels(name).set_function(lambda: float(cache.bytes))
+
+
 def serve_metrics(port: int, host: str = "127.0.0.1", token: str = "") -> None:
     """Serve ``/metrics`` on ``host:port`` (0 = do nothing), in a background thread.
 

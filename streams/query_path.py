@@ -7,7 +7,10 @@ pending at that moment, in groups of the same ``k``, filter and mode, with
 :meth:`~retrieval.answering.QueryAnswerer.search_many` (one forward pass for the questions
 not in the query-embedding cache, one Milvus search per side for all of them).
 An idle worker answers a lone search at once; a burst costs little more than one search.
-Indexing pauses while any of them waits (:class:`~streams.priority.QueryGate`).
+Indexing pauses while any of them waits (:class:`~streams.priority.QueryGate`). A search
+the answerer's result cache holds for the index as it is now (a query repeated before any
+write: a page polled, a search retried until a document shows up) is answered on the loop at
+once, and neither queues for the query thread nor pauses indexing.
 
 Why the loop must run first: the query thread's work (the encoder's many small torch calls,
 pymilvus, milvus-lite's own Python when it runs in this process) holds the GIL most of the
@@ -68,9 +71,13 @@ class SearchBatcher:
         self.lock = threading.Lock()
         self.drained: list[int] = []  # sizes of the latest drains (most recent last, ≤ 100)
         self._scheduled = False  # a drain is scheduled on the loop and not yet handed over
+        self.from_cache = 0  # searches answered on the loop from the result cache
 
     async def search(self, query: dict[str, Any]) -> list[Any]:
         """The hits for a validated ``queries`` record (question, k, filter, mode)."""
+        cached = self.cached(query)
+        if cached is not None:
+            return cached
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self.lock:
@@ -84,6 +91,24 @@ class SearchBatcher:
             return hits
         finally:
             self.gate.leave(token)
+
+    def cached(self, query: dict[str, Any]) -> list[Any] | None:
+        """The hits for ``query`` from the answerer's result cache, if it holds them for the
+        index as it is now (see :meth:`~retrieval.answering.QueryAnswerer.cached`): answered
+        on the loop, at once; the query thread and indexing never see it."""
+        answerer = self.answerer()
+        lookup = getattr(answerer, "cached", None)
+        if lookup is None or getattr(answerer, "result_cache", None) is None:
+            return None
+        try:
+            expr = self.filter_expr(query)
+        except Exception:  # a bad filter: the drain reports it
+            return None
+        hits: list[Any] | None = lookup(str(query["question"]), query.get("k"), expr,
+                                        query.get("mode"))  # fmt: skip
+        if hits is not None:
+            self.from_cache += 1
+        return hits
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the loop, after the requests that were ready: start a drain on the query thread."""

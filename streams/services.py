@@ -130,16 +130,17 @@ class RetrievalServices:
             from retrieval.rerank import CrossEncoderReranker
 
             reranker = CrossEncoderReranker(r.reranker)
-        cache = None
-        if r.query_cache_mb:
-            from retrieval.cache import VectorCache
+        from retrieval.cache import ResultCache, VectorCache
+        from streams.metrics import export_cache_metrics
 
-            cache = VectorCache(int(r.query_cache_mb * (1 << 20)))
+        cache = VectorCache(int(r.query_cache_mb * (1 << 20))) if r.query_cache_mb else None
+        results = ResultCache(int(r.result_cache_mb * (1 << 20))) if r.result_cache_mb else None
         self._answerer = QueryAnswerer(
             embedder, store, generator, mode=r.mode, fusion=r.fusion,
             dense_weight=r.dense_weight, reranker=reranker, rerank_top_n=r.rerank_top_n,
-            query_cache=cache,
+            query_cache=cache, result_cache=results,
         )  # fmt: skip
+        export_cache_metrics({"embedding": cache, "result": results})
 
     def _serving(self, catalog: Any) -> Any:
         """The collection to answer from and its model (see :mod:`streams.migration_worker`)."""

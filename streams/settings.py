@@ -216,6 +216,11 @@ class RetrievalSettings(_Frozen):
         8.0, ge=0, le=4096, description="memory for the embeddings of recent query texts (a "
         "repeated query is not embedded again); 0 = no cache",
     )  # fmt: skip
+    result_cache_mb: float = Field(
+        4.0, ge=0, le=4096, description="memory for recent search results, each valid until the "
+        "index next changes (a query repeated before any write is not searched again; only on "
+        "milvus-lite, where this worker is the one writer); 0 = no cache",
+    )  # fmt: skip
     migration_margin: float = Field(
         0.02, ge=-1, le=1, description="embedder migration: most recall@5 the new model may lose "
         "on the probe set before the switch is refused",

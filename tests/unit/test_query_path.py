@@ -79,7 +79,10 @@ def test_vector_cache_is_bounded_in_bytes_and_drops_the_oldest() -> None:
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RetrievalServices]:
     data = Path(tmp_path_factory.mktemp("query-path"))
-    settings = Settings(data_dir=data, retrieval=RetrievalSettings(flush_rows=40))
+    # No result cache: these searches are to reach the store (see test_result_cache.py).
+    settings = Settings(
+        data_dir=data, retrieval=RetrievalSettings(flush_rows=40, result_cache_mb=0)
+    )
     r = RetrievalServices(settings)
     r.load()
     yield r
