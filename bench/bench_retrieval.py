@@ -189,6 +189,9 @@ def update_delete_checks(
     the top 10 of the default mode (a retrieval-quality part), every hit of A in every mode
     carries the new text, and a search for A's old text (its first 300 characters) returns no
     chunk of A with old text; ``update_fresh`` counts the last two alone (no stale text).
+    ``update_found_before`` says for how many the default mode found B in its top 10 before the
+    update, and ``update_score_found_before`` is the score over those alone: what the update
+    itself loses, apart from the questions retrieval missed either way.
     Delete: ``n`` other targets are deleted: each passes when no chunk of it remains and it is
     in no mode's top 10, neither for its question nor for a search with its own text.
     """
@@ -199,6 +202,10 @@ def update_delete_checks(
     updates, deletes = targets[:n], targets[n : 2 * n]
     free = sorted(set(by_id) - set(questions.values()))
     hosts = rng.sample(free, n)
+    before = [
+        b in {h.doc_id for h in answerer.search(question, k=10, rerank=False)}
+        for question, b in updates
+    ]
     ops: list[dict[str, Any]] = []
     for (_, b), a in zip(updates, hosts, strict=True):
         # A is rewritten: B's text under B's title (each chunk embeds its title: kept, A's
@@ -234,6 +241,9 @@ def update_delete_checks(
         "delete_questions": len(deletes),
         "update_score": sum(update_ok) / max(len(update_ok), 1),
         "update_fresh": sum(update_fresh) / max(len(update_fresh), 1),
+        "update_found_before": sum(before),
+        "update_score_found_before": sum(ok for ok, b in zip(update_ok, before, strict=True) if b)
+        / max(sum(before), 1),
         "delete_score": sum(delete_ok) / max(len(delete_ok), 1),
     }
 
@@ -345,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         u, d = checks["update_score"], checks["delete_score"]
         print(f"update questions: {u:.2f} ({checks['update_questions']}; no stale text: "
-              f"{checks['update_fresh']:.2f}), "
+              f"{checks['update_fresh']:.2f}; found before the update: "
+              f"{checks['update_found_before']}, of those "
+              f"{checks['update_score_found_before']:.2f}), "
               f"delete questions: {d:.2f} ({checks['delete_questions']})")  # fmt: skip
     finally:
         store.close()

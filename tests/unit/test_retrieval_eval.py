@@ -88,4 +88,5 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     assert {"dense", "sparse", "hybrid", "hybrid+rerank"} == set(data["latency"])
     assert data["modes"]["hybrid+rerank"]["latency_p50_ms"] > 0
     assert data["update_score"] == 1.0 and data["delete_score"] == 1.0
+    assert data["update_found_before"] >= 1 and data["update_score_found_before"] == 1.0
     assert data["live_equals_offline"] is True
