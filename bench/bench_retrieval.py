@@ -71,10 +71,12 @@ def first_stage(answerer: Any, questions: dict[str, str], candidates: int) -> di
     lists: dict[str, Any] = {}
     for question in questions:
         vector = answerer.embedder.encode([question])[0]
-        lists[question] = (
-            store.search(vector, k=candidates, mode="dense"),
-            store.search(text=question, k=candidates, mode="sparse"),
-        )
+        dense = store.search(vector, k=candidates, mode="dense")
+        sparse = store.search(text=question, k=candidates, mode="sparse")
+        # as a hybrid search ranks its BM25 side: with the store's collection-wide statistics
+        # over both sides' candidates (retrieval.bm25), where it keeps them
+        sparse = store.rescore_sparse([question], [dense], [sparse], candidates)[0]
+        lists[question] = (dense, sparse)
     return lists
 
 

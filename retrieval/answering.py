@@ -746,20 +746,37 @@ class QueryAnswerer:
         filter: str | None,
         mode: str,
     ) -> list[list[Hit]]:
-        actual = self.store.search_mode(mode)
-        if actual == "sparse":
-            return [h[:k] for h in store_many(None, questions, k, filter, "sparse")]
-        if actual == "dense":
-            return [h[:k] for h in store_many(self._vectors(questions), None, k, filter, "dense")]
         from retrieval.store import fuse, hybrid_candidates
 
+        actual = self.store.search_mode(mode)
         limit = hybrid_candidates(k)
+        if actual == "sparse":
+            found = store_many(None, questions, limit, filter, "sparse")
+            return [h[:k] for h in self._rescored(questions, None, found, k)]
+        if actual == "dense":
+            return [h[:k] for h in store_many(self._vectors(questions), None, k, filter, "dense")]
         sparse = self._pool().submit(store_many, None, questions, limit, filter, "sparse")
         dense = store_many(self._vectors(questions), None, limit, filter, "dense")
+        rescored = self._rescored(questions, dense, sparse.result(), limit)
         return [
             fuse(d, s, k, self.fusion, self.dense_weight)
-            for d, s in zip(dense, sparse.result(), strict=True)
+            for d, s in zip(dense, rescored, strict=True)
         ]
+
+    def _rescored(
+        self,
+        questions: Sequence[str],
+        dense: Sequence[Sequence[Hit]] | None,
+        sparse: Sequence[Sequence[Hit]],
+        limit: int,
+    ) -> list[list[Hit]]:
+        """The BM25 lists ranked with the store's collection-wide statistics, where it keeps
+        them (:meth:`~retrieval.store.VectorStore.rescore_sparse`)."""
+        rescore = getattr(self.store, "rescore_sparse", None)
+        if rescore is None:
+            return [list(hits) for hits in sparse]
+        ranked: list[list[Hit]] = rescore(list(questions), dense, sparse, limit)
+        return ranked
 
     def _vectors(self, questions: Sequence[str]) -> list[np.ndarray]:
         embedder = self.embedder
@@ -788,7 +805,8 @@ class QueryAnswerer:
             self.store.search, None, k=limit, filter=filter, text=question, mode="sparse"
         )
         dense = self.store.search(self._vector(question), k=limit, filter=filter)
-        return fuse(dense, sparse.result(), k, self.fusion, self.dense_weight)
+        rescored = self._rescored([question], [dense], [sparse.result()], limit)[0]
+        return fuse(dense, rescored, k, self.fusion, self.dense_weight)
 
     def warm(self) -> None:
         """Start the thread the BM25 side of a hybrid search runs on (before the first

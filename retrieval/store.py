@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from retrieval.bm25 import ENGLISH_STOP_WORDS, TermStats
 from retrieval.exceptions import (
     CollectionMismatchError,
     InvalidArgumentError,
@@ -94,13 +95,6 @@ FIELDS = ("chunk_id", "doc_id", "n", "text", "title", "source", "meta", "ts")
 SPARSE_FIELD = "sparse"
 SEARCH_MODES = ("dense", "sparse", "hybrid")
 FUSIONS = ("rrf", "weighted")
-#: English stop words removed before BM25 (short function words only: in technical text words
-#: such as "not", "all" or "first" carry meaning).
-ENGLISH_STOP_WORDS = (
-    "a an and are as at be been but by can do does for from had has have how i if in into is "
-    "it its of on or so such than that the their them then there these they this those to was "
-    "we were what when where which while who why will with would you your"
-).split()
 #: The analyzer of the BM25 field: Milvus's standard tokenizer (Unicode words, so snake_case
 #: identifiers such as ``lru_cache`` stay one term and dotted names split into their parts),
 #: lower-cased, English stop words removed. No stemmer: milvus-lite has none, and the same
@@ -428,6 +422,11 @@ class VectorStore:
         Give a new collection a BM25 sparse field computed from ``text`` (needs Milvus 2.5+ or
         milvus-lite; on an older server the collection is made without it, with a warning).
         An existing collection is used as it is: :attr:`bm25` says whether it has the field.
+    global_bm25
+        Where this process is the collection's one writer (a milvus-lite file), keep BM25
+        statistics over the whole collection and rescore sparse candidates with them
+        (:mod:`retrieval.bm25`: milvus-lite scores each segment with its own, which ranks
+        fresh chunks far down); a server's BM25 is used as it is.
 
     Examples
     --------
@@ -466,6 +465,7 @@ class VectorStore:
         token: str | None = None,
         index_type: str | None = None,
         bm25: bool = False,
+        global_bm25: bool = True,
     ) -> None:
         metric = metric.upper()
         if metric not in METRICS:
@@ -494,8 +494,15 @@ class VectorStore:
                 f"cannot open Milvus at {uri!r}: {exc}; check that the server is up (or, for "
                 "milvus-lite, that the folder exists and no other process holds the file)"
             ) from exc
+        #: Collection-wide BM25 statistics the sparse candidates are rescored with (see
+        #: :mod:`retrieval.bm25`), where milvus-lite's per-segment ones skew fresh chunks.
+        self.term_stats: TermStats | None = None
         try:
             self._ensure_collection()
+            if global_bm25 and self.bm25 and self.single_writer:
+                stats = TermStats()
+                stats.add(r["text"] for r in self._query_all("", ["text"]))
+                self.term_stats = stats
         except BaseException:
             _disconnect(self._client, self._lite)  # milvus-lite holds its file till then
             raise
@@ -731,31 +738,45 @@ class VectorStore:
         is truncated at a character boundary.
         """
         entities = list({row.chunk_id: self._entity(row) for row in rows}.values())
+        stats = self.term_stats
         with self._changing():
             for i in range(0, len(entities), batch_size):
-                self._call(
-                    "upsert", self._client.upsert, self.collection, entities[i : i + batch_size]
-                )
+                part = entities[i : i + batch_size]
+                replaced = self._texts([e["chunk_id"] for e in part]) if stats else []
+                self._call("upsert", self._client.upsert, self.collection, part)
+                if stats is not None:
+                    stats.remove(replaced)
+                    stats.add(e["text"] for e in part)
         return len(entities)
+
+    def _texts(self, chunk_ids: Sequence[str]) -> list[str]:
+        """The stored texts of those of ``chunk_ids`` that exist."""
+        rows = self._call(
+            "get", self._client.get, self.collection, ids=list(chunk_ids), output_fields=["text"]
+        )
+        return [str(r["text"]) for r in rows]
 
     def delete_chunks(self, chunk_ids: Iterable[str]) -> None:
         """Remove chunks by id; unknown ids are ignored."""
         ids = list(dict.fromkeys(chunk_ids))
+        stats = self.term_stats
         with self._changing():
             for i in range(0, len(ids), UPSERT_BATCH):
-                self._call(
-                    "delete", self._client.delete, self.collection, ids=ids[i : i + UPSERT_BATCH]
-                )
+                part = ids[i : i + UPSERT_BATCH]
+                gone = self._texts(part) if stats else []
+                self._call("delete", self._client.delete, self.collection, ids=part)
+                if stats is not None:
+                    stats.remove(gone)
 
     def delete_doc(self, doc_id: str) -> None:
         """Remove every chunk of ``doc_id``."""
+        expr = f"doc_id == {quote_string(doc_id)}"
+        stats = self.term_stats
         with self._changing():
-            self._call(
-                "delete",
-                self._client.delete,
-                self.collection,
-                filter=f"doc_id == {quote_string(doc_id)}",
-            )
+            gone = [str(r["text"]) for r in self._query_all(expr, ["text"])] if stats else []
+            self._call("delete", self._client.delete, self.collection, filter=expr)
+            if stats is not None:
+                stats.remove(gone)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -901,12 +922,45 @@ class VectorStore:
         if mode != "dense" and not (text and text.strip()):
             raise InvalidArgumentError(f"a {mode} search needs the query's text")
         query = self._query_vector(vector) if mode != "sparse" else None
-        if mode != "hybrid":
+        if mode == "dense":
             return self._search_one(query, text, k, filter, mode)
         limit = hybrid_candidates(k, candidates)
+        if mode == "sparse":
+            found = self._search_one(None, text, limit, filter, "sparse")
+            return self.rescore_sparse([str(text)], None, [found], k)[0]
         dense = self._search_one(query, None, limit, filter, "dense")
         sparse = self._search_one(None, text, limit, filter, "sparse")
+        sparse = self.rescore_sparse([str(text)], [dense], [sparse], limit)[0]
         return fuse(dense, sparse, k, fusion, dense_weight, rrf_k)
+
+    def rescore_sparse(
+        self,
+        texts: Sequence[str],
+        dense: Sequence[Sequence[Hit]] | None,
+        sparse: Sequence[Sequence[Hit]],
+        limit: int,
+    ) -> list[list[Hit]]:
+        """Each query's BM25 list ranked again with the collection-wide statistics, over its
+        BM25 hits and, when given, its dense hits (a fresh chunk that milvus-lite's segment
+        statistics left out of the BM25 list is found there); unchanged without
+        :attr:`term_stats` (a Milvus server). Used by every hybrid and sparse search.
+
+        >>> import tempfile, os
+        >>> with VectorStore(os.path.join(tempfile.mkdtemp(), "r.db"), dim=2, bm25=True) as s:
+        ...     _ = s.upsert([ChunkRow("a#0", "a", 0, "Kafka keeps an ordered log", [1.0, 0.0]),
+        ...                   ChunkRow("b#0", "b", 0, "Milvus stores vectors", [0.0, 1.0])])
+        ...     dense = s.search([1.0, 0.0], k=2)
+        ...     [h.doc_id for h in s.rescore_sparse(["ordered log"], [dense], [[]], 5)[0]]
+        ['a']
+        """
+        stats = self.term_stats
+        if stats is None:
+            return [list(hits) for hits in sparse]
+        pools = dense if dense is not None else [[] for _ in sparse]
+        return [
+            stats.rescore(text, [*found, *pool], limit)
+            for text, found, pool in zip(texts, sparse, pools, strict=True)
+        ]
 
     def search_many(
         self,
