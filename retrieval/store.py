@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -500,9 +501,7 @@ class VectorStore:
         try:
             self._ensure_collection()
             if global_bm25 and self.bm25 and self.single_writer:
-                stats = TermStats()
-                stats.add(r["text"] for r in self._query_all("", ["text"]))
-                self.term_stats = stats
+                self.term_stats = self._build_term_stats()
         except BaseException:
             _disconnect(self._client, self._lite)  # milvus-lite holds its file till then
             raise
@@ -782,6 +781,10 @@ class VectorStore:
 
     def _query_all(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
         """Every row matching ``expr``: one query when it fits, else paged with an iterator."""
+        return [row for page in self._pages(expr, fields) for row in page]
+
+    def _pages(self, expr: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+        """The rows matching ``expr`` a page at a time (one query when they fit)."""
         rows: list[dict[str, Any]] = self._call(
             "query",
             self._client.query,
@@ -791,7 +794,9 @@ class VectorStore:
             limit=QUERY_LIMIT,
         )
         if len(rows) < QUERY_LIMIT:
-            return [dict(r) for r in rows]
+            yield [dict(r) for r in rows]
+            return
+        del rows
         it = self._call(
             "query_iterator",
             self._client.query_iterator,
@@ -800,13 +805,21 @@ class VectorStore:
             filter=expr,
             output_fields=fields,
         )
-        rows = []
         try:
             while page := self._call("query_iterator", it.next):
-                rows.extend(page)
+                yield list(page)
         finally:
             it.close()
-        return rows
+
+    def _build_term_stats(self) -> TermStats:
+        """BM25 statistics over every stored chunk, read a page at a time."""
+        started = time.perf_counter()
+        stats = TermStats()
+        for page in self._pages("", ["text"]):
+            stats.add(str(r["text"]) for r in page)
+        log.info("BM25 statistics of %r: %d chunks, %d terms, in %.1f s", self.collection,
+                 stats.chunks, len(stats.df), time.perf_counter() - started)  # fmt: skip
+        return stats
 
     def chunk_ids_for_doc(self, doc_id: str) -> set[str]:
         """Ids of the chunks stored for ``doc_id``."""
@@ -927,7 +940,7 @@ class VectorStore:
         limit = hybrid_candidates(k, candidates)
         if mode == "sparse":
             found = self._search_one(None, text, limit, filter, "sparse")
-            return self.rescore_sparse([str(text)], None, [found], k)[0]
+            return self.rescore_sparse([str(text)], None, [found], k)[0][:k]
         dense = self._search_one(query, None, limit, filter, "dense")
         sparse = self._search_one(None, text, limit, filter, "sparse")
         sparse = self.rescore_sparse([str(text)], [dense], [sparse], limit)[0]

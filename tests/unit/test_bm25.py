@@ -109,3 +109,22 @@ def test_terms_are_the_bm25_fields() -> None:
     assert terms("Which is the best way to sort? numpy.argsort, lru_cache") == [
         "best", "way", "sort", "numpy", "argsort", "lru_cache"
     ]  # fmt: skip
+
+
+def test_without_the_statistics_searches_are_milvus_own(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    docs = stdlib_corpus(40, min_chars=150)
+    with VectorStore(os.path.join(tmp_path, "plain.db"), dim=8, bm25=True,
+                     global_bm25=False) as store:  # fmt: skip
+        store.upsert(rows(docs, rng))
+        assert store.term_stats is None
+        question = " ".join(docs[3]["text"].split()[2:10])
+        raw = store.search_many(None, [question], k=3, mode="sparse")[0]
+        assert [h.chunk_id for h in store.search(text=question, k=3, mode="sparse")] == [
+            h.chunk_id for h in raw
+        ]
+        assert len(store.search(rng_vector(rng), k=3, text=question, mode="hybrid")) == 3
+
+
+def rng_vector(rng: random.Random) -> list[float]:
+    return [rng.gauss(0, 1) for _ in range(8)]
