@@ -5,9 +5,10 @@ Names are stable: the Grafana dashboard in ``deploy/`` and its test refer to the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
     "DEAD_LETTERS",
@@ -164,40 +165,53 @@ WEBHOOK_SECONDS = Histogram(
 )  # fmt: skip
 
 
-SEARCH_CACHE_LOOKUPS = Gauge(
-    "livelearn_search_cache_lookups",
-    "Lookups in the worker's search caches since it started (a counter; 'embedding': query "
-    "vectors, 'result': hits valid until the index changes), by outcome",
-    ["cache", "outcome"],
-)
-SEARCH_CACHE_BYTES = Gauge(
-    "livelearn_search_cache_bytes", "Memory held by a search cache's entries", ["cache"]
-)
+class SearchCacheCollector:
+    """``livelearn_search_cache_lookups_total{cache,outcome}`` (a counter) and
+    ``livelearn_search_cache_bytes{cache}``, read from the worker's search caches at every
+    scrape ('embedding': query vectors; 'result': hits valid until the index changes)."""
+
+    def __init__(self) -> None:
+        self.caches: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        lookups = CounterMetricFamily(
+            "livelearn_search_cache_lookups",
+            "Lookups in the worker's search caches since it started, by outcome",
+            labels=["cache", "outcome"],
+        )
+        size = GaugeMetricFamily(
+            "livelearn_search_cache_bytes",
+            "Memory held by a search cache's entries",
+            labels=["cache"],
+        )
+        for name, cache in list(self.caches.items()):
+            lookups.add_metric([name, "hit"], float(cache.hits))
+            lookups.add_metric([name, "miss"], float(cache.misses))
+            size.add_metric([name], float(cache.bytes))
+        yield lookups
+        yield size
+
+
+SEARCH_CACHES = SearchCacheCollector()
+REGISTRY.register(SEARCH_CACHES)
 
 
 def export_cache_metrics(caches: dict[str, Any]) -> None:
     """Read the caches' hit and miss counts and sizes at every scrape (``None``: no cache).
 
-    >>> from prometheus_client import REGISTRY
     >>> from retrieval.cache import ResultCache
     >>> cache = ResultCache()
     >>> export_cache_metrics({"result": cache, "embedding": None})
     >>> cache.hits, cache.bytes = 3, 1234  # as if it had answered and held entries
-    >>> REGISTRY.get_sample_value("livelearn_search_cache_lookups", {"cache": "result",
-    ...                                                              "outcome": "hit"})
+    >>> REGISTRY.get_sample_value("livelearn_search_cache_lookups_total", {"cache": "result",
+    ...                                                                    "outcome": "hit"})
     3.0
     >>> REGISTRY.get_sample_value("livelearn_search_cache_bytes", {"cache": "result"})
     1234.0
     """
-    for name, cache in caches.items():
-        if cache is not None:
-            _export_cache(name, cache)
-
-
-def _export_cache(name: str, cache: Any) -> None:
-    SEARCH_CACHE_LOOKUPS.labels(name, "hit").set_function(lambda: float(cache.hits))
-    SEARCH_CACHE_LOOKUPS.labels(name, "miss").set_function(lambda: float(cache.misses))
-    SEARCH_CACHE_BYTES.labels(name).set_function(lambda: float(cache.bytes))
+    SEARCH_CACHES.caches = {name: c for name, c in caches.items() if c is not None}
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1", token: str = "") -> None:
