@@ -631,12 +631,11 @@ class QueryAnswerer:
         mode = mode or self.mode
         use_reranker = self.reranker is not None and rerank
         cache = self.result_cache
-        key = (question, k, filter or None, mode, use_reranker)
         if cache is not None:
-            found = cache.lookup(key, self.store, self.embedder)
+            found = self.cached(question, k, filter, mode, rerank)
             if found is not None:
                 self.timings = SearchTimings()
-                return found[:k]
+                return found
             cache.misses += 1
         generation = getattr(self.store, "generation", None)
         wanted = max(k, self.rerank_top_n) if use_reranker else k
@@ -647,6 +646,7 @@ class QueryAnswerer:
             hits = self.reranker.rerank(question, hits, k)
         self.timings = SearchTimings(retrieved - started, time.perf_counter() - retrieved)
         if cache is not None:
+            key = (question, k, filter or None, mode, use_reranker)
             cache.store(key, self.store, self.embedder, generation, hits[:k])
         return hits[:k]
 
