@@ -631,11 +631,12 @@ class QueryAnswerer:
         mode = mode or self.mode
         use_reranker = self.reranker is not None and rerank
         cache = self.result_cache
+        key = (question, k, filter or None, mode, use_reranker)
         if cache is not None:
-            found = self.cached(question, k, filter, mode, rerank)
+            found = cache.lookup(key, self.store, self.embedder)
             if found is not None:
                 self.timings = SearchTimings()
-                return found
+                return found[:k]
             cache.misses += 1
         generation = getattr(self.store, "generation", None)
         wanted = max(k, self.rerank_top_n) if use_reranker else k
@@ -646,7 +647,6 @@ class QueryAnswerer:
             hits = self.reranker.rerank(question, hits, k)
         self.timings = SearchTimings(retrieved - started, time.perf_counter() - retrieved)
         if cache is not None:
-            key = (question, k, filter or None, mode, use_reranker)
             cache.store(key, self.store, self.embedder, generation, hits[:k])
         return hits[:k]
 
