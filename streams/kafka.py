@@ -35,6 +35,7 @@ __all__ = [
     "consumer",
     "deliver_or_retry",
     "flush_or_raise",
+    "move_to_new_producer",
     "local_cluster",
     "produce_or_wait",
     "producer",
@@ -225,6 +226,39 @@ def produce_or_wait(
             prod.poll(0.05)
 
 
+#: librdkafka's codes for a record taken back by ``purge()``: never sent (queued), or sent
+#: without an answer yet (in flight: it may have been written).
+PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+
+
+def move_to_new_producer(
+    prod: TrackedProducer, make: Callable[[], TrackedProducer], settle_s: float = 5.0
+) -> TrackedProducer:
+    """Take back every record a stalled producer still holds and hand them to ``make()``'s
+    new producer, in the order they were produced; the old one is dropped.
+
+    librdkafka 2.16 can keep a producer that never delivers again after a broker restart: a
+    partition whose leader was briefly -1 stays without a leader whatever later metadata says
+    (confluentinc/librdkafka#5430, its log line "new leader-1 not found in cache"), while a new
+    producer delivers at once. Queued records are taken back first; records already sent get
+    ``settle_s`` for their answer, then are taken back too, and one of those may then be
+    written twice (at-least-once, as after any retry). Failures that came before the move stay
+    with the new producer, for its caller to see.
+    """
+    prod.purge(in_queue=True, in_flight=False)
+    prod.flush(settle_s)  # serves the purged records' callbacks; in-flight ones get answered
+    prod.purge(in_queue=True, in_flight=True)
+    prod.poll(0)
+    taken = prod.take_failures()
+    new = make()
+    moved = [f for f in taken if f.code in PURGED]
+    new.failed.extend(f for f in taken if f.code not in PURGED)
+    for f in moved:
+        produce_or_wait(new, f.topic, f.value, f.key)
+    log.warning("a stalled producer's %d records were moved to a new producer", len(moved))
+    return new
+
+
 def _failures(prod: Any) -> list[FailedDelivery]:
     take = getattr(prod, "take_failures", None)
     return take() if take is not None else []
@@ -235,15 +269,16 @@ def _describe(failures: list[FailedDelivery]) -> str:
     return f"{len(failures)} records failed delivery (first: {first.error} on {first.topic})"
 
 
-def flush_or_raise(prod: Any, timeout_s: float = 30.0) -> None:
+def flush_or_raise(prod: Any, timeout_s: float = 30.0, waited_s: float = 0.0) -> None:
     """Flush the producer; raise :class:`DeliveryError` if anything is still queued after
-    ``timeout_s`` or if any record's delivery failed since the last call."""
+    ``timeout_s`` or if any record's delivery failed since the last call (``waited_s``: how
+    long the caller already waited, for the message)."""
     remaining = prod.flush(timeout_s)
     failures = _failures(prod)
     if failures:
         raise DeliveryError(_describe(failures))
     if remaining:
-        raise DeliveryError(f"{remaining} records not delivered after {timeout_s:.0f} s")
+        raise DeliveryError(f"{remaining} records not delivered after {waited_s + timeout_s:.0f} s")
 
 
 #: Kafka error names that pass on their own: a coordinator or a leader moving or loading, a

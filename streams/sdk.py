@@ -18,6 +18,7 @@ rather than a dead-letter record later.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -26,11 +27,19 @@ from typing import Any
 import orjson
 
 from streams import contracts
-from streams.exceptions import ContractError, DeliveryError, QueryTimeoutError
-from streams.kafka import consumer, flush_or_raise, producer, resolve_bootstrap
+from streams.exceptions import ContractError, QueryTimeoutError
+from streams.kafka import (
+    consumer,
+    flush_or_raise,
+    move_to_new_producer,
+    producer,
+    resolve_bootstrap,
+)
 from streams.settings import Settings, load_settings
 
 __all__ = ["LiveLearnClient"]
+
+log = logging.getLogger(__name__)
 
 
 class LiveLearnClient:
@@ -42,21 +51,40 @@ class LiveLearnClient:
         Settings to use; read from the environment when omitted.
     bootstrap
         Bootstrap servers; overrides the settings (and never starts the embedded broker).
+    stall_s
+        Records waiting and none delivered for this long: the producer is replaced and its
+        records are moved to the new one (:func:`streams.kafka.move_to_new_producer`: after a
+        broker restart librdkafka can keep a producer that never delivers again).
     """
 
-    def __init__(self, settings: Settings | None = None, bootstrap: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, bootstrap: str | None = None,
+        stall_s: float = 30.0,
+    ) -> None:  # fmt: skip
         self.settings = settings or load_settings()
         self.bootstrap = bootstrap or resolve_bootstrap(self.settings, start=True)
+        self.stall_s = stall_s
         self._producer = producer(self.settings, self.bootstrap)
-        self._errors: list[str] = []
+        self._progress = (0, time.monotonic())  # (records delivered, when that count moved)
         from streams.schema_registry import WireEncoder
 
         self._wire = WireEncoder.from_settings(self.settings)  # Schema Registry framing, or None
 
     # -- producing -------------------------------------------------------------------------
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(str(err))
+    def _mend_if_stalled(self) -> None:
+        """Replace the producer when it holds records and has delivered none for
+        :attr:`stall_s`."""
+        now = time.monotonic()
+        delivered = self._producer.delivered_total
+        if delivered != self._progress[0] or not len(self._producer):
+            self._progress = (delivered, now)
+        elif now - self._progress[1] > self.stall_s:
+            log.warning("no record delivered for %.0f s with %d waiting: a new producer takes "
+                        "them", now - self._progress[1], len(self._producer))  # fmt: skip
+            self._producer = move_to_new_producer(
+                self._producer, lambda: producer(self.settings, self.bootstrap)
+            )
+            self._progress = (self._producer.delivered_total, time.monotonic())
 
     def produce(self, contract: str, value: Mapping[str, Any], wait: bool = False) -> None:
         """Validate ``value`` against ``contract`` and produce it keyed by its id."""
@@ -68,14 +96,12 @@ class LiveLearnClient:
         while True:
             try:
                 self._producer.produce(
-                    topic,
-                    payload,
-                    key=str(key).encode() if key is not None else None,
-                    on_delivery=self._on_delivery,
+                    topic, payload, key=str(key).encode() if key is not None else None
                 )
                 break
             except BufferError:  # local queue full: let librdkafka drain it
                 self._producer.poll(0.1)
+                self._mend_if_stalled()
         self._producer.poll(0)
         if wait:
             self.flush()
@@ -127,11 +153,16 @@ class LiveLearnClient:
         self.produce("docs", {"id": id, "op": "delete", "ts": time.time()}, wait)
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait until everything produced is acknowledged by the broker."""
-        flush_or_raise(self._producer, timeout_s)
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise DeliveryError(f"{len(errors)} records failed: {errors[0]}")
+        """Wait until everything produced is acknowledged by the broker; raise
+        :class:`DeliveryError` for a record whose delivery failed, or when records are still
+        waiting after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        self._progress = (self._producer.delivered_total, time.monotonic())
+        while self._producer.flush(max(0.0, min(1.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
+            self._mend_if_stalled()
+        flush_or_raise(self._producer, 0, waited_s=timeout_s)
 
     # -- consuming -------------------------------------------------------------------------
     def _topic(self, stream: str) -> str:
