@@ -196,7 +196,8 @@ class EmbedderMigration:
 
         def open_store() -> Any:
             store = VectorStore(s.milvus_uri, collection=name, dim=embedder.dim,
-                                metric=s.milvus.metric, token=token, bm25=True)  # fmt: skip
+                                metric=s.milvus.metric, token=token,
+                                index_type=s.milvus.index_type or None, bm25=True)  # fmt: skip
             with CollectionCatalog(s.milvus_uri, token) as catalog:
                 catalog.set_model(name, self.target_model)
             return store
@@ -423,7 +424,7 @@ def migrate_standalone(
             return None
         old = TextEmbedder(serving.model)
         store = VectorStore(s.milvus_uri, serving.collection, old.dim, s.milvus.metric, token,
-                            bm25=True)  # fmt: skip
+                            s.milvus.index_type or None, bm25=True)  # fmt: skip
     try:
         answerer = QueryAnswerer(old, store, mode=r.mode, fusion=r.fusion,
                                  dense_weight=r.dense_weight)  # fmt: skip

@@ -106,6 +106,7 @@ class RetrievalServices:
                 dim=embedder.dim,
                 metric=s.milvus.metric,
                 token=token,
+                index_type=s.milvus.index_type or None,
                 bm25=True,
             )
             self._record_model(catalog, self.serving)
@@ -358,12 +359,15 @@ def _batch_loader(paths: StatePaths, name: str) -> Callable[[], Any]:
     """Loads the version the registry's ``SERVING`` points at (None when there is none)."""
 
     def load_batch() -> Any:
-        from trainers.batch.predictor import load_serving_predictor
-        from trainers.batch.registry import ModelRegistry
+        from trainers.batch.registry import ModelRegistry  # the standard library only
 
         registry = ModelRegistry(paths.registry)
         if registry.serving(name) is None:
             return None
+        # Only now the torch model code: its first import took the learner's start two minutes
+        # on a loaded 2-core machine (the learner waits for this load), with nothing to load.
+        from trainers.batch.predictor import load_serving_predictor
+
         return load_serving_predictor(registry, name)
 
     return load_batch

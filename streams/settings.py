@@ -172,6 +172,10 @@ class MilvusSettings(_Frozen):
     token: SecretStr = Field(SecretStr(""), description="Milvus token (secret)")
     collection: str = Field("livelearn_chunks", description="collection holding doc chunks")
     metric: Literal["COSINE", "IP", "L2"] = Field("COSINE", description="vector metric")
+    index_type: Literal["", "FLAT", "AUTOINDEX", "HNSW", "IVF_FLAT"] = Field(
+        "", description="vector index of a new collection; '' = FLAT (exact) on a milvus-lite "
+        "file, AUTOINDEX (approximate, e.g. HNSW) on a server",
+    )  # fmt: skip
     lite_process: bool = Field(
         False, description="serve the milvus-lite file from a child process of the worker "
         "(milvus-lite 3 is pure Python: in-process, its engine shares the worker's GIL)",

@@ -389,7 +389,9 @@ def test_workers_join_and_leave_mid_stream(
     s = _settings(tmp_path, kafka_bootstrap, learner=False)
     group = f"{s.kafka.group_prefix}-worker"
     client = LiveLearnClient(s)
-    env = {"LIVELEARN_MILVUS__URI": milvus_server.uri}
+    # An exact index: a server's default (AUTOINDEX, HNSW here) is approximate, and a question
+    # answered once from the write buffer and once from an indexed segment may differ.
+    env = {"LIVELEARN_MILVUS__URI": milvus_server.uri, "LIVELEARN_MILVUS__INDEX_TYPE": "FLAT"}
     corpus = stdlib_corpus(140, min_chars=150)
     # The questions are about the "base" docs, indexed before any membership change and
     # filtered on, so that an answer given twice (a replay after a rebalance) must be equal.
@@ -443,13 +445,32 @@ def test_workers_join_and_leave_mid_stream(
         answer.pop("latency_ms")
         answers.setdefault(answer["id"], []).append(answer)
     assert set(answers) == {q["id"] for q in questions}
-    assert all(a == same[0] for same in answers.values() for a in same)
+    different = [(same[0], a) for same in answers.values() for a in same[1:]
+                 if not _same_answer(a, same[0])]  # fmt: skip
+    assert not different, f"a replayed answer differs: {different[:2]}"
     assert _dead_letters(s, s.topics.docs) == [] and _dead_letters(s, s.topics.queries) == []
     replays = sum(len(v) - 1 for v in answers.values())
     print(
         f"\nrebalances: {len(base) + len(live)} docs, {len(questions)} questions, "
         f"{replays} answers replayed; lag 0 on every partition {settled[0]:.1f} s after the "
         f"load with the join ended, {settled[1]:.1f} s after the one with the leave"
+    )
+
+
+def _same_answer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same answer and contexts; scores equal up to float noise (the question embedded in a
+    batch of other length pads differently, which moves the last digits)."""
+
+    def key(answer: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return [(c["doc_id"], c["chunk"], c["text"]) for c in answer["contexts"]]
+
+    return (
+        a["answer"] == b["answer"]
+        and key(a) == key(b)
+        and all(
+            abs(x["score"] - y["score"]) < 1e-4
+            for x, y in zip(a["contexts"], b["contexts"], strict=True)
+        )
     )
 
 
