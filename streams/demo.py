@@ -75,6 +75,7 @@ class DemoResult:
     steady_freshness: list[tuple[str, float]] = field(default_factory=list)  # 4 docs/s
     rolling_accuracy: list[tuple[float, float]] = field(default_factory=list)
     served_by: list[tuple[str, str]] = field(default_factory=list)  # (source, version)
+    served_at: list[float] = field(default_factory=list)  # each prediction's ts (0: none)
     stream_labels: list[Any] = field(default_factory=list)
     concept_change: int = 0
     alerts: list[dict[str, Any]] = field(default_factory=list)
@@ -365,6 +366,7 @@ def _training(
     result.served_by = [
         (p["source"], p["model_version"]) if p is not None else ("none", "") for p in served
     ]
+    result.served_at = [float(p["ts"]) if p is not None else 0.0 for p in served]
     batch = sorted({v for src, v in result.served_by if src == "batch"})
     console.print(
         f"[green]✓[/] {len(seen)} predictions; served by the batch model(s) {batch or 'none'} "
