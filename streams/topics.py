@@ -92,9 +92,11 @@ def ensure_topics(
     ``admin`` is a ``confluent_kafka.admin.AdminClient``. Existing topics are left as they are
     (their partition count is checked: fewer partitions than configured is reported). A
     creation that fails for a reason that passes (a controller moving, a node restarting) is
-    asked again, up to ``attempts`` times; any other failure is a :class:`TopicError`. On a
-    cluster of several nodes, a creation is followed by a short wait (:func:`_settle`) so
-    that a client subscribing next finds the topics on every node.
+    asked again, up to ``attempts`` times; any other failure is a :class:`TopicError`. A
+    creation returns once the topics have a leader for every partition (a single broker, too,
+    answers before its metadata has them: a client listing topics at once could miss one);
+    on a cluster of several nodes, after a short wait more (:func:`_settle`), so that a
+    client subscribing next finds the topics on every node.
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
@@ -144,8 +146,8 @@ def ensure_topics(
         if not retry:
             break
         time.sleep(1.0 + attempt)
-    if (created or raced) and len(existing_md.brokers) > 1:
-        _settle(admin, created + raced, timeout_s)
+    if created or raced:  # one node applies a new topic a moment after it answered too
+        _settle(admin, created + raced, timeout_s, SETTLE_S if len(existing_md.brokers) > 1 else 0)
     return created
 
 
@@ -154,8 +156,8 @@ def ensure_topics(
 SETTLE_S = 1.0
 
 
-def _settle(admin: Any, names: list[str], timeout_s: float) -> None:
-    """Wait until ``names`` have a leader for every partition, then :data:`SETTLE_S` more.
+def _settle(admin: Any, names: list[str], timeout_s: float, then_s: float = SETTLE_S) -> None:
+    """Wait until ``names`` have a leader for every partition, then ``then_s`` more.
 
     Each node of a KRaft cluster applies a new topic on its own, milliseconds apart. A client
     that subscribes at once can ask one node, see the topic, then ask another (the group
@@ -176,4 +178,4 @@ def _settle(admin: Any, names: list[str], timeout_s: float) -> None:
         ):
             break
         time.sleep(0.1)
-    time.sleep(SETTLE_S)
+    time.sleep(then_s)
