@@ -100,15 +100,9 @@ class RetrievalServices:
         try:
             self.serving = self._serving(catalog)
             embedder = TextEmbedder(self.serving.model, dtype=s.models.embed_dtype)
-            store = VectorStore(
-                s.milvus_uri,
-                collection=self.serving.collection,
-                dim=embedder.dim,
-                metric=s.milvus.metric,
-                token=token,
-                index_type=s.milvus.index_type or None,
-                bm25=True,
-            )
+            store = VectorStore(s.milvus_uri, self.serving.collection, embedder.dim,
+                                s.milvus.metric, token, s.milvus.index_type or None,
+                                bm25=True)  # fmt: skip
             self._record_model(catalog, self.serving)
         finally:
             catalog.close()
@@ -364,9 +358,7 @@ def _batch_loader(paths: StatePaths, name: str) -> Callable[[], Any]:
         registry = ModelRegistry(paths.registry)
         if registry.serving(name) is None:
             return None
-        # Only now the torch model code: its first import took the learner's start two minutes
-        # on a loaded 2-core machine (the learner waits for this load), with nothing to load.
-        from trainers.batch.predictor import load_serving_predictor
+        from trainers.batch.predictor import load_serving_predictor  # torch: only when needed
 
         return load_serving_predictor(registry, name)
 
