@@ -66,7 +66,9 @@ def _river(stream: list[tuple[dict[str, Any], bool]]) -> tuple[float, int | None
     return accuracy.get(), first
 
 
-@pytest.mark.parametrize("name", ["stagger", "sine", "agrawal", "sea"])
+# Categorical (stagger), many mixed features (agrawal), two numeric ones (sea); sine, numeric
+# like sea, ran here too until the suite's time had to shrink.
+@pytest.mark.parametrize("name", ["stagger", "agrawal", "sea"])
 def test_a_burst_over_six_partitions_is_learned_in_event_order(
     name: str, tmp_path: Path, kafka_bootstrap: str
 ) -> None:

@@ -639,7 +639,7 @@ def test_bad_input_under_load_is_dead_lettered_and_costs_the_good_records_little
 
         # Docs: the same texts again and again under other ids, clean rounds alternating
         # with rounds with every bad doc mixed in (the 10 MB one in the first only).
-        corpus = stdlib_corpus(100, min_chars=150)
+        corpus = stdlib_corpus(60, min_chars=150)
         docs: dict[str, dict[str, Any]] = {}
         docs_took: list[tuple[float, float]] = []  # (clean, garbage) per pair
         clean_s = 0.0
